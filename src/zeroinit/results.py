@@ -1,0 +1,147 @@
+"""The results.json format: the contract between a run and everything after it (report,
+resume, diagnostics, benchmarks). Extend it; don't fork it.
+
+  status      running | completed | diverged | failed
+  config      the resolved config;  overrides: the command-line overrides
+  epochs      [{epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s}], epoch from 1
+  final       {test_acc, test_loss} of the last epoch
+  wall_time_s, device, versions {python, torch, lightning}, error (failed runs only)
+
+The file is rewritten after every epoch by write-then-rename, so a crash or a kill leaves
+either the previous complete file or the new one, never a torn one.
+"""
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+FILENAME = "results.json"
+STATUSES = ("running", "completed", "diverged", "failed")
+
+
+def write_json_atomic(path, data) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(run_dir) -> dict:
+    with open(Path(run_dir) / FILENAME) as f:
+        return json.load(f)
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "lightning": L.__version__}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class ResultsWriter(L.Callback):
+    """Collects each epoch's metrics, logs them to TensorBoard against the epoch, prints one
+    line, and rewrites results.json. A non-finite training loss stops the run as `diverged`."""
+
+    def __init__(self, run_dir, config: dict, overrides=(), verbose: bool = True):
+        self.path = Path(run_dir) / FILENAME
+        self.results = {"status": "running", "config": config, "overrides": list(overrides),
+                        "epochs": [], "final": None, "wall_time_s": 0.0, "device": None,
+                        "versions": versions()}
+        self.verbose = verbose
+        self._start = self._epoch_start = None
+        self._elapsed_before = 0.0  # wall time of earlier attempts, when resumed
+
+    def state_dict(self):  # saved in the checkpoint, so a resumed run keeps its curve
+        return {"epochs": self.results["epochs"], "wall_time_s": self.results["wall_time_s"]}
+
+    def load_state_dict(self, state):
+        self.results["epochs"] = list(state["epochs"])
+        self._elapsed_before = state["wall_time_s"]
+
+    def write(self, status=None, **extra):
+        if status:
+            self.results["status"] = status
+        self.results.update(extra)
+        if self._start is not None:
+            self.results["wall_time_s"] = self._elapsed_before + time.perf_counter() - self._start
+        if self.results["epochs"]:
+            last = self.results["epochs"][-1]
+            self.results["final"] = {k: last.get(k) for k in ("test_acc", "test_loss")}
+        if self._is_writer():
+            write_json_atomic(self.path, self.results)
+
+    def _is_writer(self):
+        return getattr(self, "_rank", 0) == 0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._rank = trainer.global_rank
+        self._start = time.perf_counter()
+        self.results["device"] = describe_device(trainer.strategy.root_device)
+        self.write("running")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = pl_module.epoch_metrics()
+        entry = {"epoch": trainer.current_epoch + 1,
+                 **{k: metrics.get(k) for k in ("test_acc", "test_loss", "train_loss",
+                                                "train_acc")},
+                 "epoch_time_s": time.perf_counter() - self._epoch_start}
+        self.results["epochs"].append(entry)
+        if trainer.logger is not None and self._is_writer():
+            for key, value in entry.items():
+                if key not in ("epoch",) and value is not None:
+                    tag = key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s"
+                    trainer.logger.experiment.add_scalar(tag, value, entry["epoch"])
+            if entry["test_acc"] is not None:
+                trainer.logger.experiment.add_scalar("hp/test_acc", entry["test_acc"],
+                                                     entry["epoch"])
+        diverged = not math.isfinite(entry["train_loss"] if entry["train_loss"] is not None
+                                     else 0.0)
+        if self.verbose and self._is_writer():
+            print(f"epoch {entry['epoch']:>3}/{trainer.max_epochs}  "
+                  f"train_loss {entry['train_loss']:.4f}  test_loss {entry['test_loss']:.4f}  "
+                  f"test_acc {entry['test_acc']:.4f}  ({entry['epoch_time_s']:.2f}s)", flush=True)
+        if diverged:
+            trainer.should_stop = True
+            self.write("diverged")
+        else:
+            self.write()
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.results["status"] == "running":
+            self.write("completed")
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.results["status"] == "running":
+            self.write("failed", error=f"{type(exception).__name__}: {exception}")
