@@ -69,9 +69,10 @@ def run(cfg: DictConfig, overrides=()) -> dict:
     writer = ResultsWriter(out_dir, config, overrides)
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                  save_on_train_epoch_end=True)
+    extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = build(cfg.trainer, logger=logger if logger else False,
-                    callbacks=[writer, checkpoint])
+                    callbacks=[writer, *extra, checkpoint])
     if logger:
         logger.log_hyperparams(_flat(config), metrics={"hp/test_acc": 0.0})
     trainer.fit(module, datamodule=data)

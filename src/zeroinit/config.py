@@ -2,6 +2,7 @@
 import math
 import re
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,7 +16,12 @@ def build(node: DictConfig, ignore=(), **kwargs):
                                   resolve=True)
     for key in ignore:
         spec.pop(key, None)
-    return instantiate(spec, **kwargs)
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):  # a constructor's own check: keep its message
+            raise e.__cause__ from None
+        raise
 
 
 def validate(cfg: DictConfig) -> None:

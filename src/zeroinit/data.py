@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from zeroinit.errors import UserError, check
 
-OFFLINE_HINT = "dataset=mnist5k (embedded) works offline"
+OFFLINE_HINT = "dataset=mnist5k, the embedded MNIST subset, which works offline"
 
 
 def _tensors(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +179,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(self, source: str, batch_size: int = 128, eval_batch_size: int = 1000,
                  data_dir: str = "data", download: bool = True, normalize=None,
-                 augment: bool = False, seed: int = 0, name: str | None = None):
+                 augment: bool = False, seed: int = 0, name: str | None = None,
+                 input_shape=None, num_classes: int | None = None):
         super().__init__()
         check(source in LOADERS, f"dataset.source: {source!r} is not one of {', '.join(LOADERS)}")
         check(isinstance(batch_size, int) and batch_size > 0,
@@ -193,6 +194,10 @@ class ImageDataModule(L.LightningDataModule):
         self.mean = None if normalize is None else list(normalize["mean"])
         self.std = None if normalize is None else list(normalize["std"])
         self.augment = augment
+        # Declared by the dataset's config where known, so a model can be built (init_report)
+        # without the files; checked against the data once it is loaded.
+        self.declared_shape = None if input_shape is None else tuple(input_shape)
+        self.declared_classes = num_classes
         self.train_set = self.test_set = self.classes = None
 
     def load(self):
@@ -200,19 +205,24 @@ class ImageDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.test_set, self.classes = LOADERS[self.source](
                 self.data_dir, self.download)
+            shape, classes = tuple(self.train_set[0].shape[1:]), len(self.classes)
+            check(self.declared_shape in (None, shape) and self.declared_classes in (None, classes),
+                  f"dataset: the files in {self.data_dir} hold {classes} classes of shape {shape}, "
+                  f"but the config declares dataset.num_classes={self.declared_classes}, "
+                  f"dataset.input_shape={list(self.declared_shape or [])}")
             if self.mean is not None:
-                channels = self.train_set[0].shape[1]
+                channels = shape[0]
                 check(len(self.mean) == len(self.std) == channels,
                       f"dataset.normalize: mean/std need {channels} values (one per channel)")
         return self
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.load().train_set[0].shape[1:])
+        return self.declared_shape or tuple(self.load().train_set[0].shape[1:])
 
     @property
     def num_classes(self) -> int:
-        return len(self.load().classes)
+        return self.declared_classes or len(self.load().classes)
 
     def prepare_data(self):
         self.load()
