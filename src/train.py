@@ -52,14 +52,17 @@ def _flat(d: dict, prefix="") -> dict:
     return out
 
 
-def run(cfg: DictConfig, overrides=()) -> dict:
-    """One training run; returns its results (also written to <output_dir>/results.json)."""
+def setup(cfg: DictConfig, overrides=(), data=None):
+    """The objects of one run: (trainer, module, data, writer), ready for `trainer.fit`.
+
+    `data` replaces the configured dataset (benchmarks/ passes one holding random images)."""
     _quiet_lightning()
     validate(cfg)
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
 
-    data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name)
+    if data is None:
+        data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name)
     data.load()  # before the model: the dataset decides input shape and class count
     net = build(cfg.model, ignore=["name"], input_shape=data.input_shape, num_classes=data.num_classes)
     apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
@@ -75,6 +78,12 @@ def run(cfg: DictConfig, overrides=()) -> dict:
                     callbacks=[writer, *extra, checkpoint])
     if logger:
         logger.log_hyperparams(_flat(config), metrics={"hp/test_acc": 0.0})
+    return trainer, module, data, writer
+
+
+def run(cfg: DictConfig, overrides=()) -> dict:
+    """One training run; returns its results (also written to <output_dir>/results.json)."""
+    trainer, module, data, writer = setup(cfg, overrides)
     trainer.fit(module, datamodule=data)
     return writer.results
 
