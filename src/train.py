@@ -9,6 +9,7 @@ Each run writes to its own directory: results.json (rewritten after every epoch)
 TensorBoard events, checkpoints/last.ckpt and the resolved config (.hydra/).
 """
 import logging
+import os
 import shutil
 import sys
 import time
@@ -19,13 +20,16 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from zeroinit.config import UserError, build, register_resolvers, validate
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
-from zeroinit.results import FILENAME, ResultsWriter
+from zeroinit.results import FILENAME, ResultsWriter, read_results
+from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_outcome,
+                            resume_checkpoint)
 
 log = logging.getLogger("zeroinit")
 register_resolvers()
@@ -81,30 +85,101 @@ def setup(cfg: DictConfig, overrides=(), data=None):
     return trainer, module, data, writer
 
 
-def run(cfg: DictConfig, overrides=()) -> dict:
-    """One training run; returns its results (also written to <output_dir>/results.json)."""
-    trainer, module, data, writer = setup(cfg, overrides)
-    trainer.fit(module, datamodule=data)
+def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:
+    """One training run; returns its results (also written to <output_dir>/results.json).
+    With `ckpt_path` it resumes from that checkpoint, curve so far included."""
+    gpu = _claim_gpu(cfg)
+    try:
+        if gpu is not None:
+            cfg = cfg.copy()
+            cfg.trainer.devices = [gpu.index]
+        trainer, module, data, writer = setup(cfg, overrides)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    finally:
+        if gpu is not None:
+            gpu.release()
     return writer.results
+
+
+def _claim_gpu(cfg) -> GpuSlot | None:
+    """Concurrent runs of a sweep (joblib workers, several sweeps) each get a GPU of their own,
+    or share one only as far as `runs_per_gpu` allows. Single-device runs only: DDP and an
+    explicit device list keep what they asked for."""
+    t = cfg.trainer
+    if (t.get("accelerator") not in ("auto", "gpu", "cuda") or t.get("devices") not in (1, "1")
+            or "ddp" in str(t.get("strategy", "")) or not torch.cuda.is_available()):
+        return None
+    slot = GpuSlot(torch.cuda.device_count(), int(cfg.get("runs_per_gpu", 1)))
+    slot.acquire()
+    log.info("GPU slot %s -> cuda:%d", slot.slot, slot.index)
+    return slot
+
+
+def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
+    """What a sweep job does: skip a finished run, resume an interrupted one, else train.
+    Returns (outcome, results): outcome is the run's final status, or skipped / busy."""
+    out_dir = Path(cfg.paths.output_dir)
+    status = previous_status(out_dir)
+    if status in FINISHED:
+        return "skipped", read_results(out_dir)
+    lock = RunLock(out_dir)
+    if not lock.acquire():
+        return "busy", None
+    try:
+        ckpt = resume_checkpoint(out_dir)
+        if ckpt is not None:
+            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+        results = run(cfg, overrides, ckpt_path=ckpt)
+        return results["status"], results
+    finally:
+        lock.release()
+
+
+def _limit_threads_for_parallel_jobs():
+    # n joblib workers x all cores each would oversubscribe the CPU: share the cores.
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
+    if n_jobs:
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
     out_dir = Path(cfg.paths.output_dir)
+    sweeping = hc.mode == RunMode.MULTIRUN
+    _limit_threads_for_parallel_jobs()
     try:
-        results = run(cfg, HydraConfig.get().overrides.task)
-    except UserError as e:
-        # Nothing half-written: drop the directory Hydra made for a run that never started.
-        if not (out_dir / FILENAME).exists():
+        outcome, results = train_or_resume(cfg, hc.overrides.task)
+    except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
+        if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
             shutil.rmtree(out_dir, ignore_errors=True)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if sweeping:
+            record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
+        if isinstance(e, UserError):
+            print(f"error: {e}", file=sys.stderr)
+            if not sweeping:
+                sys.exit(2)
+            return None
+        log.exception("run %s failed", out_dir.name)
+        if not sweeping:
+            raise
+        return None
+    if sweeping:
+        record_outcome(hc.sweep.dir, out_dir, outcome, (results or {}).get("error"),
+                       resumed=outcome not in ("skipped", "busy")
+                       and "resumed_from_epoch" in (results or {}))
+    if outcome == "busy":
+        print(f"busy: {out_dir} is being trained by another process; left alone", flush=True)
+        return None
     final = results.get("final") or {}
-    print(f"{results['status']}: test_acc {final.get('test_acc', float('nan')):.4f}  "
+    print(f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
+          f"test_acc {final.get('test_acc', float('nan')):.4f}  "
           f"test_loss {final.get('test_loss', float('nan')):.4f}  "
           f"({results['wall_time_s']:.1f}s on {results['device']})\n"
           f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})", flush=True)
-    if results["status"] == "failed":
+    if results["status"] == "failed" and not sweeping:
         sys.exit(1)
     return final.get("test_acc")
 

@@ -85,6 +85,7 @@ class ResultsWriter(L.Callback):
 
     def load_state_dict(self, state):
         self.results["epochs"] = list(state["epochs"])
+        self.results["resumed_from_epoch"] = len(self.results["epochs"])
         self._elapsed_before = state["wall_time_s"]
 
     def write(self, status=None, **extra):

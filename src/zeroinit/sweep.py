@@ -1,0 +1,166 @@
+"""Sweeps that do not lose work: skip finished runs, resume interrupted ones, one run per GPU,
+and a summary of the whole sweep at its end.
+
+A run's directory is named by its configuration and seed (conf/hydra/default.yaml), so
+rerunning a sweep command finds the runs it already made:
+  completed / diverged  -> skipped: a finished result is never overwritten
+  running / failed      -> resumed from checkpoints/last.ckpt (or restarted if there is none)
+A lock file in the run directory keeps two processes from training the same run at once.
+"""
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from zeroinit.results import FILENAME, read_results
+
+FINISHED = ("completed", "diverged")
+SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+# ---------------------------------------------------------------- skip / resume
+def previous_status(run_dir: Path) -> str | None:
+    try:
+        return read_results(run_dir).get("status")
+    except (OSError, ValueError):  # no results.json yet (or unreadable: start afresh)
+        return None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from, if the run was interrupted or failed after an epoch."""
+    ckpt = Path(run_dir) / CHECKPOINT
+    return ckpt if previous_status(run_dir) in ("running", "failed") and ckpt.exists() else None
+
+
+class RunLock:
+    """An exclusive flock on <run_dir>/.lock, held while the run trains. The kernel drops it
+    when the process dies, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            self.file = None
+            return False
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{socket.gethostname()} {os.getpid()}\n")
+        self.file.flush()
+        return True
+
+    def release(self):
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+# ---------------------------------------------------------------- GPU slots
+def slot_gpu(slot: int, n_gpus: int, runs_per_gpu: int = 1) -> int:
+    """Slot k of n_gpus * runs_per_gpu slots -> its GPU. Slots fill GPU 0, 1, ... first, so
+    with runs_per_gpu=1 no two concurrent runs share a GPU."""
+    if not 0 <= slot < n_gpus * runs_per_gpu:
+        raise ValueError(f"slot {slot} out of range for {n_gpus} GPUs x {runs_per_gpu}")
+    return slot % n_gpus
+
+
+class GpuSlot:
+    """Claims one of n_gpus * runs_per_gpu slots by flock on files in `lock_dir` (shared by
+    every process of the machine: joblib workers, several sweeps); waits while all are busy."""
+
+    def __init__(self, n_gpus: int, runs_per_gpu: int = 1, lock_dir=None, poll_s: float = 1.0):
+        if n_gpus < 1 or runs_per_gpu < 1:
+            raise ValueError("n_gpus and runs_per_gpu must be >= 1")
+        self.n_gpus, self.runs_per_gpu, self.poll_s = n_gpus, runs_per_gpu, poll_s
+        self.lock_dir = Path(lock_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "zeroinit-gpus")
+        self.file = self.slot = self.index = None
+
+    def acquire(self, timeout_s: float | None = None) -> int:
+        """Block until a slot is free; return its GPU index."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        while True:
+            for slot in range(self.n_gpus * self.runs_per_gpu):
+                f = open(self.lock_dir / f"slot{slot}.lock", "a")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                self.file, self.slot = f, slot
+                self.index = slot_gpu(slot, self.n_gpus, self.runs_per_gpu)
+                return self.index
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"no free GPU slot in {self.lock_dir} after {timeout_s}s")
+            time.sleep(self.poll_s)
+
+    def release(self):
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = self.slot = self.index = None
+
+
+# ---------------------------------------------------------------- sweep summary
+def outcome_dir(sweep_dir) -> Path | None:
+    sweep_id = os.environ.get(SWEEP_ID_ENV)
+    return Path(sweep_dir) / ".outcomes" / sweep_id if sweep_id else None
+
+
+def record_outcome(sweep_dir, run_dir, status: str, error: str | None = None,
+                   resumed: bool = False) -> None:
+    """Called by each job of a sweep (in whatever process runs it): what became of it."""
+    out = outcome_dir(sweep_dir)
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    entry = {"run": Path(run_dir).name, "status": status, "error": error, "resumed": resumed}
+    (out / f"{Path(run_dir).name}.json").write_text(json.dumps(entry))
+
+
+def summarize(outcomes: list[dict]) -> tuple[str, bool]:
+    """One summary line (+ one line per failure); True if any run failed."""
+    counts = {}
+    for o in outcomes:
+        counts[o["status"]] = counts.get(o["status"], 0) + 1
+    labels = {"skipped": "skipped (already finished)", "busy": "busy (running elsewhere)"}
+    parts = [f"{counts[k]} {labels.get(k, k)}"
+             for k in ("completed", "diverged", "skipped", "busy", "failed") if counts.get(k)]
+    resumed = sum(1 for o in outcomes if o.get("resumed"))
+    if resumed:
+        parts.append(f"{resumed} of them resumed from a checkpoint")
+    lines = [f"sweep: {len(outcomes)} runs: " + ", ".join(parts)]
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    lines += [f"  failed: {o['run']}: {o['error']}" for o in failed]
+    return "\n".join(lines), bool(failed)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: tags the sweep with an id that its jobs inherit, and at its end prints
+    what happened to every run and exits non-zero if any failed."""
+
+    def on_multirun_start(self, config, **kwargs):
+        os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+    def on_multirun_end(self, config, **kwargs):
+        out = outcome_dir(config.hydra.sweep.dir)
+        outcomes = []
+        if out is not None and out.is_dir():
+            outcomes = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+        text, failed = summarize(outcomes)
+        print(text, flush=True)
+        if failed:
+            raise SystemExit(1)
+
