@@ -9,6 +9,7 @@ from zeroinit.models.activation import make_activation
 
 class FNN(nn.Sequential):
     def __init__(self, input_shape, num_classes: int, hidden=(), activation: str = "elu"):
+        make_activation(activation)  # checked even without hidden layers (logreg)
         widths = [math.prod(input_shape), *hidden, num_classes]
         layers = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
