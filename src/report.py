@@ -1,0 +1,52 @@
+"""Aggregate runs into the paper's figures and a table with 95% confidence intervals.
+
+    python src/report.py outputs/sweeps/fig03_mnist_fnn            # one sweep
+    python src/report.py outputs -o outputs/report                 # every run under outputs/
+
+Writes, into the output folder (default: <first path>/report): one PNG per figure (a sweep
+on one dataset), results.md and results.csv (final mean test accuracy ± 95% CI per
+configuration, n, diverged/failed/running counts, mean epoch time, the paper's number), and
+report.md tying them together. Runs that are not `completed` are listed, never averaged.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from zeroinit.report import find_runs, group_runs, not_averaged, plot_figure, table_rows, \
+    write_tables
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run or sweep directories (searched recursively)")
+    parser.add_argument("-o", "--out", help="output folder (default: <first path>/report)")
+    args = parser.parse_args(argv)
+
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"error: no runs (results.json files) under {', '.join(args.paths)}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = group_runs(runs)
+    pngs = [plot_figure(name, groups, out / f"{name}.png") for name, groups in figures.items()]
+    rows = table_rows(figures)
+    csv_path, md_path = write_tables(rows, out)
+    skipped = not_averaged(runs)
+    report = [f"# Report: {len(runs)} runs from {', '.join(args.paths)}", "",
+              "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
+              "confidence interval (n-1 degrees of freedom); n = completed runs.", "",
+              md_path.read_text(), *[f"![{p.stem}]({p.name})" for p in pngs]]
+    if skipped:
+        report += ["", "## Not averaged", *skipped]
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    print(md_path.read_text())
+    if skipped:
+        print("not averaged:\n" + "\n".join(skipped))
+    print(f"wrote {out / 'report.md'}, {csv_path.name}, {len(pngs)} figure(s) in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
