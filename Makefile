@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-all bench tensorboard clean
+.PHONY: help setup train test test-all sweep-mnist sweep-cifar sweep-resnet paper report bench tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,30 @@ test: $(VENV)/.installed  ## the default test suite (minutes on 2 cores)
 
 test-all: $(VENV)/.installed  ## every test, the slow ones too
 	$(PY) -m pytest -m "" $(ARGS)
+
+MNIST_FIGS  := fig03_mnist_fnn fig04_mnist_fnn_bias_scale fig05_mnist_cnn fig06_mnist_cnn_bias_scale fig07_zero_mnist
+CIFAR_FIGS  := fig08_cifar_fnn fig09_cifar_cnn fig10_zero_cifar
+RESNET_FIGS := fig11_resnet50
+# Every figure's sweep runs even if one has failed runs; the target fails at the end if any did.
+define sweep
+	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(ARGS) || status=1; done; exit $$status
+endef
+
+sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST (ARGS="launcher=parallel" etc.)
+	$(call sweep,$(MNIST_FIGS))
+
+sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10
+	$(call sweep,$(CIFAR_FIGS))
+
+sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each
+	$(call sweep,$(RESNET_FIGS))
+
+paper: $(VENV)/.installed  ## every figure (3-11), then the report
+	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS) $(RESNET_FIGS))
+	$(PY) src/report.py outputs/sweeps -o outputs/report
+
+report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under outputs/sweeps
+	$(PY) src/report.py outputs/sweeps -o outputs/report
 
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
