@@ -11,6 +11,7 @@ import pickle
 import struct
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -110,3 +111,11 @@ def write_image_folder(root, classes=("cat", "dog", "emu"), per_class=(3, 2), si
                 write_png(img, str(folder / f"{i:02d}.png"))
                 written[split][cls].append(img)
     return written
+
+
+class FailAtEpochEnd(L.Callback):
+    """Raises at the end of the first training epoch: a run that crashes mid-way.
+    Use it as `+callbacks.boom._target_=fakedata.FailAtEpochEnd`."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("boom at the end of the epoch")

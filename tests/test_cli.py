@@ -1,0 +1,122 @@
+"""The command line, as a user runs it: `python src/train.py ...` and
+`python src/init_report.py ...` in a subprocess from the repository root."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(script, *args, timeout=300):
+    # as a user's shell has it: no warning filters from conftest, no Hydra full traces
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONWARNINGS", "HYDRA_FULL_ERROR")}
+    return subprocess.run([sys.executable, f"src/{script}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
+    proc = cli("train.py", "-m", "init=zero,bias_normal", "seed=0,1", "trainer.max_epochs=1",
+               "+trainer.limit_train_batches=3", "trainer=cpu", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "default"
+    dirs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "results.json").exists())
+    assert len(dirs) == 4, [p.name for p in sweep.iterdir()]
+    names = [p.name for p in dirs]
+    assert len(set(names)) == 4
+    for init in ("zero", "bias_normal"):
+        for seed in (0, 1):
+            # readable: dataset, model, init, bias scale and seed in the name
+            assert [n for n in names if n.startswith(f"mnist5k-mnist_fnn-{init}-x1")
+                    and n.endswith(f"-s{seed}")], names
+    for d in dirs:
+        results = json.loads((d / "results.json").read_text())
+        assert results["status"] == "completed"
+        assert len(results["epochs"]) == 1
+        assert results["config"]["seed"] == int(d.name[-1])
+        assert d.name.startswith(f"mnist5k-mnist_fnn-{results['config']['init']['name']}-")
+        assert list(d.glob("events.out.tfevents.*"))
+        assert (d / "checkpoints" / "last.ckpt").exists()
+
+
+BAD_INPUTS = [
+    (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["batch_size=0"], "batch_size"),
+    (["init.bias_scale=nan"], "init.bias_scale"),
+    (["init.bias_scale=-1"], "init.bias_scale"),
+    (["model.activation=swish"], "model.activation"),
+    (["dataset=mnist", "dataset.download=false", "paths.data_dir={empty}"], "dataset=mnist"),
+]
+
+
+@pytest.mark.parametrize("args,key", BAD_INPUTS, ids=[a[0] for a, _ in BAD_INPUTS])
+def test_bad_input_one_error_line_nonzero_exit_nothing_left(tmp_path, args, key):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    logs = tmp_path / "logs"
+    proc = cli("train.py", *[a.format(empty=empty) for a in args], "trainer=cpu",
+               f"paths.log_dir={logs}")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    assert key in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    left = [p for p in logs.rglob("*") if p.is_file() or (p.is_dir() and p.name != "runs")]
+    assert left == [], left  # no run directory, no half-written file
+    if key == "dataset=mnist":
+        assert str(empty / "MNIST" / "raw") in lines[0]
+        assert "dataset=mnist5k" in lines[0]
+    if key == "model.activation":
+        assert "elu" in lines[0] and "relu" in lines[0]  # the allowed values
+    if key.startswith("init.bias_scale"):
+        assert "bias_scale=down|none|up" in lines[0]
+
+
+def test_unknown_group_option_lists_the_available_ones(tmp_path):
+    proc = cli("train.py", "model=foo", f"paths.log_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "Could not find 'model/foo'" in proc.stderr
+    for option in ("logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50"):
+        assert option in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_init_report_resnet50_zero_shows_every_layer(tmp_path):
+    proc = cli("init_report.py", "model=resnet50", "dataset=cifar10", "init=zero")
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 8 and parts[1] in ("Conv2d", "Linear", "BatchNorm2d"):
+            rows[parts[0]] = parts
+    assert len(rows) == 54 + 37  # every conv/linear and BatchNorm, one row each
+    shortcuts = [name for name in rows if name.endswith("shortcut.0")]
+    assert shortcuts == ["layers.0.shortcut.0", "layers.3.shortcut.0", "layers.7.shortcut.0",
+                         "layers.13.shortcut.0"]
+    for name, (_, kind, shape, w_mean, w_std, zeros, b_mean, b_std) in rows.items():
+        if kind in ("Conv2d", "Linear"):
+            assert zeros == "100.0%", name
+            assert float(b_mean) == 0 and float(b_std) == 0, name
+        else:  # BatchNorm: weight 1, bias 0
+            assert float(w_mean) == 1.0 and zeros == "0.0%", name
+    assert rows["stem.0"][2] == "64x3x3x3" and rows["fc"][2] == "10x2048"
+    assert rows["layers.13.shortcut.0"][2] == "2048x1024x1x1"
+
+
+def test_init_report_bias_normal_and_bad_input():
+    proc = cli("init_report.py", "model=mnist_fnn", "init=bias_normal", "bias_scale=up")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if " Linear " in line]
+    assert [r[0] for r in rows] == ["0", "2"] or [r[0] for r in rows] == ["1", "3"]
+    assert all(r[5] == "100.0%" for r in rows)
+    assert 30 < float(rows[0][7]) < 300  # N(0, 1) x 100 over 500 biases
+    bad = cli("init_report.py", "model.activation=swish")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().startswith("error: model.activation")
+    assert len(bad.stderr.strip().splitlines()) == 1

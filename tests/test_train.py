@@ -1,0 +1,161 @@
+"""Real training runs through train.run(cfg), composed from the real configs: one short run
+per model, the results.json contract, determinism, seeding, TensorBoard, atomic writes."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
+from train import run
+from zeroinit.results import read_results, write_json_atomic
+
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+         "+trainer.limit_val_batches=1", "batch_size=8"]
+EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "train_acc", "epoch_time_s"}
+TOP_KEYS = {"status", "config", "overrides", "epochs", "final", "wall_time_s", "device",
+            "versions"}
+PAPER_NORM = ("dataset.normalize={mean:[0.4914,0.4822,0.4465],std:[0.2023,0.1994,0.2010]}")
+
+
+def check_results(results, run_dir, n_epochs=1):
+    assert TOP_KEYS <= set(results)
+    assert results["status"] == "completed"
+    assert len(results["epochs"]) == n_epochs
+    for i, entry in enumerate(results["epochs"], 1):
+        assert set(entry) == EPOCH_KEYS
+        assert entry["epoch"] == i
+        for key in ("test_acc", "train_acc"):
+            assert 0.0 <= entry[key] <= 1.0
+        for key in ("test_loss", "train_loss", "epoch_time_s"):
+            assert math.isfinite(entry[key]) and entry[key] >= 0
+    last = results["epochs"][-1]
+    assert results["final"] == {"test_acc": last["test_acc"], "test_loss": last["test_loss"]}
+    assert results["wall_time_s"] > 0
+    assert results["device"].startswith("cpu")
+    assert set(results["versions"]) >= {"python", "torch", "lightning"}
+    assert results["versions"]["torch"] == torch.__version__
+    on_disk = read_results(run_dir)  # the file says what run() returned
+    assert on_disk["status"] == "completed"
+    assert on_disk["epochs"] == json.loads(json.dumps(results["epochs"]))
+    assert (Path(run_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+CASES = {
+    "logreg": ["dataset=cifar10"],
+    "mnist_fnn": [],  # the embedded default, mnist5k
+    "mnist_cnn": ["dataset=mnist", "init=bias_uniform", "bias_scale=up"],
+    "cifar_fnn": ["dataset=cifar10", "init=bias_normal", "optimizer=sgd", "optimizer.lr=0.01"],
+    "cifar_cnn": ["dataset=cifar10", "init=bias_uniform"],
+    "resnet50": ["dataset=cifar10", "init=bias_normal", "dataset.augment=true", PAPER_NORM],
+}
+
+
+@pytest.mark.parametrize("model", list(CASES))
+def test_one_short_training_per_model(make_cfg, tmp_path, monkeypatch, model):
+    data_dir = tmp_path / "data"
+    if "dataset=cifar10" in CASES[model]:
+        write_cifar10(data_dir, per_batch=8, n_test=12)
+        patch_cifar10_md5s(monkeypatch, data_dir)
+    elif "dataset=mnist" in CASES[model]:
+        write_mnist(data_dir, n_train=24, n_test=10)
+    cfg = make_cfg(f"model={model}", *CASES[model], *SHORT, f"paths.data_dir={data_dir}",
+                   "dataset.download=false")
+    results = run(cfg, overrides=[f"model={model}", *CASES[model]])
+    check_results(results, tmp_path)
+    assert results["config"]["model"]["name"] == model
+    assert results["config"]["init"]["bias_scale"] == cfg.init.bias_scale
+    assert results["overrides"] == [f"model={model}", *CASES[model]]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False,
+                      map_location="cpu")
+    assert ckpt["global_step"] == 2  # exactly the two training steps asked for
+
+
+def test_image_folder_run_takes_shape_and_classes_from_the_files(make_cfg, tmp_path):
+    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=(6, 2),
+                       size=(10, 14))
+    cfg = make_cfg("dataset=image_folder", f"dataset.data_dir={tmp_path / 'imgs'}",
+                   "model=mnist_cnn", *SHORT)
+    results = run(cfg)
+    check_results(results, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    fc = [v for k, v in ckpt["state_dict"].items() if k.endswith("weight")][-1]
+    assert tuple(fc.shape) == (3, 32 * 10 * 14)
+
+
+def short_run(make_cfg, out_dir, *overrides):
+    cfg = make_cfg("trainer.max_epochs=2", "+trainer.limit_train_batches=4", "batch_size=32",
+                   f"paths.output_dir={out_dir}", *overrides)
+    return run(cfg)
+
+
+def curve(results):
+    return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in results["epochs"]]
+
+
+def test_same_config_and_seed_gives_identical_epochs(make_cfg, tmp_path):
+    a = short_run(make_cfg, tmp_path / "a", "seed=0", "init=bias_normal")
+    torch.manual_seed(987)  # whatever the global RNG holds, seed=0 must reset it
+    b = short_run(make_cfg, tmp_path / "b", "seed=0", "init=bias_normal")
+    assert len(a["epochs"]) == 2
+    assert curve(a) == curve(b)
+    assert read_results(tmp_path / "a")["epochs"][1]["train_loss"] == \
+        read_results(tmp_path / "b")["epochs"][1]["train_loss"]
+
+
+def test_seed_zero_and_one_differ(make_cfg, tmp_path):
+    """Guards the `if cfg.get("seed")` trap: seed 0 must seed too, and differently from 1."""
+    a = short_run(make_cfg, tmp_path / "a", "seed=0")
+    b = short_run(make_cfg, tmp_path / "b", "seed=1")
+    assert curve(a) != curve(b)
+    assert a["epochs"][0]["train_loss"] != b["epochs"][0]["train_loss"]
+
+
+def test_tensorboard_events_hold_the_curves_and_hparams(make_cfg, tmp_path):
+    results = short_run(make_cfg, tmp_path, "seed=3")
+    events = list(tmp_path.glob("events.out.tfevents.*"))
+    assert events, list(tmp_path.iterdir())
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert {"test/acc", "test/loss", "train/loss", "train/acc"} <= set(acc.Tags()["scalars"])
+    test_acc = acc.Scalars("test/acc")
+    assert [e.step for e in test_acc] == [1, 2]  # logged against the epoch
+    assert [e.value for e in test_acc] == pytest.approx([e["test_acc"]
+                                                         for e in results["epochs"]])
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+
+def test_diverged_run_stops_and_says_so(make_cfg, tmp_path):
+    cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
+                   "+trainer.limit_train_batches=3")
+    results = run(cfg)
+    assert results["status"] == "diverged"
+    assert len(results["epochs"]) == 1
+    assert math.isnan(results["epochs"][0]["train_loss"])
+    assert read_results(tmp_path)["status"] == "diverged"
+
+
+def test_crashed_run_is_marked_failed(make_cfg, tmp_path):
+    cfg = make_cfg(*SHORT, "+callbacks.boom._target_=fakedata.FailAtEpochEnd")
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg)
+    results = read_results(tmp_path)
+    assert results["status"] == "failed"
+    assert "boom" in results["error"]
+
+
+def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"status": "running", "epochs": [1, 2]})
+    before = path.read_bytes()
+    with pytest.raises(TypeError):  # json.dump fails mid-way, after writing some of it
+        write_json_atomic(path, {"status": "completed", "epochs": [1, 2, 3], "bad": object()})
+    assert path.read_bytes() == before
+    assert json.loads(before) == {"status": "running", "epochs": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+    write_json_atomic(path, {"status": "completed", "x": float("nan")})
+    data = json.loads(path.read_text())
+    assert data["status"] == "completed" and math.isnan(data["x"])
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
