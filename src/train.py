@@ -32,6 +32,7 @@ from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_
                             resume_checkpoint)
 
 log = logging.getLogger("zeroinit")
+RESUME_ENV = "ZEROINIT_RESUME_CKPT"
 register_resolvers()
 
 
@@ -119,6 +120,9 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
     """What a sweep job does: skip a finished run, resume an interrupted one, else train.
     Returns (outcome, results): outcome is the run's final status, or skipped / busy."""
     out_dir = Path(cfg.paths.output_dir)
+    if _ddp_worker():  # DDP re-launched this script for rank > 0: follow rank 0's decision
+        results = run(cfg, overrides, ckpt_path=os.environ.get(RESUME_ENV) or None)
+        return results["status"], results
     status = previous_status(out_dir)
     if status in FINISHED:
         return "skipped", read_results(out_dir)
@@ -127,12 +131,18 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
         return "busy", None
     try:
         ckpt = resume_checkpoint(out_dir)
+        os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
         if ckpt is not None:
             print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
         results = run(cfg, overrides, ckpt_path=ckpt)
         return results["status"], results
     finally:
         lock.release()
+
+
+def _ddp_worker() -> bool:
+    # Lightning's DDP launcher starts ranks > 0 as new processes of this script, LOCAL_RANK set.
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 def _limit_threads_for_parallel_jobs():
@@ -170,6 +180,8 @@ def main(cfg: DictConfig) -> float | None:
         record_outcome(hc.sweep.dir, out_dir, outcome, (results or {}).get("error"),
                        resumed=outcome not in ("skipped", "busy")
                        and "resumed_from_epoch" in (results or {}))
+    if _ddp_worker():  # rank 0 reports for the run
+        return None
     if outcome == "busy":
         print(f"busy: {out_dir} is being trained by another process; left alone", flush=True)
         return None
