@@ -21,9 +21,9 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import UserError, build, register_resolvers, validate
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
@@ -75,12 +75,12 @@ def setup(cfg: DictConfig, overrides=(), data=None):
 
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(out_dir, config, overrides)
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                 save_on_train_epoch_end=True)
+    checkpoint = LastCheckpoint(out_dir / "checkpoints")  # last: after the writer
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = build(cfg.trainer, logger=logger if logger else False,
-                    callbacks=[writer, *extra, checkpoint])
+                    callbacks=[writer, *extra, checkpoint],
+                    enable_checkpointing=False)
     if logger:
         logger.log_hyperparams(_flat(config), metrics={"hp/test_acc": 0.0})
     return trainer, module, data, writer

@@ -1,0 +1,26 @@
+"""checkpoints/last.ckpt, rewritten atomically after every epoch: what a sweep resumes from.
+
+Lightning's ModelCheckpoint writes `last.ckpt` only alongside a top-k checkpoint, and writes
+in place, so a kill mid-write could leave a torn file. This callback saves to a temporary
+file and renames it, after the ResultsWriter has recorded the epoch (it comes later in the
+callback list), so the checkpoint always holds the curve up to the epoch it stores.
+"""
+import os
+from pathlib import Path
+
+import lightning as L
+
+
+class LastCheckpoint(L.Callback):
+    def __init__(self, dirpath, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)

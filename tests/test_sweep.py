@@ -1,0 +1,203 @@
+"""Sweeps that do not lose work: GPU slot assignment, the run lock, skip/resume after a kill,
+failure isolation, divergence, the parallel and submitit launchers, the figure presets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from zeroinit.sweep import GpuSlot, RunLock, slot_gpu, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = {  # preset -> (dataset, epochs, runs in the sweep)
+    "fig03_mnist_fnn": ("mnist", 10, 30), "fig04_mnist_fnn_bias_scale": ("mnist", 10, 30),
+    "fig05_mnist_cnn": ("mnist", 15, 30), "fig06_mnist_cnn_bias_scale": ("mnist", 15, 30),
+    "fig07_zero_mnist": ("mnist", 15, 15), "fig08_cifar_fnn": ("cifar10", 15, 30),
+    "fig09_cifar_cnn": ("cifar10", 20, 30), "fig10_zero_cifar": ("cifar10", 20, 15),
+    "fig11_resnet50": ("cifar10", 30, 15),
+}
+
+
+def train(*args, log_dir, timeout=600, **kw):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "src/train.py", *args, f"paths.log_dir={log_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+                          **kw)
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def without_time(epochs):
+    return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in epochs]
+
+
+# ------------------------------------------------------------------ GPU slots, no GPU needed
+def test_slot_gpu_fills_each_gpu_before_sharing():
+    assert [slot_gpu(s, 4) for s in range(4)] == [0, 1, 2, 3]
+    assert [slot_gpu(s, 2, runs_per_gpu=2) for s in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(ValueError):
+        slot_gpu(2, 2, runs_per_gpu=1)
+
+
+def test_concurrent_runs_get_distinct_gpus_and_wait_when_all_are_busy(tmp_path):
+    slots = [GpuSlot(2, 1, lock_dir=tmp_path, poll_s=0.01) for _ in range(3)]
+    assert sorted([slots[0].acquire(), slots[1].acquire()]) == [0, 1]
+    with pytest.raises(TimeoutError):  # a third run may not double up on a GPU
+        slots[2].acquire(timeout_s=0.05)
+    gpu = slots[0].index
+    slots[0].release()
+    assert slots[2].acquire(timeout_s=1) == gpu  # ... but takes the one that frees up
+
+
+def test_runs_per_gpu_allows_sharing(tmp_path):
+    slots = [GpuSlot(1, 2, lock_dir=tmp_path, poll_s=0.01) for _ in range(3)]
+    assert [slots[0].acquire(), slots[1].acquire()] == [0, 0]
+    with pytest.raises(TimeoutError):
+        slots[2].acquire(timeout_s=0.05)
+
+
+def test_gpu_slots_are_exclusive_across_processes(tmp_path):
+    held = GpuSlot(1, 1, lock_dir=tmp_path)
+    held.acquire()
+    code = ("from zeroinit.sweep import GpuSlot\n"
+            f"try:\n    GpuSlot(1, 1, lock_dir={str(tmp_path)!r}, poll_s=0.01).acquire(0.1)\n"
+            "except TimeoutError:\n    print('waited')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "waited"
+    held.release()
+
+
+def test_run_lock_is_exclusive_and_released(tmp_path):
+    a, b = RunLock(tmp_path), RunLock(tmp_path)
+    assert a.acquire()
+    assert not b.acquire()
+    a.release()
+    assert b.acquire()
+    b.release()
+
+
+def test_summary_counts_outcomes_and_flags_failures():
+    text, failed = summarize([
+        {"run": "a", "status": "completed", "error": None, "resumed": True},
+        {"run": "b", "status": "skipped", "error": None},
+        {"run": "c", "status": "failed", "error": "UserError: boom"},
+    ])
+    assert failed
+    assert "3 runs: 1 completed, 1 skipped (already finished), 1 failed" in text
+    assert "1 of them resumed" in text and "failed: c: UserError: boom" in text
+    assert summarize([{"run": "a", "status": "diverged", "error": None}])[1] is False
+
+
+# ------------------------------------------------------------------ presets and launchers
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_presets_compose_with_the_papers_settings(name):
+    dataset, epochs, n_runs = FIGURES[name]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    assert cfg.dataset.name == dataset and cfg.trainer.max_epochs == epochs
+    assert cfg.sweep_name == name and cfg.batch_size == 128
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.001
+    params = cfg.hydra.sweeper.params
+    size = 1
+    for key, value in params.items():
+        size *= 5 if value == "range(5)" else len(str(value).split(","))
+    assert params.seed == "range(5)" and size == n_runs
+    if name == "fig11_resnet50":
+        assert cfg.dataset.augment and list(cfg.dataset.normalize.mean) == [0.4914, 0.4822, 0.4465]
+    elif "fig0" in name or name == "fig10_zero_cifar":
+        assert not cfg.dataset.augment and cfg.dataset.normalize is None
+
+
+def test_slurm_launcher_composes_one_gpu_per_task():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_task == 1 and launcher.tasks_per_node == 1
+
+
+def test_parallel_sweep_on_cpu_runs_two_jobs(tmp_path):
+    out = train("-m", "launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1",
+                "trainer.max_epochs=1", log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted((tmp_path / "sweeps" / "default").glob("*-s[01]"))
+    assert [results(r)["status"] for r in runs] == ["completed", "completed"]
+    assert "sweep: 2 runs: 2 completed" in out.stdout
+    assert results(runs[0])["epochs"] != results(runs[1])["epochs"]
+
+
+def test_submitit_local_executor_runs_the_sweep(tmp_path):
+    out = train("-m", "launcher=slurm_local", "seed=0", "trainer.max_epochs=1", log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run,) = (tmp_path / "sweeps" / "default").glob("*-s0")
+    assert results(run)["status"] == "completed"
+
+
+# ------------------------------------------------------------------ failures and divergence
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
+    out = train("-m", "model.activation=swish,elu", "trainer.max_epochs=1", log_dir=tmp_path)
+    assert out.returncode == 1
+    assert "sweep: 2 runs: 1 completed, 1 failed" in out.stdout
+    assert "model.activation" in out.stdout
+    runs = list((tmp_path / "sweeps" / "default").glob("*activation=elu*"))
+    assert len(runs) == 1 and results(runs[0])["status"] == "completed"
+    assert not list((tmp_path / "sweeps" / "default").glob("*activation=swish*"))
+
+
+def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path):
+    out = train("-m", "optimizer=sgd", "optimizer.lr=1e12,0.01", "trainer.max_epochs=3",
+                log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (bad,) = (tmp_path / "sweeps" / "default").glob("*lr=1000000000000*")
+    (good,) = (tmp_path / "sweeps" / "default").glob("*lr=0.01*")
+    r = results(bad)
+    assert r["status"] == "diverged" and len(r["epochs"]) < 3  # stopped, curve so far kept
+    assert results(good)["status"] == "completed" and len(results(good)["epochs"]) == 3
+    assert "1 completed, 1 diverged" in out.stdout
+
+
+# ------------------------------------------------------------------ kill, rerun, resume
+def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path):
+    args = ["model=mnist_cnn", "+trainer.limit_train_batches=6", "trainer.max_epochs=4"]
+    sweep = tmp_path / "sweeps" / "default"
+    proc = subprocess.Popen([sys.executable, "src/train.py", "-m", "seed=0,1", *args,
+                             f"paths.log_dir={tmp_path}"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    deadline = time.time() + 600
+    try:  # kill the sweep once the second run has checkpointed an epoch but not finished
+        while time.time() < deadline:
+            found = list(sweep.glob("*-s1"))
+            if found and (found[0] / "checkpoints" / "last.ckpt").exists():
+                second = found[0]
+                if results(second)["status"] == "running":
+                    break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert second is not None, "the sweep never reached its second run"
+    first = next(sweep.glob("*-s0"))
+    assert results(first)["status"] == "completed"
+    first_bytes = (first / "results.json").read_bytes()
+    assert results(second)["status"] == "running" and len(results(second)["epochs"]) < 4
+
+    out = train("-m", "seed=0,1", *args, log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 skipped (already finished)" in out.stdout and "1 of them resumed" in out.stdout
+    assert (first / "results.json").read_bytes() == first_bytes  # never overwritten
+    resumed = results(second)
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1
+
+    # The resumed curve is the uninterrupted one: same batches, same optimizer state.
+    ref = train("seed=1", *args, log_dir=tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
+    assert without_time(resumed["epochs"]) == without_time(results(ref_dir)["epochs"])
