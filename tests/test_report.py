@@ -1,0 +1,85 @@
+"""report.py: grouping by config minus seed, Student-t 95% CIs, figures, tables, and runs that
+are not completed listed but never averaged."""
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import report
+from zeroinit.report import find_runs, group_runs, mean_ci, table_rows
+from zeroinit.results import write_json_atomic
+
+
+def fake_run(root, name, *, init="pytorch", model="mnist_fnn", seed=0, accs=(0.5, 0.9),
+             status="completed", dataset="mnist", sweep="fig03_mnist_fnn", scale=1.0):
+    bias = {"pytorch": "pytorch", "bias_normal": "normal", "zero": "zero"}[init]
+    config = {"seed": seed, "sweep_name": sweep, "batch_size": 128,
+              "paths": {"output_dir": str(root / name)},
+              "dataset": {"name": dataset, "source": dataset},
+              "model": {"name": model, "hidden": [500] if model != "logreg" else []},
+              "init": {"name": init, "weight": "zero" if init != "pytorch" else "pytorch",
+                       "bias": bias, "bias_scale": scale},
+              "trainer": {"max_epochs": 2, "accelerator": "cpu"}}
+    epochs = [{"epoch": i + 1, "test_acc": a, "test_loss": 1 - a, "train_loss": 1 - a,
+               "train_acc": a, "epoch_time_s": 2.0} for i, a in enumerate(accs)]
+    (root / name).mkdir(parents=True)
+    write_json_atomic(root / name / "results.json",
+                      {"status": status, "config": config, "overrides": [], "epochs": epochs,
+                       "final": {"test_acc": accs[-1], "test_loss": 1 - accs[-1]},
+                       "wall_time_s": 1.0, "device": "cpu", "versions": {}})
+
+
+def test_mean_ci_is_the_student_t_interval():
+    values = np.array([[0.90], [0.92], [0.97]])
+    mean, half = mean_ci(values)
+    expected = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
+    assert mean[0] == pytest.approx(0.93) and half[0] == pytest.approx(expected)
+    assert np.isnan(mean_ci(values[:1])[1][0])  # one run: no interval, not a zero-width one
+
+
+def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tmp_path):
+    for seed, acc in enumerate([0.90, 0.92, 0.97]):
+        fake_run(tmp_path, f"fnn-pytorch-s{seed}", seed=seed, accs=(0.5, acc))
+    for seed, acc in enumerate([0.80, 0.84]):
+        fake_run(tmp_path, f"fnn-bias-s{seed}", init="bias_normal", seed=seed, accs=(0.3, acc))
+    fake_run(tmp_path, "fnn-bias-s2", init="bias_normal", seed=2, accs=(0.1,), status="running")
+    fake_run(tmp_path, "fnn-bias-s3", init="bias_normal", seed=3, accs=(0.1,), status="failed")
+    fake_run(tmp_path, "fnn-bias-s4", init="bias_normal", seed=4, accs=(0.1,), status="diverged")
+    fake_run(tmp_path, "logreg-s0", model="logreg", accs=(0.8, 0.91))
+
+    figures = group_runs(find_runs([tmp_path]))
+    assert list(figures) == ["fig03_mnist_fnn-mnist"]
+    rows = {r["configuration"]: r for r in table_rows(figures)}
+    assert set(rows) == {"mnist_fnn pytorch", "mnist_fnn bias_normal", "logreg pytorch"}
+    py, bias = rows["mnist_fnn pytorch"], rows["mnist_fnn bias_normal"]
+    assert py["n"] == 3 and py["final_test_acc_%"] == pytest.approx(93.0)
+    assert py["ci95_%"] == pytest.approx(
+        100 * stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3))
+    # Only the two completed runs are averaged; the others are counted.
+    assert bias["n"] == 2 and bias["final_test_acc_%"] == pytest.approx(82.0)
+    assert (bias["running"], bias["failed"], bias["diverged"]) == (1, 1, 1)
+    assert py["paper_%"] == "~97.5" and rows["logreg pytorch"]["paper_%"].startswith("~92")
+
+
+def test_cli_writes_figures_tables_and_lists_unfinished_runs(tmp_path, capsys):
+    runs = tmp_path / "sweep"
+    for seed in range(2):
+        fake_run(runs, f"a-s{seed}", seed=seed, accs=(0.5, 0.9 + seed / 100))
+        fake_run(runs, f"b-s{seed}", init="bias_normal", seed=seed, accs=(0.4, 0.8))
+    fake_run(runs, "b-s2", init="bias_normal", seed=2, accs=(0.1,), status="running")
+    assert report.main([str(runs), "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert (out / "fig03_mnist_fnn-mnist.png").stat().st_size > 10_000
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    # Lines are labelled by what differs between them (here only the init).
+    assert {r["configuration"]: r["n"] for r in table} == {"pytorch": "2", "bias_normal": "2"}
+    text = (out / "report.md").read_text()
+    assert "91.50 ±" in text and "## Not averaged" in text and "b-s2: running" in text
+
+
+def test_cli_fails_clearly_without_runs(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "no runs" in capsys.readouterr().err
