@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import UserError, build, register_resolvers, validate
 from zeroinit.init import apply_init
@@ -63,6 +64,7 @@ def setup(cfg: DictConfig, overrides=(), data=None):
     `data` replaces the configured dataset (benchmarks/ passes one holding random images)."""
     _quiet_lightning()
     validate(cfg)
+    speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
 
@@ -71,6 +73,7 @@ def setup(cfg: DictConfig, overrides=(), data=None):
     data.load()  # before the model: the dataset decides input shape and class count
     net = build(cfg.model, ignore=["name"], input_shape=data.input_shape, num_classes=data.num_classes)
     apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+    net = speed.prepare(net, cfg.get("speed"))  # channels_last, torch.compile (opt-in)
     module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
 
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,83 @@
+"""Speed settings (conf/speed/), all opt-in: by default every run is full fp32.
+
+TF32 and bf16 round the inputs of every matmul and convolution, and this study is about
+effects (symmetry of zero-weight layers, rank, dead units) that rounding could change. So
+the default `speed=fp32` turns even PyTorch's own default of TF32 convolutions off. Turn the
+options on where a result is known to hold, then check it on a few seeds in fp32.
+
+  speed.tf32             TF32 tensor cores (Ampere and later) for fp32 matmuls and convs:
+                         10-bit mantissa inputs, fp32 accumulation; several times the fp32
+                         matmul throughput. Results change at about the 1e-3 relative level.
+  trainer.precision      32-true (default) | bf16-mixed: autocast runs matmuls and convs in
+                         bf16 (8-bit mantissa); weights, gradients and Adam state stay fp32.
+                         About 2x TF32 on tensor cores, half the activation memory.
+  speed.cudnn_benchmark  cuDNN times its convolution algorithms for each new input shape
+                         and keeps the fastest (the first batches are slower). The choice can
+                         differ between runs, so runs are no longer bitwise reproducible.
+  speed.channels_last    NHWC memory layout for the nets' conv weights (and so their
+                         activations): tensor-core convolutions without layout transposes;
+                         pays off with bf16/TF32 on a GPU. Linear-only nets are unaffected.
+  speed.compile          torch.compile the net in place (checkpoints keep their keys): fused
+                         elementwise kernels, fewer launches. Compiling costs seconds (FNN)
+                         to a minute or more (ResNet-50) at the start of every run, so it pays
+                         off for the long runs. speed.compile_mode: default |
+                         reduce-overhead (CUDA graphs: least launch overhead, for small nets)
+                         | max-autotune (longest compile, fastest kernels).
+
+`configure` sets the process-wide switches and must run for every run (a -m sweep runs its
+jobs in one process, so a run must not inherit the previous run's settings); `prepare`
+applies the per-net ones.
+"""
+import os
+
+import torch
+from torch import nn
+
+from zeroinit.errors import check
+
+DEFAULTS = {"tf32": False, "cudnn_benchmark": False, "channels_last": False, "compile": False,
+            "compile_mode": "default"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _settings(speed) -> dict:
+    settings = {**DEFAULTS, **dict(speed or {})}
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    check(not unknown, f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
+    for key in ("tf32", "cudnn_benchmark", "channels_last", "compile"):
+        check(isinstance(settings[key], bool),
+              f"speed.{key}: {settings[key]!r} is not allowed; allowed: true, false")
+    check(settings["compile_mode"] in COMPILE_MODES,
+          f"speed.compile_mode: {settings['compile_mode']!r} is not one of {', '.join(COMPILE_MODES)}")
+    return settings
+
+
+def configure(speed=None) -> dict:
+    """Set the process-wide switches for one run; returns the full settings."""
+    settings = _settings(speed)
+    # The legacy switches on purpose: Lightning reads get_float32_matmul_precision(), which
+    # raises once the newer fp32_precision API has been used.
+    torch.set_float32_matmul_precision("high" if settings["tf32"] else "highest")
+    torch.backends.cudnn.allow_tf32 = settings["tf32"]  # PyTorch's own default: True
+    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+    _skip_nvml_check_without_gpu()
+    return settings
+
+
+def prepare(net: nn.Module, speed=None) -> nn.Module:
+    """Apply the per-net settings (after the init scheme: values are never touched)."""
+    settings = _settings(speed)
+    if settings["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)  # a no-op for Linear-only nets
+    if settings["compile"]:
+        net.compile(mode=settings["compile_mode"])  # in place: state_dict keys unchanged
+    return net
+
+
+def _skip_nvml_check_without_gpu() -> None:
+    """Not an option, always on: importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1
+    (to keep forked workers CUDA-safe). On a machine with no GPU, every Adam/AdamW step then
+    asks NVML whether CUDA is there, loading its library anew each time (~50 us a step, 2-5%
+    of an MNIST FNN step on a CPU). Without a GPU there is no CUDA state to protect."""
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"

@@ -1,0 +1,94 @@
+"""conf/speed: the opt-in speed switches compose, are checked, set what they say, and run."""
+import pytest
+import torch
+from train import run
+
+from zeroinit import speed
+from zeroinit.errors import UserError
+from zeroinit.models import CNN
+
+
+@pytest.fixture(autouse=True)
+def restore_fp32():
+    yield
+    speed.configure(None)  # a test must not leave TF32 or cudnn.benchmark on for the next
+
+
+def test_default_is_full_fp32(make_cfg):
+    cfg = make_cfg()
+    assert cfg.trainer.precision == "32-true"
+    settings = speed.configure(cfg.speed)
+    assert not any(settings[k] for k in ("tf32", "cudnn_benchmark", "channels_last", "compile"))
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.allow_tf32 is False  # PyTorch's own default would be True
+    assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("preset, expected, precision", [
+    ("tf32", {"tf32": True, "cudnn_benchmark": True, "channels_last": False, "compile": False},
+     "32-true"),
+    ("bf16", {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": False},
+     "bf16-mixed"),
+    ("bf16_compile", {"tf32": True, "cudnn_benchmark": True, "channels_last": True,
+                      "compile": True}, "bf16-mixed"),
+])
+def test_presets_compose(make_cfg, preset, expected, precision):
+    cfg = make_cfg(f"speed={preset}")
+    assert {k: cfg.speed[k] for k in expected} == expected
+    assert cfg.trainer.precision == precision
+
+
+def test_switches_compose_with_presets_and_the_command_line(make_cfg):
+    cfg = make_cfg("speed=tf32", "speed.channels_last=true", "trainer.precision=bf16-mixed",
+                   "model=mnist_cnn")
+    assert cfg.speed.tf32 and cfg.speed.channels_last and not cfg.speed.compile
+    assert cfg.trainer.precision == "bf16-mixed"
+    speed.configure(cfg.speed)
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cudnn.benchmark is True
+    speed.configure(make_cfg().speed)  # the next run of a sweep is back to fp32
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.allow_tf32 is False
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tf32", "yes", "speed.tf32"), ("compile_mode", "fastest", "speed.compile_mode"),
+    ("turbo", True, "unknown key"),
+])
+def test_bad_settings_say_which_key(key, value, message):
+    with pytest.raises(UserError, match=message):
+        speed.configure({key: value})
+
+
+def test_channels_last_keeps_values_and_outputs():
+    net = CNN((1, 28, 28), 10, stages=[[4, 8]], kernel_size=5)
+    x = torch.rand(3, 1, 28, 28)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    expected = net(x)
+    net = speed.prepare(net, {"channels_last": True})
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_channels_last_run_on_cpu(make_cfg):
+    results = run(make_cfg("model=mnist_cnn", "speed.channels_last=true", "trainer.max_epochs=1",
+                           "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"))
+    assert results["status"] == "completed"
+    assert results["config"]["speed"]["channels_last"] is True
+
+
+def test_bf16_mixed_runs_on_cpu(make_cfg):
+    results = run(make_cfg("speed=bf16", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                           "+trainer.limit_val_batches=1"))
+    assert results["status"] == "completed"
+    assert results["config"]["trainer"]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_compile_runs_on_cpu_and_keeps_checkpoint_keys(make_cfg, tmp_path):
+    results = run(make_cfg("speed.compile=true", "trainer.max_epochs=1",
+                           "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"))
+    assert results["status"] == "completed"
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in k for k in state)  # compiled in place: the usual keys
