@@ -221,7 +221,8 @@ def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
     cols = summary_columns(results["bias_normal"])
     assert cols["wakeup_all"] == 4.0 and summary_columns(results["pytorch"])["wakeup_all"] == 1.0
     assert set(cols) == {"wakeup_all", "erank_mean", "erank_first", "nrank_frac_min",
-                         "distinct_min", "dead_frac_mean"}
+                         "distinct_frac_min", "dead_frac_mean"}
+    assert summary_columns(results["pytorch"])["distinct_frac_min"] == 1.0
     assert all(isinstance(v, float) and math.isfinite(v) for v in cols.values())
     assert math.isnan(summary_columns({"status": "completed"})["erank_mean"])
     png = plot_gradient_flow(results, tmp_path / "f.png")

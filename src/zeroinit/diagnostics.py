@@ -513,12 +513,13 @@ def summary_columns(results: dict) -> dict[str, float]:
     erank_mean       effective rank, mean over layers (final)
     erank_first      effective rank of the first layer (final)
     nrank_frac_min   min over layers of numerical rank / min(out, fan_in) (final)
-    distinct_min     min over layers of distinct units (final)
+    distinct_frac_min  min over layers of distinct units / units (final): 1 = every unit has
+                     its own direction, 1/units = all alike
     dead_frac_mean   fraction of dead units, mean over layers with an activation (final)
     """
     nan = float("nan")
     out = dict.fromkeys(("wakeup_all", "erank_mean", "erank_first", "nrank_frac_min",
-                         "distinct_min", "dead_frac_mean"), nan)
+                         "distinct_frac_min", "dead_frac_mean"), nan)
     diag = (results or {}).get("diagnostics")
     if not diag:
         return out
@@ -528,21 +529,19 @@ def summary_columns(results: dict) -> dict[str, float]:
     final = (diag.get("symmetry") or {}).get("final") or {}
     layers = [layer for layer in diag.get("layers", []) if layer["name"] in final]
 
-    def values(key, layer_list=layers):
-        return [final[lay["name"]][key] for lay in layer_list
+    def per_layer(key, scale=lambda layer: 1):
+        return [final[lay["name"]][key] / scale(lay) for lay in layers
                 if final[lay["name"]].get(key) is not None]
 
-    if erank := values("effective_rank"):
+    if erank := per_layer("effective_rank"):
         out["erank_mean"] = float(np.mean(erank))
     if layers and final[layers[0]["name"]].get("effective_rank") is not None:
         out["erank_first"] = float(final[layers[0]["name"]]["effective_rank"])
-    fracs = [final[lay["name"]]["numerical_rank"] / min(lay["units"], lay["fan_in"])
-             for lay in layers if final[lay["name"]].get("numerical_rank") is not None]
-    if fracs:
+    if fracs := per_layer("numerical_rank", lambda lay: min(lay["units"], lay["fan_in"])):
         out["nrank_frac_min"] = float(min(fracs))
-    if distinct := values("distinct_units"):
-        out["distinct_min"] = float(min(distinct))
-    if dead := values("dead_units_frac"):
+    if distinct := per_layer("distinct_units", lambda lay: lay["units"]):
+        out["distinct_frac_min"] = float(min(distinct))
+    if dead := per_layer("dead_units_frac"):
         out["dead_frac_mean"] = float(np.mean(dead))
     return out
 
