@@ -5,15 +5,17 @@
 
 Writes, into the output folder (default: <first path>/report): one PNG per figure (a sweep
 on one dataset), results.md and results.csv (final mean test accuracy ± 95% CI per
-configuration, n, diverged/failed/running counts, mean epoch time, the paper's number), and
-report.md tying them together. Runs that are not `completed` are listed, never averaged.
+configuration, n, diverged/failed/running counts, mean epoch time, the paper's number,
+diagnostics columns), and report.md tying them together. For experiment=fig12_gradient_flow
+it also draws Figure 12 (per-layer gradient distributions over the first steps) and lists
+each init's wake-up order. Runs that are not `completed` are listed, never averaged.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from zeroinit.report import find_runs, group_runs, not_averaged, plot_figure, table_rows, \
-    write_tables
+from zeroinit.report import find_runs, gradient_flow, group_runs, not_averaged, plot_figure, \
+    table_rows, write_tables
 
 
 def main(argv=None) -> int:
@@ -31,6 +33,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     figures = group_runs(runs)
     pngs = [plot_figure(name, groups, out / f"{name}.png") for name, groups in figures.items()]
+    wakeup = []
+    for name, groups in figures.items():  # Figure 12: gradient flow of the first steps
+        drawn = name.startswith("fig12") and gradient_flow(
+            name, groups, out / f"{name}-gradient_flow.png")
+        if drawn:
+            pngs.append(drawn[0])
+            wakeup += [f"{name}:", *drawn[1]]
     rows = table_rows(figures)
     csv_path, md_path = write_tables(rows, out)
     skipped = not_averaged(runs)
@@ -38,6 +47,9 @@ def main(argv=None) -> int:
               "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
               "confidence interval (n-1 degrees of freedom); n = completed runs.", "",
               md_path.read_text(), *[f"![{p.stem}]({p.name})" for p in pngs]]
+    if wakeup:
+        report += ["", "## Wake-up order (Figure 12)", *wakeup]
+        print("\n".join(wakeup))
     if skipped:
         report += ["", "## Not averaged", *skipped]
     (out / "report.md").write_text("\n".join(report) + "\n")

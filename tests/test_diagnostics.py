@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-import fig12
+import report
 from train import run
 from zeroinit.diagnostics import (METRICS, Diagnostics, distinct_units, plot_gradient_flow,
                                   probe_metrics, summary_columns, weight_metrics)
-from zeroinit.results import read_results
+from zeroinit.results import read_results, write_json_atomic
 
 FNN4 = ["model=mnist_fnn", "model.hidden=[32,32,32]"]  # 4 Linear layers
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=8"]
@@ -227,8 +227,17 @@ def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
     assert math.isnan(summary_columns({"status": "completed"})["erank_mean"])
     png = plot_gradient_flow(results, tmp_path / "f.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert fig12.main([str(tmp_path), "-o", str(tmp_path / "g.png")]) == 0
-    assert (tmp_path / "g.png").stat().st_size > 10_000
+    # report.py draws Figure 12 for a fig12 sweep, pytorch beside bias_normal
+    for d in two_runs.values():
+        r = read_results(d)
+        r["config"]["sweep_name"] = "fig12_gradient_flow"
+        write_json_atomic(d / "results.json", r)
+    assert report.main([str(tmp_path), "-o", str(tmp_path / "rep")]) == 0
+    (png,) = (tmp_path / "rep").glob("fig12_gradient_flow-*-gradient_flow.png")
+    assert png.stat().st_size > 10_000
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "bias_normal: wake-up step per layer, input to output: [4, 3, 2, 1]" in text
+    assert "pytorch: wake-up step per layer, input to output: [1, 1, 1, 1]" in text
 
 
 def test_fig12_experiment_composes_offline(make_cfg):
@@ -251,7 +260,8 @@ def test_fig12_sweep_end_to_end(tmp_path):
                     "trainer.max_epochs=1", "+trainer.limit_train_batches=6"],
                    cwd=root, check=True, capture_output=True)
     sweep = tmp_path / "sweeps" / "fig12_gradient_flow"
-    assert fig12.main([str(sweep), "-o", str(tmp_path / "fig12.png")]) == 0
+    assert report.main([str(sweep), "-o", str(tmp_path / "rep")]) == 0
+    assert list((tmp_path / "rep").glob("*-gradient_flow.png"))
     inits = sorted(read_results(p.parent)["config"]["init"]["name"]
                    for p in sweep.rglob("results.json"))
     assert inits == ["bias_normal", "pytorch"]

@@ -261,6 +261,27 @@ def plot_figure(name: str, groups: list[Group], path: Path) -> Path:
     return path
 
 
+def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, list[str]] | None:
+    """Figure 12 for a figure whose runs carry the first steps' gradient histograms (the
+    diagnostics callback's): one column per line of the figure, its lowest-seed completed run.
+    Returns the PNG and one line per column with its layers' wake-up steps."""
+    from zeroinit.diagnostics import plot_gradient_flow
+
+    chosen = {}
+    for g in groups:
+        runs = [r for r in g.by_status("completed")
+                if (r.results.get("diagnostics") or {}).get("first_steps")]
+        if runs:
+            chosen[g.label] = min(runs, key=lambda r: r.config.get("seed", 0)).results
+    if not chosen:
+        return None
+    chosen = dict(sorted(chosen.items(), key=lambda kv: "pytorch" not in kv[0]))  # as the paper
+    plot_gradient_flow(chosen, path)
+    wake = [f"- {label}: wake-up step per layer, input to output: "
+            f"{list(r['diagnostics']['wakeup_step'].values())}" for label, r in chosen.items()]
+    return path, wake
+
+
 def not_averaged(runs: list[Run]) -> list[str]:
     return [f"- {r.path}: {r.status}" + (f" ({r.results.get('error')})"
                                          if r.results.get("error") else "")
