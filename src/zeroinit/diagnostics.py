@@ -52,7 +52,7 @@ results.json under "diagnostics", written through the run's ResultsWriter:
   time_s         seconds spent in this callback
 
 `summary_columns(results)` turns that into a few scalars per run for a report table;
-`plot_gradient_flow(results_by_init, path)` draws Figure 12 (see src/fig12.py).
+`plot_gradient_flow(results_by_init, path)` draws Figure 12 (src/report.py calls it).
 """
 import contextlib
 import math
