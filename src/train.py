@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
-from zeroinit.config import UserError, build, register_resolvers, validate
+from zeroinit.config import UserError, build, flatten, register_resolvers, validate
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import FILENAME, ResultsWriter, read_results
@@ -41,21 +40,9 @@ def _quiet_lightning():
     # Lightning's start-up chatter (GPU available, TPU available, ...) buries the results.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    for message in (".*Checkpoint directory.*exists and is not empty.*", ".*LeafSpec.*",
+    for message in (".*does not have many workers.*", ".*LeafSpec.*",
                     ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=message)
-
-
-def _flat(d: dict, prefix="") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def setup(cfg: DictConfig, overrides=(), data=None):
@@ -85,7 +72,9 @@ def setup(cfg: DictConfig, overrides=(), data=None):
                     callbacks=[writer, *extra, checkpoint],
                     enable_checkpointing=False)
     if logger:
-        logger.log_hyperparams(_flat(config), metrics={"hp/test_acc": 0.0})
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in flatten(config).items()}  # the HPARAMS tab takes scalars
+        logger.log_hyperparams(hparams, metrics={"hp/test_acc": 0.0})
     return trainer, module, data, writer
 
 

@@ -24,6 +24,17 @@ def build(node: DictConfig, ignore=(), **kwargs):
         raise
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a resolved config as dotted keys."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def validate(cfg: DictConfig) -> None:
     """The checks a bad command line should fail before anything is written."""
     epochs = cfg.trainer.get("max_epochs")
@@ -57,4 +68,4 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_name", run_name)
 
 
-__all__ = ["UserError", "build", "validate", "run_name", "register_resolvers"]
+__all__ = ["UserError", "build", "flatten", "validate", "run_name", "register_resolvers"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from zeroinit.config import flatten
 from zeroinit.paper import paper_accuracy
 from zeroinit.results import FILENAME
 
@@ -25,17 +26,6 @@ IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "logger", "callba
                 "dataset.eval_batch_size", "hydra", "launcher")
 # Friendly names for the keys that usually tell the lines of a figure apart.
 SHORT = {"model.name": "model", "init.name": "init", "init.bias_scale": "x"}
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _ignored(key: str) -> bool:

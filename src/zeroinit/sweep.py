@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from zeroinit.results import FILENAME, read_results
+from zeroinit.results import read_results
 
 FINISHED = ("completed", "diverged")
 SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"
