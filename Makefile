@@ -51,6 +51,9 @@ paper: $(VENV)/.installed  ## every figure (3-11), then the report
 report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under outputs/sweeps
 	$(PY) src/report.py outputs/sweeps -o outputs/report
 
+bench: $(VENV)/.installed  ## seconds/epoch: this project vs a bare loop vs DataLoader+Lightning vs the FLOP bound; sweep runs/min (~10 min)
+	$(PY) benchmarks/bench.py --sweep $(ARGS)
+
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 

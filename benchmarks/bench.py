@@ -1,0 +1,530 @@
+"""Seconds per training epoch, side by side in one process: this project's path, a bare PyTorch
+loop, the conventional Dataset + DataLoader + Lightning pipeline, and the arithmetic bound.
+
+    make bench                                        # = python benchmarks/bench.py --sweep
+    python benchmarks/bench.py --models mnist_fnn --repeats 7
+    python benchmarks/bench.py --n-train 1024 --repeats 1 --models mnist_fnn   # smoke test
+
+One epoch = training on the train split (batch 128, Adam lr 1e-3, as the paper) plus the
+evaluation of the whole test split, which every run of this project does after every epoch.
+The images are uniform random uint8 of the real shapes (MNIST: 60,000 + 10,000 of 1x28x28;
+CIFAR-10: 50,000 + 10,000 of 3x32x32); random pixels cost the same arithmetic as real ones.
+
+  project       src/train.py's own objects: `train.setup(cfg)` builds the ImageDataModule
+                (DeviceBatches), the Classifier (torchmetrics), the callbacks (results.json,
+                checkpoint, the default extra callbacks), the TensorBoard logger and the Trainer
+                from conf/ exactly as `python src/train.py` does; timed: `trainer.fit` of one
+                epoch (fit start-up, checkpoint and results.json included).
+  bare          the same net, init and optimizer in a plain loop over the same device-resident
+                tensors with DeviceBatches' batch ops, computing the same four figures
+                (train/test loss and accuracy): what Lightning and torchmetrics cost on top.
+  conventional  what most people write: a torchvision-style Dataset that makes a PIL image per
+                sample and converts it with ToTensor, a DataLoader (num_workers=--workers,
+                default 0 = its default), a LightningModule logging loss and torchmetrics
+                Accuracy with self.log, and a default-configured `L.Trainer(max_epochs=1)`.
+  bound         the epoch's forward+backward FLOPs (counted by torch.utils.flop_counter on the
+                real model: matmuls and convolutions only) / the fp32 matmul throughput measured
+                in the same run. No real epoch can beat it.
+
+The variants are interleaved (their order rotates every repeat) and each figure is the median
+of the repeats, because a shared machine's speed drifts. Ratios: project / each other variant
+(1/2 below 1.0 means faster than the bare loop; 1/4 is how far from the arithmetic bound).
+`--images MODEL=N` (on a CPU by default for the conv nets, see CPU_IMAGES) and `--n-train N`
+(every model) time part of an epoch, the test split shrunk in proportion, and scale the
+figures back up to a full epoch: per-batch costs are linear in the number of batches.
+"""
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchmetrics  # noqa: E402
+import torchvision  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+import train  # noqa: E402  src/train.py
+from zeroinit import speed  # noqa: E402
+from zeroinit.config import build, register_resolvers  # noqa: E402
+from zeroinit.data import random_crop_flip  # noqa: E402
+from zeroinit.init import apply_init  # noqa: E402
+from zeroinit.results import cpu_model  # noqa: E402
+
+# name -> (dataset config, train images, test images of a full epoch, config overrides)
+MODELS = {
+    "mnist_fnn": ("mnist", 60_000, 10_000, ["model=mnist_fnn"]),
+    "mnist_cnn": ("mnist", 60_000, 10_000, ["model=mnist_cnn"]),
+    "cifar_fnn": ("cifar10", 50_000, 10_000, ["model=cifar_fnn"]),
+    "cifar_cnn": ("cifar10", 50_000, 10_000, ["model=cifar_cnn"]),
+    # with the paper's normalization and crop + flip augmentation (Figure 11's preset)
+    "resnet50": ("cifar10", 50_000, 10_000, ["experiment=fig11_resnet50"]),
+    "logreg_mnist": ("mnist", 60_000, 10_000, ["model=logreg"]),
+    "logreg_cifar": ("cifar10", 50_000, 10_000, ["model=logreg"]),
+}
+VARIANTS = ("project", "bare", "conventional")
+# A full epoch of a conv net takes minutes on a CPU: time part of one (per-batch costs are
+# linear in the number of batches, so the figures are scaled to a full epoch).
+CPU_IMAGES = {"mnist_cnn": 10_000, "cifar_cnn": 5_000, "resnet50": 1_000}
+DEFAULT_SWEEP = "init=zero,pytorch,bias_normal seed=0,1,2,3,4"
+
+
+# ------------------------------------------------------------------------------------- set-up
+def compose_cfg(model: str, device: str, out_dir, overrides=()):
+    """The config `python src/train.py model=<model> dataset=<its dataset>` would run."""
+    register_resolvers()
+    dataset, _, _, model_overrides = MODELS[model]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[
+            *model_overrides, f"dataset={dataset}", "dataset.download=false",
+            "trainer.max_epochs=1",
+            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+            f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}", *overrides])
+
+
+def random_split(shape, n, generator, device):
+    x = torch.randint(0, 256, (n, *shape), generator=generator, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=generator)
+    return x.to(device), y.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def silenced():
+    """Progress bars, model summaries and per-epoch lines go nowhere (they still cost)."""
+    logging.disable(logging.INFO)  # Lightning's model summary and start-up lines
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+class Case:
+    """One model's data and config, shared by every variant."""
+
+    def __init__(self, model, device, n_train, work_dir, overrides=()):
+        self.model, self.device = model, torch.device(device)
+        dataset, full_train, full_test, _ = MODELS[model]
+        self.n_train = min(n_train or full_train, full_train)
+        self.n_test = max(1, round(full_test * self.n_train / full_train))
+        self.scale = full_train / self.n_train  # measured seconds -> seconds per full epoch
+        self.work_dir = Path(work_dir)
+        self.overrides = list(overrides)
+        self.cfg = compose_cfg(model, device, self.work_dir / "cfg", overrides)
+        shape = tuple(self.cfg.dataset.input_shape)
+        g = torch.Generator().manual_seed(0)
+        self.train = random_split(shape, self.n_train, g, self.device)
+        self.test = random_split(shape, self.n_test, g, self.device)
+        self.runs = 0
+
+    def net(self):
+        torch.manual_seed(self.cfg.seed)
+        net = build(self.cfg.model, ignore=["name"], input_shape=tuple(self.cfg.dataset.input_shape),
+                    num_classes=10)
+        return apply_init(net, self.cfg.init.weight, self.cfg.init.bias, self.cfg.init.bias_scale)
+
+
+# ----------------------------------------------------------------------------- 1. the project
+# Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every Adam step
+# without a GPU ~50 us slower (see zeroinit/speed.py). Each variant gets the setting it would
+# have in a process of its own: the bare loop none, the Lightning pipelines Lightning's.
+NVML = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def time_project(case: Case, n_train=None, extra=()) -> float:
+    os.environ[NVML] = "1"  # as after `import lightning`; the project decides from there
+    case.runs += 1
+    out = case.work_dir / f"project{case.runs}"
+    cfg = compose_cfg(case.model, case.device.type, out, [*case.overrides, *extra])
+    data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name)
+    # What the dataset's loader would return (ImageDataModule.load() keeps a loaded split);
+    # already on the device, so setup()'s .to(device) is a no-op as after the first epoch.
+    n = n_train or case.n_train
+    data.train_set = tuple(t[:n] for t in case.train)
+    data.test_set = tuple(t[: max(1, n * case.n_test // case.n_train)] for t in case.test)
+    data.classes = [str(c) for c in range(10)]
+    trainer, module, data, writer = train.setup(cfg, data=data)
+    with silenced():
+        sync(case.device)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        sync(case.device)
+        elapsed = time.perf_counter() - start
+    assert writer.results["status"] == "completed", writer.results.get("error")
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints add up (ResNet-50: ~0.3 GB a run)
+    return elapsed
+
+
+# --------------------------------------------------------------------------- 2. a bare loop
+def time_bare(case: Case, n_train=None) -> float:
+    os.environ.pop(NVML, None)  # no Lightning in a bare loop's process
+    speed.configure(None)  # full fp32, whatever a `--also speed=...` run left behind
+    cfg, device = case.cfg, case.device
+    net = case.net().to(device)
+    optimizer = build(cfg.optimizer)(net.parameters())
+    n = n_train or case.n_train
+    x, y = (t[:n] for t in case.train)
+    xt, yt = (t[: max(1, n * case.n_test // case.n_train)] for t in case.test)
+    norm = cfg.dataset.normalize
+    mean = std = None
+    if norm is not None:
+        mean = torch.tensor(list(norm.mean), device=device).view(1, -1, 1, 1)
+        std = torch.tensor(list(norm.std), device=device).view(1, -1, 1, 1)
+
+    def prepare(xb, idx=None, offsets=None, flips=None):
+        xb = xb.float().div_(255)  # the same ops as DeviceBatches
+        if offsets is not None:
+            xb = random_crop_flip(xb, offsets[idx], flips[idx])
+        return xb if mean is None else (xb - mean) / std
+
+    sync(device)
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(n, generator=g).to(device)
+    offsets = flips = None
+    if cfg.dataset.augment:
+        offsets = torch.randint(0, 9, (n, 2), generator=g).to(device)
+        flips = (torch.rand(n, generator=g) < 0.5).to(device)
+    sums = torch.zeros(4, device=device)  # train loss, train correct, test loss, test correct
+    net.train()
+    for i in range(0, n, cfg.batch_size):
+        idx = order[i: i + cfg.batch_size]
+        xb, yb = prepare(x.index_select(0, idx), idx, offsets, flips), y.index_select(0, idx)
+        logits = net(xb)
+        loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums[0] += loss.detach() * len(yb)
+        sums[1] += (logits.detach().argmax(1) == yb).sum()
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(xt), cfg.dataset.eval_batch_size):
+            xb, yb = prepare(xt[i: i + cfg.dataset.eval_batch_size]), yt[i: i + cfg.dataset.eval_batch_size]
+            logits = net(xb)
+            sums[2] += F.cross_entropy(logits, yb, reduction="sum")
+            sums[3] += (logits.argmax(1) == yb).sum()
+    sums.tolist()  # the epoch's figures reach the host, as a real loop would print them
+    sync(device)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ 3. the conventional way
+class PILImages(Dataset):
+    """torchvision.datasets.MNIST / CIFAR10's __getitem__: a PIL image per sample, transformed."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        images = images.cpu()
+        gray = images.shape[1] == 1
+        # MNIST keeps a (N, H, W) uint8 tensor, CIFAR10 a (N, H, W, C) numpy array.
+        self.data = images[:, 0] if gray else images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.cpu().tolist()
+        self.mode = "L" if gray else None
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        img, target = self.data[index], int(self.targets[index])
+        img = Image.fromarray(img.numpy() if self.mode else img, mode=self.mode)
+        return self.transform(img), target
+
+
+class LitClassifier(L.LightningModule):
+    """The LightningModule of the Lightning docs: log the loss each step, Accuracy per epoch."""
+
+    def __init__(self, net, lr=1e-3, num_classes=10):
+        super().__init__()
+        self.net = net
+        self.lr = lr
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val_acc", self.val_acc, prog_bar=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def conventional_transform(cfg):
+    ops = []
+    if cfg.dataset.augment:
+        ops += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    ops.append(transforms.ToTensor())
+    if cfg.dataset.normalize is not None:
+        ops.append(transforms.Normalize(list(cfg.dataset.normalize.mean),
+                                        list(cfg.dataset.normalize.std)))
+    return transforms.Compose(ops), transforms.Compose(ops[-2:] if cfg.dataset.normalize else ops[-1:])
+
+
+def time_conventional(case: Case, n_train=None, workers=0) -> float:
+    os.environ[NVML] = "1"  # as `import lightning` leaves it
+    speed.configure(None)
+    os.environ[NVML] = "1"
+    cfg = case.cfg
+    n = n_train or case.n_train
+    train_tf, test_tf = conventional_transform(cfg)
+    train_set = PILImages(*(t[:n] for t in case.train), train_tf)
+    test_set = PILImages(*(t[: max(1, n * case.n_test // case.n_train)] for t in case.test), test_tf)
+    pin = case.device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
+                              num_workers=workers, pin_memory=pin, persistent_workers=False)
+    test_loader = DataLoader(test_set, batch_size=cfg.dataset.eval_batch_size,
+                             num_workers=workers, pin_memory=pin)
+    module = LitClassifier(case.net(), lr=cfg.optimizer.lr)
+    case.runs += 1
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if case.device.type == "cuda" else "cpu",
+                        devices=1, default_root_dir=case.work_dir / f"conventional{case.runs}")
+    with silenced():
+        sync(case.device)
+        start = time.perf_counter()
+        trainer.fit(module, train_loader, test_loader)
+        sync(case.device)
+        elapsed = time.perf_counter() - start
+    shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
+    return elapsed
+
+
+# ------------------------------------------------------------------ 4. the arithmetic bound
+def epoch_flops(case: Case) -> float:
+    """Forward+backward FLOPs of one full training epoch plus the test forward passes."""
+    cfg, device = case.cfg, case.device
+    net = case.net().to(device)
+    shape = tuple(cfg.dataset.input_shape)
+    b, eb = cfg.batch_size, 64
+    x = torch.rand(b, *shape, device=device)
+    y = torch.zeros(b, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    train_per_image = counter.get_total_flops() / b
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.rand(eb, *shape, device=device))
+    test_per_image = counter.get_total_flops() / eb
+    _, n_train, n_test, _ = MODELS[case.model]
+    return train_per_image * n_train + test_per_image * n_test
+
+
+def matmul_flops_per_s(device: torch.device, n=None, repeats=5) -> float:
+    """Best fp32 throughput of square matmuls on this device (TF32 off)."""
+    speed.configure(None)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+# ------------------------------------------------------------------------------------ sweep
+def time_sweep(overrides: str, work_dir) -> dict:
+    """`python src/train.py -m <overrides>` in a subprocess, as a user runs it: wall time from
+    the command to its exit, Python/torch/Lightning imports and Hydra start-up included."""
+    out = Path(work_dir) / "sweep"
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), "-m", *shlex.split(overrides),
+           f"paths.log_dir={out}", "sweep_name=bench"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    results = [json.loads(p.read_text()) for p in sorted(out.rglob("results.json"))]
+    run_walls = [r["wall_time_s"] for r in results]
+    return {"command": "python src/train.py -m " + overrides, "runs": len(results),
+            "wall_s": wall, "runs_per_min": 60 * len(results) / wall,
+            "median_run_s": statistics.median(run_walls) if run_walls else float("nan"),
+            "outside_runs_s": wall - sum(run_walls),
+            "statuses": sorted({r["status"] for r in results})}
+
+
+def time_import() -> float:
+    """What a fresh process pays before its first run: `import train` (torch, Lightning, Hydra)."""
+    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, 'src'); import train"]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------- main
+def machine() -> str:
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    gpu = (f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    return (f"{cpu}{gpu}\npython {platform.python_version()}, torch {torch.__version__}, "
+            f"lightning {L.__version__}, torchmetrics {torchmetrics.__version__}, "
+            f"torchvision {torchvision.__version__}")
+
+
+def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
+    n_train = args.n_train or args.images.get(model)
+    case = Case(model, args.device, n_train, Path(work_dir) / model, args.override)
+    runners = {"project": lambda: time_project(case),
+               "bare": lambda: time_bare(case),
+               "conventional": lambda: time_conventional(case, workers=args.workers)}
+    for extra in args.also:  # the project path with other settings, e.g. speed=fast
+        runners[f"project {extra}"] = lambda extra=extra: time_project(case, extra=shlex.split(extra))
+    variants = [v for v in runners if v in args.variants or v.startswith("project ")]
+    # Warm-up: first calls build kernels, caches and lazy imports; not timed.
+    warm = min(case.n_train, 4 * case.cfg.batch_size)
+    time_bare(case, warm)
+    for v in variants:
+        if v.startswith("project"):
+            time_project(case, warm, extra=shlex.split(v[len("project"):]))
+    if "conventional" in variants:
+        time_conventional(case, warm, workers=args.workers)
+    times = {v: [] for v in variants}
+    for r in range(args.repeats):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            times[v].append(runners[v]() * case.scale)
+        log(f"  {model} repeat {r + 1}/{args.repeats}: " +
+            "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
+    row = {"model": model, "n_train": case.n_train, "n_test": case.n_test,
+           "scaled": case.scale != 1, "repeats": args.repeats, "times": times}
+    row.update({v: statistics.median(t) for v, t in times.items()})
+    row["flops"] = epoch_flops(case)
+    row["bound"] = row["flops"] / flops_per_s
+    return row
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def table(rows, flops_per_s) -> str:
+    lines = ["| model | images (train+test) | 1 project s | 2 bare s | 3 conventional s | "
+             "4 bound s | 1/2 | 1/3 | 1/4 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = f"{r['n_train']:,}+{r['n_test']:,}" + (" (scaled to a full epoch)" if r["scaled"] else "")
+        lines.append(
+            f"| {r['model']} | {n} | {r.get('project', float('nan')):.2f} | "
+            f"{r.get('bare', float('nan')):.2f} | {r.get('conventional', float('nan')):.2f} | "
+            f"{r['bound']:.2f} | {ratio(r.get('project'), r.get('bare'))} | "
+            f"{ratio(r.get('project'), r.get('conventional'))} | "
+            f"{ratio(r.get('project'), r['bound'])} |")
+    extra = [(r, k) for r in rows for k in r["times"] if k.startswith("project ")]
+    if extra:
+        lines += ["", "| model | project with | s | vs project | vs bare |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | `{k[len('project '):]}` | {r[k]:.2f} | "
+                  f"{ratio(r[k], r.get('project'))} | {ratio(r[k], r.get('bare'))} |"
+                  for r, k in extra]
+    lines.append(f"\nbound: forward+backward FLOPs of a full epoch / {flops_per_s / 1e9:.0f} "
+                 "GFLOP/s (best fp32 matmul measured in this run)")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="mnist_fnn,mnist_cnn,cifar_fnn",
+                   help=f"comma-separated, of {', '.join(MODELS)}; '' for none")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    p.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="train images per epoch (default: the full split); figures are scaled")
+    p.add_argument("--images", action="append", default=[], metavar="MODEL=N",
+                   help="train images of one model's epoch (repeatable; figures are scaled to "
+                        "a full epoch). Default on a CPU: " +
+                        ", ".join(f"{k}={v}" for k, v in CPU_IMAGES.items()))
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader num_workers of the conventional pipeline (default 0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, default=None, metavar="OVERRIDES",
+                   help=f"also time `python src/train.py -m OVERRIDES` (default: {DEFAULT_SWEEP})")
+    p.add_argument("--also", action="append", default=[], metavar="OVERRIDES",
+                   help="also time the project path with these overrides (repeatable), "
+                        "e.g. --also callbacks.diagnostics=null")
+    p.add_argument("--json", help="write every measurement to this file")
+    p.add_argument("override", nargs="*", help="config overrides for the project path, e.g. speed=fast")
+    args = p.parse_args(argv)
+    images = dict(CPU_IMAGES) if args.device == "cpu" else {}
+    for item in args.images:
+        model, _, n = item.partition("=")
+        if model not in MODELS or not n.isdigit() or int(n) <= 0:
+            p.error(f"--images {item}: expected MODEL=N with MODEL one of {', '.join(MODELS)}")
+        images[model] = int(n)
+    args.images = images
+    args.models = [m for m in args.models.split(",") if m]
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [m for m in args.models if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown: {', '.join(unknown)}")
+    return args
+
+
+def main(argv=None, command=None) -> dict:
+    args = parse_args(argv)
+    command = command or "python benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print(f"# {command}\n# {machine()}", flush=True)
+    out = {"command": command, "machine": machine(), "models": []}
+    with tempfile.TemporaryDirectory(prefix="zeroinit-bench-") as work_dir:
+        if args.models:
+            device = torch.device(args.device)
+            flops_per_s = matmul_flops_per_s(device)
+            out["matmul_flops_per_s"] = flops_per_s
+            for model in args.models:
+                out["models"].append(bench_model(model, args, work_dir, flops_per_s))
+            flops_per_s = max(flops_per_s, matmul_flops_per_s(device))  # again, after the runs
+            for row in out["models"]:
+                row["bound"] = row["flops"] / flops_per_s
+            out["table"] = table(out["models"], flops_per_s)
+            print("\nseconds per epoch (median of %d)\n%s" % (args.repeats, out["table"]))
+        if args.sweep:
+            out["import_s"] = time_import()
+            out["sweep"] = s = time_sweep(args.sweep, work_dir)
+            print(f"\nsweep: {s['command']}\n  {s['runs']} runs ({', '.join(s['statuses'])}) in "
+                  f"{s['wall_s']:.1f}s wall = {s['runs_per_min']:.1f} runs/min; median run "
+                  f"{s['median_run_s']:.2f}s; outside the runs (imports, Hydra, start-up, paid "
+                  f"once) {s['outside_runs_s']:.1f}s; a fresh `import train` costs "
+                  f"{out['import_s']:.1f}s", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""benchmarks/ runs: tiny sizes, no timing assertions (timings belong in benchmarks/README.md)."""
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench  # noqa: E402
+import gpu_bench  # noqa: E402
+
+
+def test_bench_times_every_variant_on_tiny_sizes(tmp_path):
+    out = bench.main(["--models", "mnist_fnn,cifar_fnn", "--n-train", "256", "--repeats", "1",
+                      "--also", "callbacks.diagnostics=null", "--json", str(tmp_path / "b.json")])
+    assert [r["model"] for r in out["models"]] == ["mnist_fnn", "cifar_fnn"]
+    for row in out["models"]:
+        assert row["scaled"] and row["n_train"] == 256
+        for key in ("project", "bare", "conventional", "bound",
+                    "project callbacks.diagnostics=null"):
+            assert math.isfinite(row[key]) and row[key] > 0
+    # forward+backward FLOPs of a full epoch, counted on the real model: 784-500-10 on 60,000
+    # train images (the first layer needs no input gradient) and 10,000 test images
+    fnn = out["models"][0]["flops"]
+    assert fnn == pytest.approx(60_000 * 2 * (3 * 784 * 500 + 3 * 500 * 10 - 784 * 500)
+                                + 10_000 * 2 * (784 * 500 + 500 * 10))
+    assert "| mnist_fnn |" in out["table"]
+    assert json.loads((tmp_path / "b.json").read_text())["models"][1]["model"] == "cifar_fnn"
+
+
+def test_bench_times_a_sweep_in_one_process():
+    out = bench.main(["--models", "", "--sweep", "init=zero,pytorch trainer.max_epochs=1"])
+    sweep = out["sweep"]
+    assert sweep["runs"] == 2 and sweep["statuses"] == ["completed"]
+    assert sweep["runs_per_min"] > 0 and out["import_s"] > 0
+
+
+def test_gpu_bench_dry_run_and_paper_estimate(tmp_path):
+    runs = gpu_bench.paper_runs()
+    figures = {fig for fig, *_ in runs}
+    assert {f"fig{n:02d}" for n in range(3, 12)} <= {f[:5] for f in figures}
+    assert ("fig11_resnet50", "resnet50", "cifar10", 30) in runs
+    seconds = {k: 1.0 for k in gpu_bench.PAPER_MODELS}
+    hours = gpu_bench.estimate(runs, seconds)
+    assert sum(e for _, e, _ in hours.values()) == sum(r[3] for r in runs)
+
+    out = gpu_bench.main(["--tiny", "--models", "mnist_fnn,logreg_mnist", "--workers", "1",
+                          "--json", str(tmp_path / "g.json")])
+    assert {r["model"] for r in out["models"]} == {"mnist_fnn", "logreg_mnist"}
+    assert all(r["project speed=bf16"] > 0 for r in out["models"])
+    assert "paper_hours" not in out  # not every paper model was timed: no estimate
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_of_every_model(tmp_path):
+    out = gpu_bench.main(["--tiny", "--workers", "0"])
+    assert set(out["paper_hours"]) == {"project", "project speed=bf16", "conventional"}
