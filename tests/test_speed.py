@@ -94,20 +94,6 @@ def test_compile_runs_on_cpu_and_keeps_checkpoint_keys(make_cfg, tmp_path):
     assert not any("_orig_mod" in k for k in state)  # compiled in place: the usual keys
 
 
-def _curve(results):
-    return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in results["epochs"]]
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_foreach_optimizer_gives_identical_results(make_cfg, optimizer):
-    """conf/optimizer sets foreach: true for speed; it must not change a single bit."""
-    short = ("trainer.max_epochs=2", "+trainer.limit_train_batches=8", f"optimizer={optimizer}")
-    loop = run(make_cfg(*short, "optimizer.foreach=false"))
-    foreach = run(make_cfg(*short))
-    assert foreach["config"]["optimizer"]["foreach"] is True
-    assert _curve(foreach) == _curve(loop)
-
-
 def test_device_batches_are_the_indexed_rows():
     from zeroinit.data import DeviceBatches
     x = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
