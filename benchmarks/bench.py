@@ -361,6 +361,82 @@ def matmul_flops_per_s(device: torch.device, n=None, repeats=5) -> float:
     return 2 * n ** 3 / best
 
 
+# ------------------------------------------------------------- Lightning's own cost per step
+class _NoOp(L.LightningModule):
+    """One scalar parameter and a one-element batch: all that is left is the loop itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.p * batch).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters())
+
+
+class _NoOpBatches:
+    def __init__(self, steps):
+        self.steps, self.x = steps, torch.ones(1)
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        return iter([self.x] * self.steps)
+
+
+def loop_floor(steps=469, repeats=5) -> dict:
+    """Microseconds per optimizer step of a training loop with (almost) nothing to compute:
+    a bare loop, and a Lightning Trainer with no logger, checkpoint, progress bar or summary."""
+    def bare():
+        os.environ.pop(NVML, None)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.Adam([p])
+        start = time.perf_counter()
+        for batch in _NoOpBatches(steps):
+            loss = (p * batch).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    def lightning():
+        os.environ[NVML] = "1"
+        speed.configure(None)  # as the project runs it (no NVML check per step)
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0)
+        with silenced():
+            start = time.perf_counter()
+            trainer.fit(_NoOp(), _NoOpBatches(steps))
+            return time.perf_counter() - start
+
+    bare(), lightning()
+    times = {"bare": [], "lightning": []}
+    for _ in range(repeats):
+        times["bare"].append(bare())
+        times["lightning"].append(lightning())
+    return {k: 1e6 * statistics.median(v) / steps for k, v in times.items()}
+
+
+def profile(case: Case, top=12) -> str:
+    """torch.profiler's table of one bare-loop epoch and one project epoch: where time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device.type == "cuda"
+                                           else [])
+    out = []
+    for name, fn in (("bare", lambda: time_bare(case)), ("project", lambda: time_project(case))):
+        fn()  # warm
+        with torch_profile(activities=activities) as prof:
+            seconds = fn()
+        out.append(f"\n{name} loop, {case.model}, one epoch ({seconds:.2f}s, profiled):\n" +
+                   prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+    return "".join(out)
+
+
 # ------------------------------------------------------------------------------------ sweep
 def time_sweep(overrides: str, work_dir) -> dict:
     """`python src/train.py -m <overrides>` in a subprocess, as a user runs it: wall time from
@@ -378,6 +454,7 @@ def time_sweep(overrides: str, work_dir) -> dict:
     return {"command": "python src/train.py -m " + overrides, "runs": len(results),
             "wall_s": wall, "runs_per_min": 60 * len(results) / wall,
             "median_run_s": statistics.median(run_walls) if run_walls else float("nan"),
+            "run_s": [round(t, 2) for t in run_walls],
             "outside_runs_s": wall - sum(run_walls),
             "statuses": sorted({r["status"] for r in results})}
 
@@ -478,6 +555,10 @@ def parse_args(argv=None):
     p.add_argument("--also", action="append", default=[], metavar="OVERRIDES",
                    help="also time the project path with these overrides (repeatable), "
                         "e.g. --also callbacks.diagnostics=null")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the training loop alone (bare vs Lightning, no-op model)")
+    p.add_argument("--profile", metavar="MODEL", help="also print torch.profiler tables of one "
+                   "bare and one project epoch of MODEL")
     p.add_argument("--json", help="write every measurement to this file")
     p.add_argument("override", nargs="*", help="config overrides for the project path, e.g. speed=fast")
     args = p.parse_args(argv)
@@ -490,7 +571,7 @@ def parse_args(argv=None):
     args.images = images
     args.models = [m for m in args.models.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = [m for m in args.models if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
+    unknown = [m for m in args.models + [args.profile or "mnist_fnn"] if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown: {', '.join(unknown)}")
     return args
@@ -513,12 +594,22 @@ def main(argv=None, command=None) -> dict:
                 row["bound"] = row["flops"] / flops_per_s
             out["table"] = table(out["models"], flops_per_s)
             print("\nseconds per epoch (median of %d)\n%s" % (args.repeats, out["table"]))
+        if args.floor:
+            out["floor_us_per_step"] = f = loop_floor()
+            print(f"\nthe loop alone (no-op model, 469 steps, CPU): bare {f['bare']:.0f} us/step, "
+                  f"Lightning Trainer {f['lightning']:.0f} us/step (+{f['lightning'] - f['bare']:.0f})",
+                  flush=True)
+        if args.profile:
+            case = Case(args.profile, args.device, args.n_train or args.images.get(args.profile),
+                        Path(work_dir) / "profile", args.override)
+            out["profile"] = profile(case)
+            print(out["profile"], flush=True)
         if args.sweep:
             out["import_s"] = time_import()
             out["sweep"] = s = time_sweep(args.sweep, work_dir)
             print(f"\nsweep: {s['command']}\n  {s['runs']} runs ({', '.join(s['statuses'])}) in "
-                  f"{s['wall_s']:.1f}s wall = {s['runs_per_min']:.1f} runs/min; median run "
-                  f"{s['median_run_s']:.2f}s; outside the runs (imports, Hydra, start-up, paid "
+                  f"{s['wall_s']:.1f}s wall = {s['runs_per_min']:.1f} runs/min; runs "
+                  f"{min(s['run_s'])}-{max(s['run_s'])}s, median {s['median_run_s']:.2f}s; outside the runs (imports, Hydra, start-up, paid "
                   f"once) {s['outside_runs_s']:.1f}s; a fresh `import train` costs "
                   f"{out['import_s']:.1f}s", flush=True)
     if args.json:

@@ -116,6 +116,20 @@ def load_image_folder(data_dir, download=False):
 
 LOADERS = {"mnist5k": load_mnist5k, "mnist": load_mnist, "cifar10": load_cifar10,
            "image_folder": load_image_folder}
+_LAST_READ: dict = {}
+
+
+def _read(source, data_dir, download):
+    """LOADERS[source](data_dir, download), remembered for the next run in this process: a -m
+    sweep runs its jobs in one process and reads its dataset once, not once per run (mnist5k:
+    about 1 s of CSV parsing). Only the last dataset is kept. The tensors are shared between
+    runs, so nothing may modify them in place (DeviceBatches makes new tensors)."""
+    key = (LOADERS[source], str(Path(data_dir).resolve()), bool(download))
+    if key not in _LAST_READ:
+        _LAST_READ.clear()
+        _LAST_READ[key] = LOADERS[source](data_dir, download)
+    train, test, classes = _LAST_READ[key]
+    return train, test, list(classes)
 
 
 def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
@@ -205,8 +219,8 @@ class ImageDataModule(L.LightningDataModule):
     def load(self):
         """Read the dataset into CPU tensors (once); raises UserError if it is missing."""
         if self.train_set is None:
-            self.train_set, self.test_set, self.classes = LOADERS[self.source](
-                self.data_dir, self.download)
+            self.train_set, self.test_set, self.classes = _read(self.source, self.data_dir,
+                                                                self.download)
             shape, classes = tuple(self.train_set[0].shape[1:]), len(self.classes)
             check(self.declared_shape in (None, shape) and self.declared_classes in (None, classes),
                   f"dataset: the files in {self.data_dir} hold {classes} classes of shape {shape}, "
