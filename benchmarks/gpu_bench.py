@@ -77,21 +77,26 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=4, help="conventional DataLoader num_workers")
     p.add_argument("--models", default=",".join(PAPER_MODELS))
     p.add_argument("--no-fast", action="store_true", help=f"skip the {FAST} column")
+    p.add_argument("--also", action="append", default=[], metavar="OVERRIDES",
+                   help="time the project path with these overrides too (repeatable), e.g. "
+                        "--also callbacks.diagnostics=null")
     p.add_argument("--json", help="write every measurement to this file")
     args = p.parse_args(argv)
 
     bench_args = ["--models", args.models, "--repeats", str(1 if args.tiny else args.repeats),
                   "--workers", str(args.workers), "--images", "resnet50=25000"]
-    if not args.no_fast:
-        bench_args += ["--also", FAST]
+    for extra in ([] if args.no_fast else [FAST]) + args.also:
+        bench_args += ["--also", extra]
     if args.tiny:
+        print("# --tiny: a dry run of the code paths; its figures mean nothing", flush=True)
         bench_args += ["--n-train", "32", "batch_size=16"]
     runs = paper_runs()
     out = bench.main(bench_args, command="python benchmarks/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None else argv))
     rows = {r["model"]: r for r in out["models"]}
     missing = sorted({bench_key(m, d) for _, m, d, _ in runs} - set(rows))
 
-    lines = [f"\n## GPU time of the paper ({len(runs)} runs in conf/experiment/fig*.yaml)"]
+    where = "GPU" if torch.cuda.is_available() else "CPU (no GPU here)"
+    lines = [f"\n## {where} time of the paper ({len(runs)} runs in conf/experiment/fig*.yaml)"]
     if missing:
         lines.append(f"(not estimated: no timing for {', '.join(missing)})")
     else:
