@@ -159,6 +159,7 @@ def time_project(case: Case, n_train=None, extra=()) -> float:
     os.environ[NVML] = "1"  # as after `import lightning`; the project decides from there
     case.runs += 1
     out = case.work_dir / f"project{case.runs}"
+    out.mkdir(parents=True)  # as Hydra makes a run's directory
     cfg = compose_cfg(case.model, case.device.type, out, [*case.overrides, *extra])
     data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name)
     # What the dataset's loader would return (ImageDataModule.load() keeps a loaded split);
@@ -481,10 +482,13 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
     case = Case(model, args.device, n_train, Path(work_dir) / model, args.override)
     runners = {"project": lambda: time_project(case),
                "bare": lambda: time_bare(case),
-               "conventional": lambda: time_conventional(case, workers=args.workers)}
+               "conventional": lambda: time_conventional(case, workers=args.workers[0])}
+    for w in args.workers[1:]:  # the conventional pipeline with other DataLoader workers
+        runners[f"conventional workers={w}"] = lambda w=w: time_conventional(case, workers=w)
     for extra in args.also:  # the project path with other settings, e.g. speed=fast
         runners[f"project {extra}"] = lambda extra=extra: time_project(case, extra=shlex.split(extra))
-    variants = [v for v in runners if v in args.variants or v.startswith("project ")]
+    variants = [v for v in runners if v in args.variants or v.startswith("project ")
+                or (v.startswith("conventional ") and "conventional" in args.variants)]
     # Warm-up: first calls build kernels, caches and lazy imports; not timed.
     warm = min(case.n_train, 4 * case.cfg.batch_size)
     time_bare(case, warm)
@@ -492,7 +496,8 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
         if v.startswith("project"):
             time_project(case, warm, extra=shlex.split(v[len("project"):]))
     if "conventional" in variants:
-        time_conventional(case, warm, workers=args.workers)
+        for w in args.workers:
+            time_conventional(case, warm, workers=w)
     times = {v: [] for v in variants}
     for r in range(args.repeats):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
@@ -508,6 +513,10 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
     return row
 
 
+def seconds(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "-"
 
@@ -518,16 +527,16 @@ def table(rows, flops_per_s) -> str:
     for r in rows:
         n = f"{r['n_train']:,}+{r['n_test']:,}" + (" (scaled to a full epoch)" if r["scaled"] else "")
         lines.append(
-            f"| {r['model']} | {n} | {r.get('project', float('nan')):.2f} | "
-            f"{r.get('bare', float('nan')):.2f} | {r.get('conventional', float('nan')):.2f} | "
-            f"{r['bound']:.2f} | {ratio(r.get('project'), r.get('bare'))} | "
+            f"| {r['model']} | {n} | {seconds(r.get('project'))} | {seconds(r.get('bare'))} | "
+            f"{seconds(r.get('conventional'))} | {seconds(r['bound'])} | "
+            f"{ratio(r.get('project'), r.get('bare'))} | "
             f"{ratio(r.get('project'), r.get('conventional'))} | "
             f"{ratio(r.get('project'), r['bound'])} |")
-    extra = [(r, k) for r in rows for k in r["times"] if k.startswith("project ")]
+    extra = [(r, k) for r in rows for k in r["times"] if " " in k]
     if extra:
-        lines += ["", "| model | project with | s | vs project | vs bare |", "|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | `{k[len('project '):]}` | {r[k]:.2f} | "
-                  f"{ratio(r[k], r.get('project'))} | {ratio(r[k], r.get('bare'))} |"
+        lines += ["", "| model | variant | s | project / it | vs bare |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {k.split(' ', 1)[0]} `{k.split(' ', 1)[1]}` | {r[k]:.2f} | "
+                  f"{ratio(r.get('project'), r[k])} | {ratio(r[k], r.get('bare'))} |"
                   for r, k in extra]
     lines.append(f"\nbound: forward+backward FLOPs of a full epoch / {flops_per_s / 1e9:.0f} "
                  "GFLOP/s (best fp32 matmul measured in this run)")
@@ -547,8 +556,9 @@ def parse_args(argv=None):
                    help="train images of one model's epoch (repeatable; figures are scaled to "
                         "a full epoch). Default on a CPU: " +
                         ", ".join(f"{k}={v}" for k, v in CPU_IMAGES.items()))
-    p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader num_workers of the conventional pipeline (default 0)")
+    p.add_argument("--workers", default="0",
+                   help="DataLoader num_workers of the conventional pipeline (default 0); a "
+                        "comma-separated list times each, the first in the main table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, default=None, metavar="OVERRIDES",
                    help=f"also time `python src/train.py -m OVERRIDES` (default: {DEFAULT_SWEEP})")
@@ -569,6 +579,7 @@ def parse_args(argv=None):
             p.error(f"--images {item}: expected MODEL=N with MODEL one of {', '.join(MODELS)}")
         images[model] = int(n)
     args.images = images
+    args.workers = [int(w) for w in str(args.workers).split(",")]
     args.models = [m for m in args.models.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [m for m in args.models + [args.profile or "mnist_fnn"] if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
