@@ -52,7 +52,7 @@ report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under ou
 	$(PY) src/report.py outputs/sweeps -o outputs/report
 
 bench: $(VENV)/.installed  ## seconds/epoch: this project vs a bare loop vs DataLoader+Lightning vs the FLOP bound; sweep runs/min (~10 min)
-	$(PY) benchmarks/bench.py --sweep $(ARGS)
+	$(PY) benchmarks/bench.py --sweep --floor $(ARGS)
 
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -1,7 +1,7 @@
 """Seconds per training epoch, side by side in one process: this project's path, a bare PyTorch
 loop, the conventional Dataset + DataLoader + Lightning pipeline, and the arithmetic bound.
 
-    make bench                                        # = python benchmarks/bench.py --sweep
+    make bench                                        # = python benchmarks/bench.py --sweep --floor
     python benchmarks/bench.py --models mnist_fnn --repeats 7
     python benchmarks/bench.py --n-train 1024 --repeats 1 --models mnist_fnn   # smoke test
 
