@@ -31,7 +31,9 @@ of the repeats, because a shared machine's speed drifts. Ratios: project / each 
 (1/2 below 1.0 means faster than the bare loop; 1/4 is how far from the arithmetic bound).
 `--images MODEL=N` (on a CPU by default for the conv nets, see CPU_IMAGES) and `--n-train N`
 (every model) time part of an epoch, the test split shrunk in proportion, and scale the
-figures back up to a full epoch: per-batch costs are linear in the number of batches.
+figures back up to a full epoch: per-batch costs are linear in the number of batches (costs
+paid once per run or at fixed steps, e.g. fit start-up and the diagnostics' measurements at
+steps 1, 2, 4, ..., are scaled too, so such a row overstates them).
 """
 import argparse
 import contextlib
