@@ -50,11 +50,13 @@ def test_gpu_bench_dry_run_and_paper_estimate(tmp_path):
     out = gpu_bench.main(["--tiny", "--models", "mnist_fnn,logreg_mnist", "--workers", "1",
                           "--json", str(tmp_path / "g.json")])
     assert {r["model"] for r in out["models"]} == {"mnist_fnn", "logreg_mnist"}
-    assert all(r["project speed=bf16"] > 0 for r in out["models"])
+    assert all(r["project speed=bf16 callbacks.diagnostics=null"] > 0 for r in out["models"])
     assert "paper_hours" not in out  # not every paper model was timed: no estimate
 
 
 @pytest.mark.slow
 def test_gpu_bench_dry_run_of_every_model(tmp_path):
     out = gpu_bench.main(["--tiny", "--workers", "0"])
-    assert set(out["paper_hours"]) == {"project", "project speed=bf16", "conventional"}
+    assert set(out["paper_hours"]) == {"project", "project callbacks.diagnostics=null",
+                                       "project speed=bf16 callbacks.diagnostics=null",
+                                       "conventional"}
