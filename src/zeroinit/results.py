@@ -78,6 +78,7 @@ class ResultsWriter(L.Callback):
         self.verbose = verbose
         self._start = self._epoch_start = None
         self._elapsed_before = 0.0  # wall time of earlier attempts, when resumed
+        self._rank = 0  # only global rank 0 writes (set at fit start)
 
     def state_dict(self):  # saved in the checkpoint, so a resumed run keeps its curve
         return {"epochs": self.results["epochs"], "wall_time_s": self.results["wall_time_s"]}
@@ -100,7 +101,7 @@ class ResultsWriter(L.Callback):
             write_json_atomic(self.path, self.results)
 
     def _is_writer(self):
-        return getattr(self, "_rank", 0) == 0
+        return self._rank == 0
 
     def on_fit_start(self, trainer, pl_module):
         self._rank = trainer.global_rank
