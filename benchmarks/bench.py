@@ -58,15 +58,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchmetrics  # noqa: E402
 import torchvision  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-import train  # noqa: E402  src/train.py
 from zeroinit import speed  # noqa: E402
 from zeroinit.config import build, register_resolvers  # noqa: E402
+from zeroinit.run import build_run, compose  # noqa: E402
 from zeroinit.data import random_crop_flip  # noqa: E402
 from zeroinit.init import apply_init  # noqa: E402
 from zeroinit.results import cpu_model  # noqa: E402
@@ -92,14 +91,11 @@ DEFAULT_SWEEP = "init=zero,pytorch,bias_normal seed=0,1,2,3,4"
 # ------------------------------------------------------------------------------------- set-up
 def compose_cfg(model: str, device: str, out_dir, overrides=()):
     """The config `python src/train.py model=<model> dataset=<its dataset>` would run."""
-    register_resolvers()
     dataset, _, _, model_overrides = MODELS[model]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[
-            *model_overrides, f"dataset={dataset}", "dataset.download=false",
-            "trainer.max_epochs=1",
-            f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}", *overrides])
+    return compose(*model_overrides, f"dataset={dataset}", "dataset.download=false",
+                   "trainer.max_epochs=1",
+                   f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                   f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}", *overrides)
 
 
 def random_split(shape, n, generator, device):
@@ -170,7 +166,7 @@ def time_project(case: Case, n_train=None, extra=()) -> float:
     data.train_set = tuple(t[:n] for t in case.train)
     data.test_set = tuple(t[: max(1, n * case.n_test // case.n_train)] for t in case.test)
     data.classes = [str(c) for c in range(10)]
-    trainer, module, data, writer = train.setup(cfg, data=data)
+    trainer, module, data, writer = build_run(cfg, data=data)
     with silenced():
         sync(case.device)
         start = time.perf_counter()

@@ -27,14 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from train import run  # noqa: E402
 from zeroinit import data  # noqa: E402
-from zeroinit.config import register_resolvers  # noqa: E402
+from zeroinit.run import compose, run  # noqa: E402
 from zeroinit.results import cpu_model  # noqa: E402
 
 
@@ -62,17 +60,14 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    register_resolvers()
     overrides = [f"trainer.max_epochs={args.epochs}", *args.overrides]
     if args.random:
         data.LOADERS["random"] = random_loader(args.random)
         overrides += ["dataset.source=random", f"dataset.name=random{args.random}"]
 
     def one(diagnostics: bool, out: Path) -> tuple[float, float, float]:
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"paths.output_dir={out}", f"paths.log_dir={out}", *overrides,
-                *([] if diagnostics else ["callbacks.diagnostics=null"])])
+        cfg = compose(f"paths.output_dir={out}", f"paths.log_dir={out}", *overrides,
+                      *([] if diagnostics else ["callbacks.diagnostics=null"]))
         wall, cpu = time.perf_counter(), time.process_time()
         results = run(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

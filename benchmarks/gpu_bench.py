@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 
 import bench  # noqa: E402  benchmarks/bench.py
+from zeroinit.run import compose  # noqa: E402
 
 PAPER_MODELS = ["mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50",
                 "logreg_mnist", "logreg_cifar"]
@@ -39,14 +39,12 @@ NO_DIAGNOSTICS = "callbacks.diagnostics=null"
 FAST = "speed=bf16 callbacks.diagnostics=null"
 
 
-def paper_runs(root=bench.ROOT):
+def paper_runs():
     """[(figure, model, dataset, epochs)] for every run of every conf/experiment/fig*.yaml."""
-    bench.register_resolvers()
     parser = OverridesParser.create()
     runs = []
-    for path in sorted((root / "conf" / "experiment").glob("fig*.yaml")):
-        with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+    for path in sorted((bench.ROOT / "conf" / "experiment").glob("fig*.yaml")):
+        cfg = compose(f"experiment={path.stem}", return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.params or {})
         sweeps = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
         axes = {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])

@@ -7,18 +7,13 @@ Prints, per layer with parameters: name, type, weight shape, weight mean/std and
 exact zeros, bias mean/std. Nothing is trained and nothing is written.
 """
 import sys
-from pathlib import Path
 
-import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from zeroinit.config import UserError, build, register_resolvers
-from zeroinit.init import apply_init
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from zeroinit.config import UserError, build
+from zeroinit.run import build_net, compose
 
 
 def layer_rows(net: torch.nn.Module) -> list[dict]:
@@ -55,15 +50,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    register_resolvers()
     try:
-        with initialize_config_dir(CONF_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=argv)
-        L.seed_everything(cfg.seed, verbose=False)
+        cfg = compose(*argv)
+        # Not read: the dataset's config declares its shape, so no files are needed here.
         data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed)
-        net = build(cfg.model, ignore=["name"], input_shape=data.input_shape,
-                    num_classes=data.num_classes)
-        apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+        net = build_net(cfg, data)
     except (UserError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

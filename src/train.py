@@ -12,129 +12,22 @@ import logging
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zeroinit import speed
-from zeroinit.checkpoint import LastCheckpoint
-from zeroinit.config import UserError, build, flatten, register_resolvers, validate
-from zeroinit.init import apply_init
-from zeroinit.module import Classifier
-from zeroinit.results import FILENAME, ResultsWriter, read_results
-from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_outcome,
-                            resume_checkpoint)
+from zeroinit.config import UserError, register_resolvers
+from zeroinit.results import FILENAME
+from zeroinit.run import ddp_worker, train_or_resume
+from zeroinit.sweep import record_outcome
 
 log = logging.getLogger("zeroinit")
-RESUME_ENV = "ZEROINIT_RESUME_CKPT"
+
 register_resolvers()
-
-
-def _quiet_lightning():
-    # Lightning's start-up chatter (GPU available, TPU available, ...) buries the results.
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*does not have many workers.*", ".*LeafSpec.*",
-                    ".*smaller than the logging interval.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-
-def setup(cfg: DictConfig, overrides=(), data=None):
-    """The objects of one run: (trainer, module, data, writer), ready for `trainer.fit`.
-
-    `data` replaces the configured dataset (benchmarks/ passes one holding random images)."""
-    _quiet_lightning()
-    validate(cfg)
-    speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=False, verbose=False)
-
-    if data is None:
-        data = build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name)
-    data.load()  # before the model: the dataset decides input shape and class count
-    net = build(cfg.model, ignore=["name"], input_shape=data.input_shape, num_classes=data.num_classes)
-    apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
-    net = speed.prepare(net, cfg.get("speed"))  # channels_last, torch.compile (opt-in)
-    module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    writer = ResultsWriter(out_dir, config, overrides)
-    checkpoint = LastCheckpoint(out_dir / "checkpoints")  # last: after the writer
-    extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    logger = build(cfg.logger) if cfg.get("logger") else None
-    trainer = build(cfg.trainer, logger=logger if logger else False,
-                    callbacks=[writer, *extra, checkpoint],
-                    enable_checkpointing=False)
-    if logger:
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in flatten(config).items()}  # the HPARAMS tab takes scalars
-        logger.log_hyperparams(hparams, metrics={"hp/test_acc": 0.0})
-    return trainer, module, data, writer
-
-
-def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:
-    """One training run; returns its results (also written to <output_dir>/results.json).
-    With `ckpt_path` it resumes from that checkpoint, curve so far included."""
-    gpu = _claim_gpu(cfg)
-    try:
-        if gpu is not None:
-            cfg = cfg.copy()
-            cfg.trainer.devices = [gpu.index]
-        trainer, module, data, writer = setup(cfg, overrides)
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    finally:
-        if gpu is not None:
-            gpu.release()
-    return writer.results
-
-
-def _claim_gpu(cfg) -> GpuSlot | None:
-    """Concurrent runs of a sweep (joblib workers, several sweeps) each get a GPU of their own,
-    or share one only as far as `runs_per_gpu` allows. Single-device runs only: DDP and an
-    explicit device list keep what they asked for."""
-    t = cfg.trainer
-    if (t.get("accelerator") not in ("auto", "gpu", "cuda") or t.get("devices") not in (1, "1")
-            or "ddp" in str(t.get("strategy", "")) or not torch.cuda.is_available()):
-        return None
-    slot = GpuSlot(torch.cuda.device_count(), int(cfg.get("runs_per_gpu", 1)))
-    slot.acquire()
-    log.info("GPU slot %s -> cuda:%d", slot.slot, slot.index)
-    return slot
-
-
-def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
-    """What a sweep job does: skip a finished run, resume an interrupted one, else train.
-    Returns (outcome, results): outcome is the run's final status, or skipped / busy."""
-    out_dir = Path(cfg.paths.output_dir)
-    if _ddp_worker():  # DDP re-launched this script for rank > 0: follow rank 0's decision
-        results = run(cfg, overrides, ckpt_path=os.environ.get(RESUME_ENV) or None)
-        return results["status"], results
-    status = previous_status(out_dir)
-    if status in FINISHED:
-        return "skipped", read_results(out_dir)
-    lock = RunLock(out_dir)
-    if not lock.acquire():
-        return "busy", None
-    try:
-        ckpt = resume_checkpoint(out_dir)
-        os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
-        if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
-        results = run(cfg, overrides, ckpt_path=ckpt)
-        return results["status"], results
-    finally:
-        lock.release()
-
-
-def _ddp_worker() -> bool:
-    # Lightning's DDP launcher starts ranks > 0 as new processes of this script, LOCAL_RANK set.
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 def _limit_threads_for_parallel_jobs():
@@ -172,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
         record_outcome(hc.sweep.dir, out_dir, outcome, (results or {}).get("error"),
                        resumed=outcome not in ("skipped", "busy")
                        and "resumed_from_epoch" in (results or {}))
-    if _ddp_worker():  # rank 0 reports for the run
+    if ddp_worker():  # rank 0 reports for the run
         return None
     if outcome == "busy":
         print(f"busy: {out_dir} is being trained by another process; left alone", flush=True)

@@ -4,14 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))  # train.py, init_report.py, report.py live in src/
+sys.path.insert(0, str(ROOT / "src"))  # the scripts (train.py, report.py, ...) live in src/
 
-from zeroinit.config import register_resolvers  # noqa: E402
-
-register_resolvers()
+from zeroinit.run import compose  # noqa: E402
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 
@@ -19,7 +16,6 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 def make_cfg(tmp_path):
     """make_cfg(*overrides) -> the composed config, writing into tmp_path, on the CPU."""
     def make(*overrides):
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose("train", overrides=["trainer=cpu", f"paths.output_dir={tmp_path}",
-                                               f"paths.log_dir={tmp_path}", *overrides])
+        return compose("trainer=cpu", f"paths.output_dir={tmp_path}",
+                       f"paths.log_dir={tmp_path}", *overrides)
     return make

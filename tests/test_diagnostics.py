@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import report
-from train import run
+from zeroinit.run import run
 from zeroinit.diagnostics import (METRICS, Diagnostics, distinct_units, plot_gradient_flow,
                                   probe_metrics, summary_columns, weight_metrics)
 from zeroinit.results import read_results, write_json_atomic

@@ -1,4 +1,4 @@
-from train import run
+from zeroinit.run import run
 
 
 def test_default_run_trains_and_writes_results(make_cfg, tmp_path):

@@ -1,7 +1,7 @@
 """conf/speed: the opt-in speed switches compose, are checked, set what they say, and run."""
 import pytest
 import torch
-from train import run
+from zeroinit.run import run
 
 from zeroinit import speed
 from zeroinit.errors import UserError

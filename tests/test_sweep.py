@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from zeroinit.run import compose
 from zeroinit.sweep import GpuSlot, RunLock, slot_gpu, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +99,7 @@ def test_summary_counts_outcomes_and_flags_failures():
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_figure_presets_compose_with_the_papers_settings(name):
     dataset, epochs, n_runs = FIGURES[name]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    cfg = compose(f"experiment={name}", return_hydra_config=True)
     assert cfg.dataset.name == dataset and cfg.trainer.max_epochs == epochs
     assert cfg.sweep_name == name and cfg.batch_size == 128
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.001
@@ -116,8 +115,7 @@ def test_figure_presets_compose_with_the_papers_settings(name):
 
 
 def test_slurm_launcher_composes_one_gpu_per_task():
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["launcher=slurm"], return_hydra_config=True)
+    cfg = compose("launcher=slurm", return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_task == 1 and launcher.tasks_per_node == 1

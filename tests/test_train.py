@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
-from train import run
+from zeroinit.run import run
 from zeroinit.results import read_results, write_json_atomic
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",

@@ -1,0 +1,162 @@
+"""One place to build and train a run: every script, benchmark and test calls these.
+
+    cfg = compose("model=mnist_cnn", "init=bias_normal")     # the same config train.py gets
+    data = build_data(cfg)                                    # or your own ImageDataModule
+    net = build_net(cfg, data)                                # seeded, init scheme applied
+    trainer, module, data, writer = build_run(cfg, data=data) # ready for trainer.fit
+    results = run(cfg)                                        # all of the above + fit
+
+`build_net` is the single definition of "the initial parameters of a run": the stacked
+launcher (zeroinit.stacked) builds each member with it, which is why a member starts bitwise
+equal to the separate run with the same config and seed.
+"""
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zeroinit import speed
+from zeroinit.checkpoint import LastCheckpoint
+from zeroinit.config import build, flatten, register_resolvers, validate
+from zeroinit.init import apply_init
+from zeroinit.module import Classifier
+from zeroinit.results import ResultsWriter, read_results
+from zeroinit.sweep import FINISHED, GpuSlot, RunLock, previous_status, resume_checkpoint
+
+log = logging.getLogger("zeroinit")
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+RESUME_ENV = "ZEROINIT_RESUME_CKPT"
+
+
+def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """conf/train.yaml composed with `overrides`, as `python src/train.py <overrides>` sees it
+    (without Hydra's run directory: set paths.output_dir yourself)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides),
+                             return_hydra_config=return_hydra_config)
+
+
+def quiet_lightning():
+    # Lightning's start-up chatter (GPU available, TPU available, ...) buries the results.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*LeafSpec.*",
+                    ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def build_data(cfg: DictConfig):
+    """The run's ImageDataModule, read (the dataset decides input shape and class count)."""
+    return build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
+                 name=cfg.dataset.name).load()
+
+
+def build_net(cfg: DictConfig, data) -> torch.nn.Module:
+    """The run's network with its init scheme applied, drawn after seeding with cfg.seed."""
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    net = build(cfg.model, ignore=["name"], input_shape=data.input_shape,
+                num_classes=data.num_classes)
+    return apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+
+
+def build_logger(cfg: DictConfig, config: dict):
+    """The run's logger (TensorBoard) with the run's settings in its HPARAMS tab, or None."""
+    if not cfg.get("logger"):
+        return None
+    logger = build(cfg.logger)
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+               for k, v in flatten(config).items()}  # the HPARAMS tab takes scalars
+    logger.log_hyperparams(hparams, metrics={"hp/test_acc": 0.0})
+    return logger
+
+
+def build_callbacks(cfg: DictConfig, writer: ResultsWriter) -> list:
+    """The run's callbacks: its results writer, the configured extras (conf/callbacks), and
+    the checkpoint last, after the writer has recorded the epoch."""
+    extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    return [writer, *extra, LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
+
+
+def build_run(cfg: DictConfig, overrides=(), data=None):
+    """The objects of one run: (trainer, module, data, writer), ready for `trainer.fit`.
+
+    `data` replaces the configured dataset (any object with ImageDataModule's interface:
+    benchmarks/ passes one holding random images of the real sizes)."""
+    quiet_lightning()
+    validate(cfg)
+    speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
+    data = (data if data is not None else build_data(cfg)).load()
+    net = speed.prepare(build_net(cfg, data), cfg.get("speed"))  # channels_last, compile
+    module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
+    logger = build_logger(cfg, config)
+    trainer = build(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg, writer),
+                    enable_checkpointing=False)
+    return trainer, module, data, writer
+
+
+def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:
+    """One training run; returns its results (also written to <output_dir>/results.json).
+    With `ckpt_path` it resumes from that checkpoint, curve so far included."""
+    gpu = claim_gpu(cfg)
+    try:
+        if gpu is not None:
+            cfg = cfg.copy()
+            cfg.trainer.devices = [gpu.index]
+        trainer, module, data, writer = build_run(cfg, overrides)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    finally:
+        if gpu is not None:
+            gpu.release()
+    return writer.results
+
+
+def claim_gpu(cfg) -> GpuSlot | None:
+    """Concurrent runs of a sweep (joblib workers, several sweeps) each get a GPU of their own,
+    or share one only as far as `runs_per_gpu` allows. Single-device runs only: DDP and an
+    explicit device list keep what they asked for."""
+    t = cfg.trainer
+    if (t.get("accelerator") not in ("auto", "gpu", "cuda") or t.get("devices") not in (1, "1")
+            or "ddp" in str(t.get("strategy", "")) or not torch.cuda.is_available()):
+        return None
+    slot = GpuSlot(torch.cuda.device_count(), int(cfg.get("runs_per_gpu", 1)))
+    slot.acquire()
+    log.info("GPU slot %s -> cuda:%d", slot.slot, slot.index)
+    return slot
+
+
+def ddp_worker() -> bool:
+    # Lightning's DDP launcher starts ranks > 0 as new processes of this script, LOCAL_RANK set.
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
+    """What a sweep job does: skip a finished run, resume an interrupted one, else train.
+    Returns (outcome, results): outcome is the run's final status, or skipped / busy."""
+    out_dir = Path(cfg.paths.output_dir)
+    if ddp_worker():  # DDP re-launched this script for rank > 0: follow rank 0's decision
+        results = run(cfg, overrides, ckpt_path=os.environ.get(RESUME_ENV) or None)
+        return results["status"], results
+    status = previous_status(out_dir)
+    if status in FINISHED:
+        return "skipped", read_results(out_dir)
+    lock = RunLock(out_dir)
+    if not lock.acquire():
+        return "busy", None
+    try:
+        ckpt = resume_checkpoint(out_dir)
+        os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
+        if ckpt is not None:
+            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+        results = run(cfg, overrides, ckpt_path=ckpt)
+        return results["status"], results
+    finally:
+        lock.release()
