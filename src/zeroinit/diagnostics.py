@@ -334,10 +334,15 @@ class Diagnostics(L.Callback):
                 break
         return torch.cat(xs)[: self.probe_size] if xs else None
 
+    def wants_gradients(self, step: int) -> bool:
+        """Whether the step about to be taken (counted from 1) is measured: the stacked
+        launcher hands a member's gradients to its callbacks only then."""
+        return self.enabled and (self._watching or step <= self.steps)
+
     @_hook
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         step = trainer.global_step + 1  # the step about to be taken, counted from 1
-        if not self._watching and step > self.steps:
+        if not self.wants_gradients(step):
             return
         grads = [m.weight.grad for _, m in self.layers]
         if self._watching:

@@ -1,0 +1,217 @@
+"""Train the runs of one group (same data, model, optimizer, schedule) as stacked members.
+
+`train_group(jobs, stack_size)` does for a group what `zeroinit.run.train_or_resume` does for
+one run: finished runs are skipped, runs another process holds are left alone ("busy"),
+interrupted runs resume from their checkpoint, and the rest start from their seed. Runs
+resuming from different epochs cannot share a loop, so they train in separate stacks;
+`stack_size` caps the members of one stack.
+"""
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zeroinit import speed
+from zeroinit.config import build, validate
+from zeroinit.errors import UserError
+from zeroinit.init import validate_init
+from zeroinit.results import ResultsWriter, read_results
+from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
+                          quiet_lightning)
+from zeroinit.stacked.layers import stack_nets
+from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
+from zeroinit.stacked.module import StackedClassifier, StackedDataModule
+from zeroinit.sweep import FINISHED, RunLock, previous_status, resume_checkpoint
+
+log = logging.getLogger("zeroinit")
+MAX_AUTO_STACK = 64  # beyond this a stack's first results arrive late for little more speed
+
+
+def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
+                on_outcome=None) -> list[tuple[str, dict | None, str | None]]:
+    """jobs: [(resolved config with paths.output_dir, overrides)] of one group.
+    Returns [(outcome, results, error)] in the jobs' order; `on_outcome(i, outcome, results,
+    error)` is called as each job's outcome is known."""
+    outcomes: list = [None] * len(jobs)
+
+    def done(i, outcome, results=None, error=None):
+        outcomes[i] = (outcome, results, error)
+        if on_outcome:
+            on_outcome(i, outcome, results, error)
+
+    todo, locks = {}, []  # optimizer steps done -> [(job index, checkpoint)]
+    for i, (cfg, _) in enumerate(jobs):
+        out_dir = Path(cfg.paths.output_dir)
+        try:
+            validate(cfg)
+            validate_init(cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+        except UserError as e:
+            done(i, "failed", None, f"UserError: {e}")
+            continue
+        status = previous_status(out_dir)
+        if status in FINISHED:
+            done(i, "skipped", read_results(out_dir))
+            continue
+        lock = RunLock(out_dir)
+        if not lock.acquire():
+            done(i, "busy")
+            continue
+        locks.append(lock)
+        ckpt = resume_checkpoint(out_dir)
+        steps = 0
+        if ckpt is not None:
+            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+            steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+        todo.setdefault(steps, []).append((i, ckpt))
+    try:
+        for _, members in sorted(todo.items()):
+            size = _stack_size(stack_size, jobs[members[0][0]][0], len(members))
+            for start in range(0, len(members), size):
+                chunk = members[start: start + size]
+                _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
+    finally:
+        for lock in locks:
+            lock.release()
+    return outcomes
+
+
+def _train_stack(members, done) -> None:
+    """One stacked fit of [(job index, (cfg, overrides), checkpoint or None)]."""
+    cfg0 = members[0][1][0]
+    names = [Path(cfg.paths.output_dir).name for _, (cfg, _), _ in members]
+    print(f"stacked: {len(members)} runs in one fit: {', '.join(names)}", flush=True)
+    quiet_lightning()
+    settings = dict(speed.configure(cfg0.get("speed")))
+    # channels_last is a 4-D layout; stacked conv weights are 5-D (member first).
+    settings["channels_last"] = False
+    gpu = claim_gpu(cfg0)
+    group: list[Member] = []
+    try:
+        trainer_cfg = cfg0.trainer
+        if gpu is not None:
+            trainer_cfg = OmegaConf.merge(trainer_cfg, {"devices": [gpu.index]})
+        data = build_data(cfg0)
+        nets = [build_net(cfg, data) for _, (cfg, _), _ in members]
+        for k, (_, (cfg, overrides), _) in enumerate(members):
+            config = OmegaConf.to_container(cfg, resolve=True)
+            writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
+            writer.results["stack_size"] = len(members)
+            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer),
+                                build_logger(cfg, config), writer))
+        stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
+        module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
+        dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
+        runs = StackedRuns(group)
+        trainer = build(trainer_cfg, logger=False, callbacks=[runs, _EpochLine(group)],
+                        enable_checkpointing=False)
+        ckpt_path = _group_checkpoint(members, cfg0)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        finally:
+            if ckpt_path:
+                Path(ckpt_path).unlink(missing_ok=True)
+    except Exception as e:  # noqa: BLE001 - the group failed: every member records it
+        log.exception("stacked group failed")
+        for k, (i, (cfg, _), _) in enumerate(members):
+            if k < len(group) and group[k].writer.results["status"] == "running":
+                group[k].writer.write("failed", error=f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        for k, (i, (cfg, _), _) in enumerate(members):
+            results = group[k].writer.results if k < len(group) else None
+            if results is None or not (Path(cfg.paths.output_dir) / "results.json").exists():
+                done(i, "failed", None, error)
+            else:
+                done(i, results["status"], results, results.get("error") or error)
+        return
+    finally:
+        if gpu is not None:
+            gpu.release()
+    for m, (i, _, _) in zip(group, members):
+        done(i, m.writer.results["status"], m.writer.results, m.writer.results.get("error"))
+
+
+def _group_checkpoint(members, cfg0) -> str | None:
+    """The members' checkpoints combined into one file for Trainer.fit(ckpt_path=...)."""
+    paths = [ckpt for _, _, ckpt in members]
+    if all(p is None for p in paths):
+        return None
+    checkpoints = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    target = Path(members[0][1][0].paths.output_dir) / "checkpoints" / ".stacked-resume.ckpt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(combine_checkpoints(checkpoints), target)
+    return str(target)
+
+
+class _EpochLine(L.Callback):
+    """One line per epoch for the whole stack (each member's results.json has its own)."""
+
+    def __init__(self, members):
+        self.members, self._start = members, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        epoch = trainer.current_epoch + 1
+        accs = sorted(e["test_acc"] if e["test_acc"] is not None else math.nan
+                      for e in (m.writer.results["epochs"][-1] for m in self.members
+                                if m.writer.results["epochs"])
+                      if e["epoch"] == epoch)  # the members that trained this epoch
+        if not accs:
+            return
+        seconds = time.perf_counter() - self._start
+        diverged = sum(m.writer.results["status"] == "diverged" for m in self.members)
+        print(f"epoch {trainer.current_epoch + 1:>3}/{trainer.max_epochs}  "
+              f"{len(accs)} runs  test_acc min {accs[0]:.4f}  median "
+              f"{accs[len(accs) // 2]:.4f}  max {accs[-1]:.4f}"
+              + (f"  ({diverged} diverged)" if diverged else "") + f"  ({seconds:.2f}s)",
+              flush=True)
+
+
+def _stack_size(setting, cfg, n: int) -> int:
+    if setting in (None, "auto"):
+        return max(1, min(n, MAX_AUTO_STACK, auto_stack_size(cfg)))
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise UserError(f"hydra.launcher.stack_size: {setting!r} is not allowed; "
+                        "allowed: an integer >= 1, or auto")
+    return min(n, setting)
+
+
+def auto_stack_size(cfg) -> int:
+    """How many members fit in half of the free memory of the device the run will use:
+    per member, fp32 weights + gradients + two optimizer moments (16 bytes a parameter) and
+    3x the activations of one training batch (outputs kept for backward and their
+    gradients), measured on the meta device (nothing allocated)."""
+    shape = tuple(cfg.dataset.get("input_shape") or ())
+    classes = cfg.dataset.get("num_classes")
+    if not shape or not classes:
+        return MAX_AUTO_STACK
+    with torch.device("meta"):
+        net = build(cfg.model, ignore=["name"], input_shape=shape, num_classes=classes)
+        sizes = []
+        hooks = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
+                 for m in net.modules() if not list(m.children())]
+        net(torch.empty(int(cfg.batch_size), *shape))
+        for h in hooks:
+            h.remove()
+        params = sum(p.numel() for p in net.parameters())
+    per_member = 16 * params + 4 * 3 * sum(sizes)
+    return max(1, int(0.5 * _free_bytes(cfg) // per_member))
+
+
+def _free_bytes(cfg) -> int:
+    if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

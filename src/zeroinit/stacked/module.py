@@ -1,0 +1,124 @@
+"""The LightningModule of a stacked group and the batches it trains on.
+
+StackedClassifier is Classifier (zeroinit.module) for K members at once: the loss it
+minimizes is the sum of the members' own mean cross-entropies, so each member's parameters
+get exactly the gradient of its own loss; the optimizer (elementwise: Adam, SGD, ...) then
+acts as K independent optimizers. Per-member loss and accuracy accumulate on the device.
+
+StackedBatches zips the K members' own DeviceBatches (each seeded with its member's seed),
+so member k sees the very batches, in the same order and with the same augmentation draws,
+as the separate run with its config.
+"""
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zeroinit.data import DeviceBatches, ImageDataModule
+
+# Optimizers whose update of an entry depends only on that entry's own history: one of them
+# over stacked tensors is K independent optimizers. (LBFGS, LARS-like and norm-based
+# optimizers look at whole tensors and would mix members.)
+ELEMENTWISE_OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+                          "NAdam", "RAdam"}
+
+
+class StackedClassifier(L.LightningModule):
+    def __init__(self, net: nn.Module, k: int, optimizer):
+        super().__init__()
+        self.net, self.k, self.optimizer_factory = net, k, optimizer
+        for split in ("train", "test"):  # per-member sums: loss x n, correct, n
+            self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def _step(self, batch, split):
+        x, y = batch  # (K, B, ...), (K, B)
+        logits = self.net(x)  # (K, B, classes)
+        k, b = y.shape
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        losses = losses.view(k, b).mean(dim=1)  # each member's own mean loss
+        with torch.no_grad():
+            correct = (logits.argmax(dim=2) == y).sum(dim=1)
+            sums = getattr(self, f"{split}_sums")
+            sums[0] += losses.detach() * b
+            sums[1] += correct
+            sums[2] += b
+        return losses.sum()
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "test")  # the test split, as in Classifier
+
+    def epoch_metrics(self) -> list[dict[str, float]]:
+        """Each member's train and test loss/accuracy of the epoch just finished, then reset."""
+        out = [{} for _ in range(self.k)]
+        for split in ("train", "test"):
+            sums = getattr(self, f"{split}_sums")
+            loss, correct, n = sums.tolist()  # one host sync per split
+            for k in range(self.k):
+                if n[k]:
+                    out[k][f"{split}_loss"] = loss[k] / n[k]
+                    out[k][f"{split}_acc"] = correct[k] / n[k]
+            sums.zero_()
+        return out
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+
+class StackedBatches:
+    """K DeviceBatches in lockstep -> (x (K, B, ...), y (K, B)) per step."""
+
+    def __init__(self, members: list[DeviceBatches]):
+        self.members = members
+
+    def __len__(self):
+        return len(self.members[0])
+
+    def __iter__(self):
+        for batches in zip(*self.members):
+            yield (torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches]))
+
+
+class RepeatedBatches:
+    """The test split, the same for every member: each batch viewed K times (no copy)."""
+
+    def __init__(self, batches: DeviceBatches, k: int):
+        self.batches, self.k = batches, k
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for x, y in self.batches:
+            yield x.expand(self.k, *x.shape), y.expand(self.k, *y.shape)
+
+
+class StackedDataModule(ImageDataModule):
+    """The group's dataset, on the device once; training batches per member seed."""
+
+    def __init__(self, data: ImageDataModule, seeds: list[int]):
+        super().__init__(data.source, data.batch_size, data.eval_batch_size, data.data_dir,
+                         data.download, augment=data.augment, seed=seeds[0], name=data.name)
+        self.mean, self.std = data.mean, data.std
+        self.declared_shape, self.declared_classes = data.declared_shape, data.declared_classes
+        self.train_set, self.test_set, self.classes = data.train_set, data.test_set, data.classes
+        self.seeds = list(seeds)
+
+    def member_train_batches(self, seed: int) -> DeviceBatches:
+        return DeviceBatches(*self.train_set, self.batch_size, self._epoch, seed=seed,
+                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std)
+
+    def train_dataloader(self):
+        return StackedBatches([self.member_train_batches(s) for s in self.seeds])
+
+    def val_dataloader(self):
+        return RepeatedBatches(super().val_dataloader(), len(self.seeds))
+
+    def member_val_dataloader(self):
+        """The test batches as a separate run sees them (diagnostics' probe batch)."""
+        return super().val_dataloader()
