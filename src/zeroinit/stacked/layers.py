@@ -159,6 +159,8 @@ def _stacked_layer(layers: list[nn.Module]) -> nn.Module | None:
         return StackedFlatten(first)
     if isinstance(first, ELEMENTWISE):
         return copy.deepcopy(first)
+    if isinstance(first, CONTAINERS):  # (an empty Sequential is the identity: a shortcut)
+        return None
     if any(True for _ in first.parameters(recurse=False)) or any(
             True for _ in first.buffers(recurse=False)):
         raise StackError(f"no stacked version of {type(first).__name__}")

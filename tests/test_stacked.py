@@ -1,0 +1,189 @@
+"""Stacked training (zeroinit.stacked): a member is numerically the separate run with its
+config and seed, and in form a run like any other (results.json, checkpoint, TensorBoard)."""
+import json
+import math
+
+import pytest
+import torch
+
+from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
+from zeroinit.results import read_results
+from zeroinit.run import compose, run
+from zeroinit.stacked.group import train_group
+from zeroinit.stacked.layers import StackError, member_state_dict, stack_nets, stacked_state_dict
+
+PAPER_NORM = "dataset.normalize={mean:[0.4914,0.4822,0.4465],std:[0.2023,0.1994,0.2010]}"
+MODELS = {  # model -> dataset overrides; each case stacks pytorch, bias_normal, bias_uniform
+    "logreg": ["dataset=mnist"],
+    "mnist_fnn": [],
+    "mnist_cnn": ["dataset=mnist"],
+    "cifar_fnn": ["dataset=cifar10"],
+    "cifar_cnn": ["dataset=cifar10"],
+    # ResNet-50 on 8x8 RGB images (every stage still runs, down to 1x1), in the default suite
+    # at 1/8 of the widths (the same 16 bottlenecks, shortcuts and BatchNorms), and full size
+    # in the slow suite
+    "resnet50": ["dataset=image_folder", "dataset.augment=true", PAPER_NORM,
+                 "model.widths=[8,16,32,64]"],
+    "resnet50-full": ["dataset=image_folder", "dataset.augment=true", PAPER_NORM],
+}
+LR = 1e-3  # conf/optimizer/adam.yaml
+MEMBERS = [("pytorch", 0), ("bias_normal", 1), ("bias_uniform", 2)]
+
+
+def member_cfgs(tmp_path, *overrides, members=MEMBERS, sub="stacked"):
+    return [(compose("trainer=cpu", f"paths.output_dir={tmp_path / sub / f'{init}-s{seed}'}",
+                     f"paths.log_dir={tmp_path}", f"init={init}", f"seed={seed}", *overrides),
+             [f"init={init}", f"seed={seed}"]) for init, seed in members]
+
+
+def fake_data(tmp_path, monkeypatch, overrides, small=False):
+    data_dir = tmp_path / "data"
+    if "dataset=cifar10" in overrides:
+        write_cifar10(data_dir, per_batch=8, n_test=4 if small else 12)
+        patch_cifar10_md5s(monkeypatch, data_dir)
+    elif "dataset=mnist" in overrides:
+        write_mnist(data_dir, n_train=24, n_test=10)
+    elif "dataset=image_folder" in overrides:
+        write_image_folder(data_dir, classes=("a", "b"), per_class=(4, 1), size=(8, 8))
+        return [f"dataset.data_dir={data_dir}"]
+    return [f"paths.data_dir={data_dir}", "dataset.download=false"]
+
+
+def load_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+
+
+def assert_close(g: torch.Tensor, w: torch.Tensor, what: str, rel=1e-5):
+    assert g.shape == w.shape, what
+    if not torch.is_floating_point(w):
+        assert torch.equal(g, w), what
+    else:
+        assert (g - w).abs().max().item() <= rel * w.abs().max().item() + 1e-12, what
+
+
+def assert_same_state(got: dict, want: dict, what: str):
+    """Parameters, BatchNorm statistics and Adam moments of a member vs its separate run."""
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    for key, w in want["state_dict"].items():
+        assert_close(got["state_dict"][key], w, f"{what} {key}", rel=1e-7)
+    adam_got, adam_want = got["optimizer_states"][0]["state"], want["optimizer_states"][0]["state"]
+    for i, state in adam_want.items():
+        for k, v in state.items():
+            assert_close(adam_got[i][k], v, f"{what} adam {i} {k}", rel=1e-7)
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if "full" in m
+                                   else m for m in MODELS])
+def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatch, model):
+    """In float64. In float32, Adam's first step lr * g / (|g| + eps) ~ lr * sign(g) turns
+    the rounding noise of gradient entries that cancel to ~0 in exact arithmetic (conv biases
+    before a BatchNorm, units off for the whole batch) into steps of +-lr, and a grouped
+    convolution rounds differently from a plain one (seen: cifar_cnn, 3 members, 1.8e-3 in
+    net.2.bias after one step, with gradients equal to 4e-6). In float64 that noise is ~1e-16
+    and member and separate run agree to 1e-7 of each tensor's scale, every entry (measured:
+    1e-16 for the FNNs, 1e-8 for ResNet-50, whose BatchNorms meet the same cancellations)."""
+    small = model.startswith("resnet50")  # ~4 GFLOP per 32x32 image and step: keep it tiny
+    extra = [f"model={model.split('-')[0]}", *MODELS[model], *fake_data(tmp_path, monkeypatch, MODELS[model],
+                                                          small),
+             "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+             "+trainer.limit_val_batches=1", "batch_size=4" if small else "batch_size=8",
+             "callbacks.diagnostics=null", "trainer.precision=64-true"]
+    members = MEMBERS[:2] if small else MEMBERS
+    jobs = member_cfgs(tmp_path, *extra, members=members)
+    outcomes = train_group(jobs)
+    assert [o for o, _, _ in outcomes] == ["completed"] * len(jobs)
+    for (init, seed), (cfg, overrides), (_, results, _) in zip(members, jobs, outcomes):
+        separate = member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="separate")[0][0]
+        alone = run(separate, overrides)
+        got, want = load_state(tmp_path / "stacked" / f"{init}-s{seed}"), load_state(
+            tmp_path / "separate" / f"{init}-s{seed}")
+        assert got["global_step"] == want["global_step"] == 1
+        assert_same_state(got, want, f"{model} {init}")
+        entry, sep_entry = results["epochs"][0], alone["epochs"][0]
+        for key in ("train_loss", "test_loss"):
+            # (the separate run's torchmetrics mean accumulates in float32)
+            assert math.isclose(entry[key], sep_entry[key], rel_tol=1e-6), (model, init, key)
+        # same test images, same predictions (bar an exact tie broken by rounding)
+        assert abs(entry["test_acc"] - sep_entry["test_acc"]) <= 1 / 12 + 1e-9
+
+
+def test_initial_parameters_are_bitwise_those_of_the_separate_runs(tmp_path):
+    from zeroinit.run import build_data, build_net
+
+    jobs = member_cfgs(tmp_path, "model=cifar_cnn", "dataset=cifar10")
+    data_cfg = jobs[0][0]
+    data = type("Shape", (), {"input_shape": (3, 32, 32), "num_classes": 10})()
+    nets = [build_net(cfg, data) for cfg, _ in jobs]
+    stacked = stack_nets(nets)
+    for k, net in enumerate(nets):
+        mine = member_state_dict(stacked, k)
+        for key, value in net.state_dict().items():
+            assert torch.equal(mine[key], value), key
+    again = stacked_state_dict([member_state_dict(stacked, k) for k in range(len(nets))])
+    assert all(torch.equal(again[k], v) for k, v in stacked.state_dict().items())
+    assert data_cfg.model.name == "cifar_cnn"
+
+
+def test_a_network_with_an_unknown_layer_is_not_stacked():
+    nets = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTM(4, 4)) for _ in range(2)]
+    with pytest.raises(StackError, match="LSTM"):
+        stack_nets(nets)
+
+
+def test_batchnorm_members_keep_their_own_batch_and_running_statistics():
+    torch.manual_seed(0)
+    bns = [torch.nn.BatchNorm2d(3) for _ in range(2)]
+    stacked = stack_nets([torch.nn.Sequential(b) for b in bns])
+    x = torch.randn(2, 5, 3, 4, 4) * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1, 1)
+    y = stacked(x)
+    for k, bn in enumerate(bns):
+        assert torch.allclose(y[k], bn(x[k]), atol=1e-5)
+        assert torch.allclose(stacked[0].running_var[k], bn.running_var, rtol=1e-5)
+
+
+def test_one_member_diverges_alone_and_the_others_equal_their_separate_runs(tmp_path):
+    extra = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "batch_size=32",
+             "callbacks.diagnostics=null"]
+    jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
+    # a member with PyTorch's weights and N(0, 1) x 1e38 biases: its logits overflow float32
+    bad = compose("trainer=cpu", f"paths.output_dir={tmp_path / 'stacked' / 'huge'}",
+                  "init=pytorch", "init.bias=normal", "init.bias_scale=1e38", "seed=1", *extra)
+    outcomes = train_group([jobs[0], (bad, ["init.bias_scale=1e38"]), jobs[1]])
+    assert [o for o, _, _ in outcomes] == ["completed", "diverged", "completed"]
+    diverged = read_results(tmp_path / "stacked" / "huge")
+    assert diverged["status"] == "diverged" and len(diverged["epochs"]) == 1
+    assert not math.isfinite(diverged["epochs"][0]["train_loss"])
+    for (init, seed), (_, results, _) in zip([("pytorch", 0), ("bias_normal", 1)],
+                                             [outcomes[0], outcomes[2]]):
+        alone = run(member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="sep")[0][0])
+        for a, b in zip(results["epochs"], alone["epochs"]):
+            assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+            assert abs(a["test_acc"] - b["test_acc"]) <= 0.01
+
+
+def test_members_write_what_a_separate_run_writes(tmp_path):
+    """results.json keys, checkpoint, TensorBoard events + HPARAMS, diagnostics per member."""
+    extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=4", "batch_size=16"]
+    jobs = member_cfgs(tmp_path, *extra, members=[("zero", 0), ("bias_normal", 0)])
+    train_group(jobs)
+    alone = run(member_cfgs(tmp_path, *extra, members=[("bias_normal", 0)], sub="sep")[0][0])
+    for init in ("zero", "bias_normal"):
+        run_dir = tmp_path / "stacked" / f"{init}-s0"
+        results = read_results(run_dir)
+        assert set(alone) <= set(results) and results["stack_size"] == 2
+        assert results["config"]["init"]["name"] == init
+        assert list(run_dir.glob("events.out.tfevents.*"))
+        assert (run_dir / "checkpoints" / "last.ckpt").exists()
+        diag = results["diagnostics"]
+        assert set(diag) == set(alone["diagnostics"])
+        if init == "zero":  # all-zero weights and biases: no gradient reaches the first layer
+            assert diag["wakeup_step"]["1"] is None
+    mine = read_results(tmp_path / "stacked" / "bias_normal-s0")["diagnostics"]
+    want = alone["diagnostics"]
+    assert mine["wakeup_step"] == want["wakeup_step"]
+    for layer, values in want["first_steps"]["layers"].items():
+        for a, b in zip(mine["first_steps"]["layers"][layer]["grad_norm"], values["grad_norm"]):
+            assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-9)
+    assert json.dumps(mine["symmetry"]["final"], sort_keys=True).count("null") == json.dumps(
+        want["symmetry"]["final"], sort_keys=True).count("null")
