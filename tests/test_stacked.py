@@ -2,10 +2,16 @@
 config and seed, and in form a run like any other (results.json, checkpoint, TensorBoard)."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from test_sweep import ROOT, results, train
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
 from zeroinit.results import read_results
 from zeroinit.run import compose, run
@@ -187,3 +193,89 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
             assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-9)
     assert json.dumps(mine["symmetry"]["final"], sort_keys=True).count("null") == json.dumps(
         want["symmetry"]["final"], sort_keys=True).count("null")
+
+
+# ------------------------------------------------------------------ through the command line
+def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path):
+    args = ["init=zero,pytorch,bias_normal", "seed=0,1", "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=5", "callbacks.diagnostics=null"]
+    stacked = train("-m", *args, "launcher=stacked", log_dir=tmp_path / "a")
+    assert stacked.returncode == 0, stacked.stderr[-2000:]
+    assert "stacked: 6 runs in one fit" in stacked.stdout
+    assert "sweep: 6 runs: 6 completed" in stacked.stdout
+    sequential = train("-m", *args, log_dir=tmp_path / "b")
+    assert sequential.returncode == 0, sequential.stderr[-2000:]
+    a_runs = sorted(p.name for p in (tmp_path / "a" / "sweeps" / "default").iterdir()
+                    if not p.name.startswith("."))
+    b_runs = sorted(p.name for p in (tmp_path / "b" / "sweeps" / "default").iterdir()
+                    if not p.name.startswith("."))
+    assert a_runs == b_runs and len(a_runs) == 6 + 1  # + multirun.yaml
+    for name in a_runs:
+        if name.endswith(".yaml"):
+            continue
+        a_dir, b_dir = (tmp_path / x / "sweeps" / "default" / name for x in "ab")
+        a, b = results(a_dir), results(b_dir)
+        assert a["status"] == b["status"] == "completed"
+        same = lambda o: [x for x in o if not x.startswith(("paths.", "launcher="))]  # noqa
+        assert same(a["overrides"]) == same(b["overrides"])
+        assert ({**a["config"], "paths": None, "logger": None}
+                == {**b["config"], "paths": None, "logger": None})
+        for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+            assert abs(ea["test_acc"] - eb["test_acc"]) <= 0.01  # within 1 point
+        assert sorted(p.name for p in (a_dir / ".hydra").iterdir()) == sorted(
+            p.name for p in (b_dir / ".hydra").iterdir() if p.suffix == ".yaml")
+    report = subprocess.run([sys.executable, "src/report.py", str(tmp_path / "a" / "sweeps")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+
+
+def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path):
+    args = ["seed=0,1,2", "+trainer.limit_train_batches=6", "trainer.max_epochs=4",
+            "launcher=stacked", "callbacks.diagnostics=null"]
+    sweep = tmp_path / "sweeps" / "default"
+    proc = subprocess.Popen([sys.executable, "src/train.py", "-m", *args,
+                             f"paths.log_dir={tmp_path}"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    try:  # kill once every member has checkpointed an epoch, before the last
+        while time.time() < deadline:
+            runs = list(sweep.glob("*-s[012]"))
+            if len(runs) == 3 and all((r / "checkpoints" / "last.ckpt").exists() for r in runs):
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    runs = sorted(sweep.glob("*-s[012]"))
+    assert len(runs) == 3, "the sweep never checkpointed its members"
+    assert all(results(r)["status"] == "running" and len(results(r)["epochs"]) < 4
+               for r in runs)
+    out = train("-m", *args, log_dir=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3 of them resumed" in out.stdout
+    ref = train("-m", *args[:-2], "callbacks.diagnostics=null", log_dir=tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    for r in runs:
+        resumed = results(r)
+        assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1
+        want = results(tmp_path / "ref" / "sweeps" / "default" / r.name)
+        for a, b in zip(resumed["epochs"], want["epochs"], strict=True):
+            assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+            assert abs(a["test_acc"] - b["test_acc"]) <= 0.01
+
+
+def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
+    """The member checkpoint has a separate run's form: the one-by-one path resumes it."""
+    extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "batch_size=32",
+             "callbacks.diagnostics=null", "trainer.precision=64-true"]
+    jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
+    train_group(jobs)
+    more = [e.replace("max_epochs=1", "max_epochs=2") for e in extra]
+    cfg = member_cfgs(tmp_path, *more, members=[("bias_normal", 1)])[0][0]
+    resumed = run(cfg, ckpt_path=tmp_path / "stacked" / "bias_normal-s1" / "checkpoints" /
+                  "last.ckpt")
+    alone = run(member_cfgs(tmp_path, *more, members=[("bias_normal", 1)], sub="sep")[0][0])
+    assert resumed["resumed_from_epoch"] == 1
+    for a, b in zip(resumed["epochs"], alone["epochs"], strict=True):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-6)
+        assert math.isclose(a["test_acc"], b["test_acc"], abs_tol=1e-6)
