@@ -28,8 +28,8 @@ from zeroinit.config import UserError, build, flatten, register_resolvers, valid
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import FILENAME, ResultsWriter, read_results
-from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_outcome,
-                            resume_checkpoint)
+from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, is_sweep_wide, previous_status,
+                            record_outcome, resume_checkpoint, skip_if_stopped, stop_sweep)
 
 log = logging.getLogger("zeroinit")
 RESUME_ENV = "ZEROINIT_RESUME_CKPT"
@@ -152,6 +152,8 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     _limit_threads_for_parallel_jobs()
+    if sweeping and skip_if_stopped(hc.sweep.dir, out_dir):  # a sweep-wide fault stopped it
+        return None
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
@@ -159,6 +161,9 @@ def main(cfg: DictConfig) -> float | None:
             shutil.rmtree(out_dir, ignore_errors=True)
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
+        if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
+            stop_sweep(hc.sweep.dir, e)
+            return None
         if isinstance(e, UserError):
             print(f"error: {e}", file=sys.stderr)
             if not sweeping:
