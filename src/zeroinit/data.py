@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zeroinit import datafiles
 from zeroinit.errors import SweepError, UserError, check
 
 
@@ -50,8 +51,6 @@ def load_mnist5k(data_dir=None, download=False):
 def _torchvision(source, data_dir, download):
     """Both splits of `source` through its torchvision class. Missing files are downloaded
     first if `download` (datafiles.fetch: once, bounded wait), else a SweepError names them."""
-    from zeroinit import datafiles
-
     if download and datafiles.missing(source, data_dir):
         datafiles.fetch(source, data_dir)
     absent = datafiles.missing(source, data_dir)
