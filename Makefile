@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-all sweep-mnist sweep-cifar sweep-resnet paper report bench tensorboard clean
+.PHONY: help setup train test test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,24 +27,30 @@ test: $(VENV)/.installed  ## the default test suite (minutes on 2 cores)
 test-all: $(VENV)/.installed  ## every test, the slow ones too
 	$(PY) -m pytest -m "" $(ARGS)
 
+data: $(VENV)/.installed  ## download + verify MNIST and CIFAR-10 into data/ (a no-op when there); on a cluster: on the login node
+	$(PY) src/prepare_data.py $(ARGS)
+
 MNIST_FIGS  := fig03_mnist_fnn fig04_mnist_fnn_bias_scale fig05_mnist_cnn fig06_mnist_cnn_bias_scale fig07_zero_mnist
 CIFAR_FIGS  := fig08_cifar_fnn fig09_cifar_cnn fig10_zero_cifar
 RESNET_FIGS := fig11_resnet50
 # Every figure's sweep runs even if one has failed runs; the target fails at the end if any did.
+# Exit code 2 (bad input, data missing, a failure every run shares) would repeat for the
+# next figure too: stop there.
 define sweep
-	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(ARGS) || status=1; done; exit $$status
+	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(ARGS); rc=$$?; \
+	  if [ $$rc -eq 2 ]; then exit 2; elif [ $$rc -ne 0 ]; then status=1; fi; done; exit $$status
 endef
 
-sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST (ARGS="launcher=parallel" etc.)
+sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST (`make data` first; ARGS="launcher=parallel" etc.)
 	$(call sweep,$(MNIST_FIGS))
 
-sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10
+sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10 (`make data` first)
 	$(call sweep,$(CIFAR_FIGS))
 
-sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each
+sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each (`make data` first)
 	$(call sweep,$(RESNET_FIGS))
 
-paper: $(VENV)/.installed  ## every figure (3-11), then the report
+paper: $(VENV)/.installed  ## every figure (3-11), then the report (`make data` first)
 	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS) $(RESNET_FIGS))
 	$(PY) src/report.py outputs/sweeps -o outputs/report
 

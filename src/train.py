@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from zeroinit.config import UserError, register_resolvers
 from zeroinit.results import FILENAME
 from zeroinit.run import ddp_worker, train_or_resume
-from zeroinit.sweep import record_outcome
+from zeroinit.sweep import is_sweep_wide, record_outcome, skip_if_stopped, stop_sweep
 
 log = logging.getLogger("zeroinit")
 
@@ -45,6 +45,8 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     _limit_threads_for_parallel_jobs()
+    if sweeping and skip_if_stopped(hc.sweep.dir, out_dir):  # a sweep-wide fault stopped it
+        return None
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
@@ -52,6 +54,9 @@ def main(cfg: DictConfig) -> float | None:
             shutil.rmtree(out_dir, ignore_errors=True)
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
+        if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
+            stop_sweep(hc.sweep.dir, e)
+            return None
         if isinstance(e, UserError):
             print(f"error: {e}", file=sys.stderr)
             if not sweeping:

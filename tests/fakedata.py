@@ -119,3 +119,15 @@ class FailAtEpochEnd(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         raise RuntimeError("boom at the end of the epoch")
+
+
+class NoSpaceAtEpochEnd(L.Callback):
+    """Raises what a full disk raises at the end of the first training epoch: a failure every
+    run of a sweep would share. Use it as `+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd`
+    (tests/ on PYTHONPATH)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import errno
+        import os
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), trainer.default_root_dir)

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zeroinit.errors import UserError, check
-
-OFFLINE_HINT = "dataset=mnist5k, the embedded MNIST subset, which works offline"
+from zeroinit import datafiles
+from zeroinit.errors import SweepError, UserError, check
 
 
 def _tensors(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,34 +48,32 @@ def load_mnist5k(data_dir=None, download=False):
             [str(c) for c in range(10)])
 
 
-def _torchvision(cls, data_dir, download, expected, source):
-    try:
-        splits = [cls(root=data_dir, train=train, download=download) for train in (True, False)]
-    except (RuntimeError, OSError) as e:  # not found, corrupted, or download failed
-        how = "download failed" if download else "dataset.download=false"
-        raise UserError(
-            f"dataset={cls.__name__.lower()}: files not found or corrupted in {expected} "
-            f"({how}: {str(e).splitlines()[0] if str(e) else type(e).__name__}). "
-            f"They come from {source}; place them there, set dataset.data_dir, "
-            f"or use {OFFLINE_HINT}.") from None
+def _torchvision(source, data_dir, download):
+    """Both splits of `source` through its torchvision class. Missing files are downloaded
+    first if `download` (datafiles.fetch: once, bounded wait), else a SweepError names them."""
+    if download and datafiles.missing(source, data_dir):
+        datafiles.fetch(source, data_dir)
+    absent = datafiles.missing(source, data_dir)
+    if absent:
+        raise SweepError(datafiles.missing_message(source, data_dir, absent))
+    cls = datafiles.files(source).cls
+    try:  # torchvision checks CIFAR-10's checksums here; MNIST's files are parsed
+        splits = [cls(root=data_dir, train=train, download=False) for train in (True, False)]
+    except Exception as e:  # noqa: BLE001 - corrupted or unreadable, whatever the parser says
+        reason = str(e).split(". ")[0].strip() or type(e).__name__
+        raise SweepError(
+            f"dataset={source}: the files in {datafiles.folder(source, data_dir)} are "
+            f"corrupted or unreadable ({reason}). {datafiles.how_to_get(source, data_dir)}"
+        ) from None
     return (*(_tensors(s.data, s.targets) for s in splits), list(splits[0].classes))
 
 
 def load_mnist(data_dir, download):
-    from torchvision.datasets import MNIST
-
-    files = ", ".join(os.path.splitext(name)[0] for name, _ in MNIST.resources)
-    return _torchvision(MNIST, data_dir, download, f"{Path(data_dir) / 'MNIST' / 'raw'} ({files})",
-                        f"{MNIST.mirrors[0]} (torchvision.datasets.MNIST)")
+    return _torchvision("mnist", data_dir, download)
 
 
 def load_cifar10(data_dir, download):
-    from torchvision.datasets import CIFAR10
-
-    files = ", ".join(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
-    return _torchvision(CIFAR10, data_dir, download,
-                        f"{Path(data_dir) / CIFAR10.base_folder} ({files})",
-                        f"{CIFAR10.url} (torchvision.datasets.CIFAR10)")
+    return _torchvision("cifar10", data_dir, download)
 
 
 def load_image_folder(data_dir, download=False):
@@ -116,18 +113,26 @@ def load_image_folder(data_dir, download=False):
 
 LOADERS = {"mnist5k": load_mnist5k, "mnist": load_mnist, "cifar10": load_cifar10,
            "image_folder": load_image_folder}
+# Set by a -m sweep (zeroinit.preflight) for its runs: the sweep checked, and if need be
+# downloaded, every dataset once before its first run, so no run downloads on its own.
+NO_DOWNLOAD_ENV = "ZEROINIT_NO_DOWNLOAD"
 _LAST_READ: dict = {}
 
 
-def _read(source, data_dir, download):
+def read(source, data_dir, download):
     """LOADERS[source](data_dir, download), remembered for the next run in this process: a -m
     sweep runs its jobs in one process and reads its dataset once, not once per run (mnist5k:
-    about 1 s of CSV parsing). Only the last dataset is kept. The tensors are shared between
-    runs, so nothing may modify them in place (DeviceBatches makes new tensors)."""
-    key = (LOADERS[source], str(Path(data_dir).resolve()), bool(download))
+    about 1 s of CSV parsing); the sweep's preflight reads it first. Only the last dataset is
+    kept. The tensors are shared between runs, so nothing may modify them in place
+    (DeviceBatches makes new tensors). A loader's error is about the files, which every run
+    reading them shares: a SweepError."""
+    key = (LOADERS[source], str(Path(data_dir).resolve()))  # downloaded or not, same tensors
     if key not in _LAST_READ:
         _LAST_READ.clear()
-        _LAST_READ[key] = LOADERS[source](data_dir, download)
+        try:
+            _LAST_READ[key] = LOADERS[source](data_dir, download)
+        except UserError as e:
+            raise (e if isinstance(e, SweepError) else SweepError(str(e))) from None
     train, test, classes = _LAST_READ[key]
     return train, test, list(classes)
 
@@ -219,8 +224,9 @@ class ImageDataModule(L.LightningDataModule):
     def load(self):
         """Read the dataset into CPU tensors (once); raises UserError if it is missing."""
         if self.train_set is None:
-            self.train_set, self.test_set, self.classes = _read(self.source, self.data_dir,
-                                                                self.download)
+            download = self.download and not os.environ.get(NO_DOWNLOAD_ENV)
+            self.train_set, self.test_set, self.classes = read(self.source, self.data_dir,
+                                                               download)
             shape, classes = tuple(self.train_set[0].shape[1:]), len(self.classes)
             check(self.declared_shape in (None, shape) and self.declared_classes in (None, classes),
                   f"dataset: the files in {self.data_dir} hold {classes} classes of shape {shape}, "

