@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench tensorboard clean
+.PHONY: help setup train test test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked gpu-check tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,22 +36,28 @@ RESNET_FIGS := fig11_resnet50
 # Every figure's sweep runs even if one has failed runs; the target fails at the end if any did.
 # Exit code 2 (bad input, data missing, a failure every run shares) would repeat for the
 # next figure too: stop there.
+# The small models' sweeps train stacked (launcher=stacked: the runs of a figure that share a
+# model train as one); ARGS="launcher=parallel" (or slurm, ...) chooses another launcher.
+# ResNet-50 runs one by one: one ResNet-50 already fills a GPU, so stacking has little to
+# gain there (benchmarks/gpu_bench.py --stacked measures it; ARGS=launcher=stacked to try).
+STACKED = $(if $(findstring launcher=,$(ARGS)),,launcher=stacked)
 define sweep
-	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(ARGS); rc=$$?; \
+	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(2) $(ARGS); rc=$$?; \
 	  if [ $$rc -eq 2 ]; then exit 2; elif [ $$rc -ne 0 ]; then status=1; fi; done; exit $$status
 endef
 
-sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST (`make data` first; ARGS="launcher=parallel" etc.)
-	$(call sweep,$(MNIST_FIGS))
+sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST, stacked (`make data` first; ARGS="launcher=parallel" etc.)
+	$(call sweep,$(MNIST_FIGS),$(STACKED))
 
-sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10 (`make data` first)
-	$(call sweep,$(CIFAR_FIGS))
+sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10, stacked (`make data` first)
+	$(call sweep,$(CIFAR_FIGS),$(STACKED))
 
-sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each (`make data` first)
+sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each, one by one (`make data` first)
 	$(call sweep,$(RESNET_FIGS))
 
 paper: $(VENV)/.installed  ## every figure (3-11), then the report (`make data` first)
-	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS) $(RESNET_FIGS))
+	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS),$(STACKED))
+	$(call sweep,$(RESNET_FIGS))
 	$(PY) src/report.py outputs/sweeps -o outputs/report
 
 report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under outputs/sweeps
@@ -59,6 +65,12 @@ report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under ou
 
 bench: $(VENV)/.installed  ## seconds/epoch: this project vs a bare loop vs DataLoader+Lightning vs the FLOP bound; sweep runs/min (~10 min)
 	$(PY) benchmarks/bench.py --sweep --floor $(ARGS)
+
+bench-stacked: $(VENV)/.installed  ## the 15-run seed x init sweep: stacked vs one at a time vs 15 bare loops (CPU: ~15 min)
+	$(PY) benchmarks/stacked_bench.py --cli $(ARGS)
+
+gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps, every model fp32/bf16, parallel sweep -> gpu-check.md (~8 min on an H100)
+	$(PY) benchmarks/gpu_check.py -o gpu-check.md $(ARGS)
 
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

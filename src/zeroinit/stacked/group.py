@@ -26,7 +26,7 @@ from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, 
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
-from zeroinit.sweep import FINISHED, RunLock, previous_status, resume_checkpoint
+from zeroinit.sweep import FINISHED, RunLock, is_sweep_wide, previous_status, resume_checkpoint
 
 log = logging.getLogger("zeroinit")
 MAX_AUTO_STACK = 64  # beyond this a stack's first results arrive late for little more speed
@@ -127,6 +127,8 @@ def _train_stack(members, done) -> None:
                 done(i, "failed", None, error)
             else:
                 done(i, results["status"], results, results.get("error") or error)
+        if is_sweep_wide(e):  # every other stack would meet it too: the launcher stops
+            raise
         return
     finally:
         if gpu is not None:

@@ -26,7 +26,7 @@ from zeroinit.results import FILENAME
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
-from zeroinit.sweep import record_outcome
+from zeroinit.sweep import is_sweep_wide, record_outcome, skip_if_stopped, stop_sweep, stopped
 
 log = logging.getLogger("zeroinit")
 MEMBER_KEYS = ("seed", "init", "paths.output_dir")
@@ -162,6 +162,10 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
 
 
 def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
+    if stopped(sweep_dir) is not None:  # a failure every run shares stopped the sweep
+        for job in group:
+            skip_if_stopped(sweep_dir, job.cfg.paths.output_dir)
+        return {job.idx: job.job_return(None) for job in group}
     for job in group:
         Path(job.cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         job.save_hydra_files()
@@ -187,5 +191,10 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
                   flush=True)
         returns[job.idx] = job.job_return(final.get("test_acc"))
 
-    train_group([(job.cfg, job.overrides) for job in group], stack_size, on_outcome=report)
-    return returns
+    try:
+        train_group([(job.cfg, job.overrides) for job in group], stack_size, on_outcome=report)
+    except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures
+        if not is_sweep_wide(e):
+            raise
+        stop_sweep(sweep_dir, e)
+    return {job.idx: returns.get(job.idx) or job.job_return(None) for job in group}

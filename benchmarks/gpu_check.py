@@ -1,0 +1,102 @@
+"""Everything we want to know GPU-side, in one script sized for a few minutes on one H100:
+
+    make gpu-check                         # = python benchmarks/gpu_check.py -o gpu-check.md
+    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (CPU: seconds)
+
+1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
+   cifar_fnn, mnist_cnn, cifar_cnn trained stacked vs one run at a time
+   (benchmarks/stacked_bench.py), and ResNet-50 with 3 members, to decide whether
+   stacking pays there;
+2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
+   (benchmarks/bench.py), part of an epoch each, scaled to a full one;
+3. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
+   one by one.
+Every table goes to stdout and to the Markdown file given with -o, with the machine line.
+"""
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402
+import stacked_bench  # noqa: E402
+
+STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
+# train images per model (a part of an epoch, scaled to a full one): enough steps that
+# per-step costs dominate, few enough for the whole check to fit in minutes
+IMAGES = {"mnist_fnn": 60_000, "cifar_fnn": 50_000, "mnist_cnn": 12_800, "cifar_cnn": 12_800,
+          "resnet50": 2_560, "logreg_mnist": 60_000, "logreg_cifar": 50_000}
+PARALLEL = "init=zero,pytorch seed=0,1 trainer.max_epochs=3"
+
+
+class Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+            st.flush()
+        return len(s)
+
+
+def section(title, fn, log):
+    print(f"\n## {title}", flush=True)
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - one failing part must not lose the others
+        print(f"FAILED: {type(e).__name__}: {e}", flush=True)
+    print(f"({time.perf_counter() - start:.0f}s)", flush=True)
+    log.flush()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--output", default="gpu-check.md")
+    p.add_argument("--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless")
+    args = p.parse_args(argv)
+    images = {m: 256 for m in IMAGES} if args.tiny else IMAGES
+    img_args = [a for m, n in images.items() for a in ("--images", f"{m}={n}")]
+    with open(args.output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
+        print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
+        print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
+        print(bench.machine().replace("\n", "; "))
+        section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
+                lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
+                                            *img_args]), log)
+        section("ResNet-50: 3 runs stacked vs one at a time (decides whether it stacks)",
+                lambda: stacked_bench.main(["--models", "resnet50", "--repeats", "1",
+                                            "--variants", "stacked,sequential", "--members",
+                                            "3", *img_args, "callbacks.diagnostics=null"]), log)
+        section("Every paper model, project path fp32 and bf16, seconds per epoch",
+                lambda: bench.main(["--models", ",".join(IMAGES), "--repeats", "1",
+                                    "--variants", "project,bare", *img_args,
+                                    "--also", "speed=bf16 callbacks.diagnostics=null"]), log)
+        section("launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
+                lambda: parallel(args.tiny), log)
+
+
+def parallel(tiny):
+    import tempfile
+
+    sweep = PARALLEL.replace("max_epochs=3", "max_epochs=1") if tiny else PARALLEL
+    with tempfile.TemporaryDirectory() as work:
+        rows = []
+        for name, extra in (("one by one", ""),
+                            ("parallel, 2 per GPU",
+                             " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2")):
+            s = bench.time_sweep(sweep + extra, Path(work) / name.replace(" ", "_"))
+            rows.append((name, s))
+    print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+              f"{s['runs_per_min']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A seed x init sweep trained stacked vs one run at a time vs a bare loop, side by side.
+
+    python benchmarks/stacked_bench.py                       # mnist_fnn, 15 runs, full MNIST size
+    python benchmarks/stacked_bench.py --models mnist_fnn,cifar_fnn --repeats 3
+    python benchmarks/stacked_bench.py --n-train 2048 --repeats 1    # a dry run in seconds
+
+The sweep is the everyday one, `-m init=zero,pytorch,bias_normal seed=0,1,2,3,4` (15 runs),
+on random uint8 images of the real sizes (MNIST 60,000 + 10,000, CIFAR-10 50,000 + 10,000),
+one epoch per run (training + evaluation of the whole test split), default config
+(diagnostics on, results.json, TensorBoard, checkpoints: what a user's run writes):
+
+  stacked     zeroinit.stacked.group.train_group(15 jobs): what `launcher=stacked` calls
+  sequential  zeroinit.run.run(cfg) for each job in turn: what the basic launcher's jobs call
+  bare        15 x benchmarks/bench.py's bare loop: the same nets, inits, optimizer and batch
+              ops in a plain PyTorch loop, nothing written
+
+The data are read through the project's own loader path (a `random` source registered in
+zeroinit.data.LOADERS), once per process as a sweep does. Variants are interleaved, their
+order rotating every repeat; each figure is the median over repeats. `--cli` also times the
+default sweep on the embedded digits through the command line (imports and Hydra included),
+with and without launcher=stacked.
+"""
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import bench  # noqa: E402  benchmarks/bench.py
+from zeroinit import data as zdata  # noqa: E402
+from zeroinit.results import read_results  # noqa: E402
+from zeroinit.run import compose, run  # noqa: E402
+from zeroinit.stacked.group import train_group  # noqa: E402
+
+INITS, SEEDS = ("zero", "pytorch", "bias_normal"), range(5)
+VARIANTS = ("stacked", "sequential", "bare")
+
+
+def random_loader(shape, n_train, n_test):
+    def load(data_dir=None, download=False):
+        g = torch.Generator().manual_seed(0)
+        split = lambda n: (torch.randint(0, 256, (n, *shape), generator=g,  # noqa: E731
+                                         dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g))
+        return split(n_train), split(n_test), [str(c) for c in range(10)]
+    return load
+
+
+def jobs(model, device, out_dir, n_train, extra=(), members=15):
+    dataset, full_train, full_test, overrides = bench.MODELS[model]
+    n_test = max(1, round(full_test * n_train / full_train))
+    zdata.LOADERS["random"] = random_loader(
+        tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test)
+    return [(compose(*overrides, f"dataset={dataset}", "dataset.source=random",
+                     f"dataset.name=random_{dataset}", "trainer.max_epochs=1",
+                     f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                     f"init={init}", f"seed={seed}", f"paths.log_dir={out_dir}",
+                     f"paths.output_dir={out_dir / f'{init}-s{seed}'}", *extra),
+             [f"init={init}", f"seed={seed}"]) for init in INITS for seed in SEEDS][:members]
+
+
+def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -> float:
+    out = Path(tempfile.mkdtemp(dir=work_dir))
+    todo = jobs(model, device, out, n_train, extra, members)
+    with bench.silenced():
+        bench.sync(torch.device(device))
+        start = time.perf_counter()
+        if variant == "stacked":
+            outcomes = train_group(todo)
+            statuses = {o for o, _, _ in outcomes}
+        elif variant == "sequential":
+            statuses = {run(cfg, overrides)["status"] for cfg, overrides in todo}
+        else:
+            case = bench.Case(model, device, n_train, out)
+            start = time.perf_counter()  # (the Case's random tensors are not part of it)
+            for cfg, _ in todo:
+                case.cfg = cfg  # this run's init scheme and seed (zero init costs more on a
+                bench.time_bare(case)  # CPU: its tiny Adam moments are denormal floats)
+            statuses = {"completed"}
+        bench.sync(torch.device(device))
+        elapsed = time.perf_counter() - start
+    assert statuses <= {"completed", "diverged"}, (variant, statuses)
+    shutil.rmtree(out, ignore_errors=True)
+    return elapsed
+
+
+def time_cli(work_dir) -> dict:
+    out = {}
+    for name, extra in (("sequential", ""), ("stacked", " launcher=stacked")):
+        sweep = bench.time_sweep(bench.DEFAULT_SWEEP + extra, Path(work_dir) / name)
+        out[name] = sweep
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="mnist_fnn")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-train", type=int, default=None, help="train images (default: full size)")
+    p.add_argument("--images", action="append", default=[], metavar="MODEL=N",
+                   help="train images for one model (a part of an epoch, scaled to a full one)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--members", type=int, default=15, help="the first N runs of the sweep")
+    p.add_argument("--cli", action="store_true", help="also the default mnist5k sweep via the CLI")
+    p.add_argument("--json")
+    p.add_argument("override", nargs="*", help="config overrides for the project variants")
+    args = p.parse_args(argv)
+    variants = args.variants.split(",")
+    print(f"# {bench.machine()}; {args.members} runs "
+          f"x 1 epoch; {args.repeats} repeats, interleaved; "
+          f"overrides: {' '.join(args.override) or '-'}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for model in args.models.split(","):
+            full = bench.MODELS[model][1]
+            images = dict(x.split("=") for x in args.images)
+            n = min(int(images.get(model, 0)) or args.n_train or full, full)
+            times = {v: [] for v in variants}
+            # warm-up (first-call costs, cuDNN/CUDA initialization): in no variant's figure
+            time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
+                         args.members)
+            for r in range(args.repeats):
+                for v in variants[r % len(variants):] + variants[: r % len(variants)]:
+                    times[v].append(time_variant(v, model, args.device, work, n, args.override,
+                                                 args.members))
+                    print(f"  {model} {v}: {times[v][-1]:.2f}s", flush=True)
+            med = {v: statistics.median(t) * full / n for v, t in times.items()}
+            rows.append({"model": model, "n_train": n, **med, "all": times})
+        cli = time_cli(work) if args.cli else None
+    k = args.members
+    print(f"\n| model | {k} runs stacked | {k} runs sequential | {k} x bare loop | "
+          f"sequential / stacked | stacked / bare |\n|---|---|---|---|---|---|")
+    for r in rows:
+        get = lambda v: r.get(v, float("nan"))  # noqa: E731
+        print(f"| {r['model']} | {get('stacked'):.1f}s | {get('sequential'):.1f}s | "
+              f"{get('bare'):.1f}s | {get('sequential') / get('stacked'):.2f}x | "
+              f"{get('stacked') / get('bare'):.2f}x |")
+    if any(r["n_train"] < bench.MODELS[r["model"]][1] for r in rows):
+        print("(seconds scaled to a full epoch from a part of one)")
+    if cli:
+        print("\n| `python src/train.py -m " + bench.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
+              "| wall, imports included | runs/min |\n|---|---|---|")
+        for name, s in cli.items():
+            print(f"| {name} | {s['wall_s']:.1f}s | {s['runs_per_min']:.1f} |")
+    out = {"machine": bench.machine(), "rows": rows, "cli": cli}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()
