@@ -60,21 +60,24 @@ def main(argv=None):
     p.add_argument("-o", "--output", default="gpu-check.md")
     p.add_argument("--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless")
     args = p.parse_args(argv)
-    images = {m: 256 for m in IMAGES} if args.tiny else IMAGES
+    images = {m: 64 for m in IMAGES} if args.tiny else IMAGES
     img_args = [a for m, n in images.items() for a in ("--images", f"{m}={n}")]
+    members = ["--members", "2"] if args.tiny else []
     with open(args.output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
         print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
         print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
         print(bench.machine().replace("\n", "; "))
         section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
                 lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
-                                            *img_args]), log)
+                                            *members, *img_args]), log)
         section("ResNet-50: 3 runs stacked vs one at a time (decides whether it stacks)",
                 lambda: stacked_bench.main(["--models", "resnet50", "--repeats", "1",
                                             "--variants", "stacked,sequential", "--members",
-                                            "3", *img_args, "callbacks.diagnostics=null"]), log)
+                                            "2" if args.tiny else "3", *img_args,
+                                            "callbacks.diagnostics=null"]), log)
         section("Every paper model, project path fp32 and bf16, seconds per epoch",
-                lambda: bench.main(["--models", ",".join(IMAGES), "--repeats", "1",
+                lambda: bench.main(["--models", "mnist_fnn,resnet50" if args.tiny
+                                    else ",".join(IMAGES), "--repeats", "1",
                                     "--variants", "project,bare", *img_args,
                                     "--also", "speed=bf16 callbacks.diagnostics=null"]), log)
         section("launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",

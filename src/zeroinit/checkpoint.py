@@ -2,16 +2,17 @@
 
 Lightning's ModelCheckpoint writes `last.ckpt` only alongside a top-k checkpoint, and writes
 in place, so a kill mid-write could leave a torn file. This callback saves to a temporary
-file and renames it, after the ResultsWriter has recorded the epoch (it comes later in the
-callback list), so the checkpoint always holds the curve up to the epoch it stores.
+file and renames it. It is a `Checkpoint`, which Lightning always runs after every other
+callback, so the checkpoint holds the curve (and diagnostics) up to the epoch it stores,
+wherever it is listed.
 """
 import os
 from pathlib import Path
 
-import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath, filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
 

@@ -275,11 +275,11 @@ class Diagnostics(L.Callback):
             return
         self.layers = [(name, m) for name, m in _net(pl_module).named_modules()
                        if isinstance(m, INIT_LAYERS)]
-        self._writer = next((c for c in trainer.callbacks if isinstance(c, ResultsWriter)), None)
+        self._writer = ResultsWriter.of(trainer)
         if self.record is None:
             self.record = self._new_record()
         if self._writer is not None:  # every write of results.json carries it from now on
-            self._writer.results["diagnostics"] = self.record
+            self._writer.add_section("diagnostics", self.record)
 
     def _new_record(self):
         names = [name for name, _ in self.layers]
@@ -433,7 +433,7 @@ class Diagnostics(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         # The epoch-end measurement, done here when the test split is evaluated at the end of
         # the epoch (the default): this comes before on_train_epoch_end, where the
-        # ResultsWriter (first in the callback list) writes results.json, so one write holds
+        # ResultsWriter writes results.json (whatever the callback order), so one write holds
         # the epoch's metrics and its symmetry.
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_last_batch:
             self._epoch_end(trainer, pl_module, trainer.current_epoch + 1)

@@ -80,6 +80,20 @@ class ResultsWriter(L.Callback):
         self._elapsed_before = 0.0  # wall time of earlier attempts, when resumed
         self._rank = 0  # only global rank 0 writes (set at fit start)
 
+    @staticmethod
+    def of(trainer) -> "ResultsWriter | None":
+        """The run's writer, wherever it is in the trainer's callback list."""
+        return next((c for c in trainer.callbacks if isinstance(c, ResultsWriter)), None)
+
+    def add_section(self, key: str, section: dict) -> None:
+        """How another callback adds its part to results.json (Diagnostics: "diagnostics"):
+        `section` is a dict the callback keeps updating; every later write carries it, and
+        the callback calls write() when it wants it on disk before the next epoch's write."""
+        if key in ("status", "config", "overrides", "epochs", "final", "wall_time_s",
+                   "device", "versions", "error", "resumed_from_epoch", "stack_size"):
+            raise ValueError(f"results.json key {key!r} belongs to the run itself")
+        self.results[key] = section
+
     def state_dict(self):  # saved in the checkpoint, so a resumed run keeps its curve
         return {"epochs": self.results["epochs"], "wall_time_s": self.results["wall_time_s"]}
 

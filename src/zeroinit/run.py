@@ -79,7 +79,8 @@ def build_logger(cfg: DictConfig, config: dict):
 
 def build_callbacks(cfg: DictConfig, writer: ResultsWriter) -> list:
     """The run's callbacks: its results writer, the configured extras (conf/callbacks), and
-    the checkpoint last, after the writer has recorded the epoch."""
+    the checkpoint (a Lightning Checkpoint: Lightning runs it after the others, wherever it
+    is listed; a stacked member's callbacks are called in this order too)."""
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     return [writer, *extra, LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
 
@@ -98,8 +99,7 @@ def build_run(cfg: DictConfig, overrides=(), data=None):
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
     logger = build_logger(cfg, config)
-    trainer = build(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg, writer),
-                    enable_checkpointing=False)
+    trainer = build(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg, writer))
     return trainer, module, data, writer
 
 
