@@ -28,6 +28,7 @@ from zeroinit.config import UserError, build, flatten, register_resolvers, valid
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import FILENAME, ResultsWriter, read_results
+from zeroinit.signals import Interrupted, StopOnSignal, leave
 from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_outcome,
                             resume_checkpoint)
 
@@ -69,7 +70,7 @@ def setup(cfg: DictConfig, overrides=(), data=None):
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = build(cfg.trainer, logger=logger if logger else False,
-                    callbacks=[writer, *extra, checkpoint],
+                    callbacks=[writer, *extra, checkpoint, StopOnSignal()],  # stop: last
                     enable_checkpointing=False)
     if logger:
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -154,6 +155,10 @@ def main(cfg: DictConfig) -> float | None:
     _limit_threads_for_parallel_jobs()
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
+    except Interrupted as stop:  # SIGTERM & co.: saved; record, then leave (zeroinit/signals.py)
+        if sweeping:
+            record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
+        leave(stop, out_dir, resumable=sweeping)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
             shutil.rmtree(out_dir, ignore_errors=True)
