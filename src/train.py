@@ -42,7 +42,8 @@ def _quiet_lightning():
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*LeafSpec.*",
-                    ".*smaller than the logging interval.*"):
+                    ".*smaller than the logging interval.*",
+                    ".*srun. command is available.*"):  # a local run on a SLURM login node
         warnings.filterwarnings("ignore", message=message)
 
 
