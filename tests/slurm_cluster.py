@@ -215,7 +215,11 @@ if __name__ == "__main__":
         c = SlurmCluster.start()
     except Unavailable as e:
         sys.exit(f"error: {e}")
-    print(f"SLURM is up: export SLURM_CONF={c.conf}   (Ctrl-C stops it)", flush=True)
+    print(f"SLURM is up: export SLURM_CONF={c.conf}   (Ctrl-C or kill {os.getpid()} stops it)",
+          flush=True)
+    # Also when started in the background, where the shell has SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         signal.pause()
     except KeyboardInterrupt:

@@ -153,11 +153,10 @@ def leave(stop: BaseException, run_dir, resumable: bool):
                 else f"epochs 1-{epoch - 1} kept")
         during = f" during epoch {epoch} ({kept})"
     hint = "rerun the same command to resume" if resumable else "its checkpoint is in checkpoints/"
-    requeued = ""
     if should_requeue(signum):
         job = slurm_job_id()
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        requeued = (f"; SLURM job {job} requeued" if done.returncode == 0 else
-                    f"; requeue of SLURM job {job} failed: {done.stderr.strip()}")
-    print(f"interrupted: {run_dir} by {name}{during}{requeued}; {hint}", flush=True)
+        hint = (f"SLURM job {job} requeued: it resumes when it starts again" if not done.returncode
+                else f"requeue of SLURM job {job} failed ({done.stderr.strip()}); {hint}")
+    print(f"interrupted: {run_dir} by {name}{during}; {hint}", flush=True)
     raise SystemExit(128 + signum)

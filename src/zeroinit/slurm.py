@@ -245,7 +245,7 @@ class SlurmLauncher(_Base):
         except (UncompletedJobError, FailedJobError) as e:
             state = job.watcher.get_state(job.job_id, mode="cache")
             log.warning("SLURM job %s (#%d) ended without a result (%s); its log: %s",
-                        job.job_id, idx, state, job.paths.stderr)
+                        job.job_id, idx, state, job.paths.stdout)
             if not _reported(sweep_dir, job.job_id):  # killed before it could say why
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
                 record_outcome(sweep_dir, f"#{idx} ({' '.join(overrides)})", "failed",
