@@ -135,7 +135,10 @@ class JobStates(SlurmInfoWatcher):
 
     GONE = "NOT_IN_QUEUE"  # ended; squeue forgets a job MinJobAge (300 s) after its end
 
-    def __init__(self, delay_s: int = 60):
+    # submitit polls at most every 600 s; a finished job shows by its result file at once, but
+    # one that ended without a result (interrupted, killed) only by its state: ask every 15 s.
+    # One squeue call for the sweep's array job is light on slurmctld.
+    def __init__(self, delay_s: int = 15):
         super().__init__(delay_s=delay_s)
         self.use_sacct = True
 
@@ -248,7 +251,9 @@ class SlurmLauncher(_Base):
                         job.job_id, idx, state, job.paths.stdout)
             if not _reported(sweep_dir, job.job_id):  # killed before it could say why
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
-                record_outcome(sweep_dir, f"#{idx} ({' '.join(overrides)})", "failed",
+                shown = [o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))]
+                label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
+                record_outcome(sweep_dir, label, "failed",
                                f"SLURM job {job.job_id} ended ({state}) without a result"
                                + (f": {last[0].strip()[:200]}" if last else ""))
             # Not FAILED: Hydra would raise it as a traceback; the sweep summary says it.
