@@ -28,7 +28,7 @@ from zeroinit.config import UserError, build, flatten, register_resolvers, valid
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import FILENAME, ResultsWriter, read_results
-from zeroinit.signals import Interrupted, StopOnSignal, leave
+from zeroinit.signals import STOPPED, StopOnSignal, leave
 from zeroinit.sweep import (FINISHED, GpuSlot, RunLock, previous_status, record_outcome,
                             resume_checkpoint)
 
@@ -156,7 +156,7 @@ def main(cfg: DictConfig) -> float | None:
     _limit_threads_for_parallel_jobs()
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
-    except Interrupted as stop:  # SIGTERM & co.: saved; record, then leave (zeroinit/signals.py)
+    except STOPPED as stop:  # SIGTERM & co.: saved; record, then leave (zeroinit/signals.py)
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
         leave(stop, out_dir, resumable=sweeping)

@@ -38,7 +38,7 @@ def ensure_installed() -> None:
         raise Unavailable(f"needs {' and '.join(PACKAGES)}: `apt-get install "
                           f"{' '.join(PACKAGES)}` as root (Debian/Ubuntu)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", "-q", *PACKAGES]
     done = subprocess.run(install, env=env, capture_output=True, text=True)
     if done.returncode != 0:  # stale package lists (a fresh CI image has none)
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)

@@ -49,6 +49,10 @@ class Interrupted(BaseException):
         return signal.Signals(self.signum).name
 
 
+# What a stopped fit raises: ours, or Lightning's own where it saw SIGTERM before we did.
+STOPPED = (Interrupted, SIGTERMException)
+
+
 def stopped_by(exception: BaseException) -> str | None:
     """The stop signal behind an exception that ended a fit, or None if it was a failure.
     Lightning raises its own SIGTERMException where it checks for SIGTERM before we do."""
