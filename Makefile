@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked gpu-check tensorboard clean
+.PHONY: help setup train test test-slurm test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked gpu-check tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,10 @@ train: $(VENV)/.installed  ## the main job: train mnist_fnn on the embedded MNIS
 test: $(VENV)/.installed  ## the default test suite (minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)
 
-test-all: $(VENV)/.installed  ## every test, the slow ones too
+test-slurm: $(VENV)/.installed  ## launcher=slurm against a real SLURM started here (root; ~2 min, installs slurm-wlm + munge)
+	$(PY) -m pytest -m slurm -rs $(ARGS)
+
+test-all: $(VENV)/.installed  ## every test, the slow and SLURM ones too
 	$(PY) -m pytest -m "" $(ARGS)
 
 data: $(VENV)/.installed  ## download + verify MNIST and CIFAR-10 into data/ (a no-op when there); on a cluster: on the login node

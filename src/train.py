@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from zeroinit.config import UserError, register_resolvers
 from zeroinit.results import FILENAME
 from zeroinit.run import ddp_worker, train_or_resume
+from zeroinit.signals import STOPPED, leave
 from zeroinit.sweep import is_sweep_wide, record_outcome, skip_if_stopped, stop_sweep
 
 log = logging.getLogger("zeroinit")
@@ -49,6 +50,10 @@ def main(cfg: DictConfig) -> float | None:
         return None
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
+    except STOPPED as stop:  # SIGTERM & co.: saved; record, then leave (zeroinit/signals.py)
+        if sweeping:
+            record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
+        leave(stop, out_dir, resumable=sweeping)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
             shutil.rmtree(out_dir, ignore_errors=True)

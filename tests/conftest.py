@@ -19,3 +19,19 @@ def make_cfg(tmp_path):
         return compose("trainer=cpu", f"paths.output_dir={tmp_path}",
                        f"paths.log_dir={tmp_path}", *overrides)
     return make
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster on this machine (tests/slurm_cluster.py), shared by the
+    session's tests; skipped, with the reason, where none can be started (not root, no apt)."""
+    from slurm_cluster import SlurmCluster, Unavailable
+
+    try:
+        cluster = SlurmCluster.start()
+    except Unavailable as e:
+        pytest.skip(f"no SLURM cluster: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -47,6 +47,8 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
     fake_run(tmp_path, "fnn-bias-s2", init="bias_normal", seed=2, accs=(0.1,), status="running")
     fake_run(tmp_path, "fnn-bias-s3", init="bias_normal", seed=3, accs=(0.1,), status="failed")
     fake_run(tmp_path, "fnn-bias-s4", init="bias_normal", seed=4, accs=(0.1,), status="diverged")
+    fake_run(tmp_path, "fnn-bias-s5", init="bias_normal", seed=5, accs=(0.1,),
+             status="interrupted")
     fake_run(tmp_path, "logreg-s0", model="logreg", accs=(0.8, 0.91))
 
     figures = group_runs(find_runs([tmp_path]))
@@ -59,7 +61,7 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
         100 * stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3))
     # Only the two completed runs are averaged; the others are counted.
     assert bias["n"] == 2 and bias["final_test_acc_%"] == pytest.approx(82.0)
-    assert (bias["running"], bias["failed"], bias["diverged"]) == (1, 1, 1)
+    assert (bias["running"], bias["failed"], bias["diverged"]) == (2, 1, 1)  # + interrupted
     assert py["paper_%"] == "~97.5" and rows["logreg pytorch"]["paper_%"].startswith("~92")
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from zeroinit.run import compose
-from zeroinit.sweep import GpuSlot, RunLock, slot_gpu, summarize
+from zeroinit.slurm import rejection
+from zeroinit.sweep import GpuSlot, RunLock, default_gpu_lock_dir, slot_gpu, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {  # preset -> (dataset, epochs, runs in the sweep)
@@ -93,6 +94,12 @@ def test_summary_counts_outcomes_and_flags_failures():
     assert "3 runs: 1 completed, 1 skipped (already finished), 1 failed" in text
     assert "1 of them resumed" in text and "failed: c: UserError: boom" in text
     assert summarize([{"run": "a", "status": "diverged", "error": None}])[1] is False
+    text, unfinished = summarize([
+        {"run": "a", "status": "completed", "error": None},
+        {"run": "b", "status": "interrupted", "error": "SIGTERM during epoch 3"}])
+    assert unfinished  # the sweep is not done: exit 1, rerun to resume
+    assert "2 runs: 1 completed, 1 interrupted (rerun the same command to resume)" in text
+    assert "interrupted: b: SIGTERM during epoch 3" in text
 
 
 # ------------------------------------------------------------------ presets and launchers
@@ -114,11 +121,53 @@ def test_figure_presets_compose_with_the_papers_settings(name):
         assert not cfg.dataset.augment and cfg.dataset.normalize is None
 
 
-def test_slurm_launcher_composes_one_gpu_per_task():
-    cfg = compose("launcher=slurm", return_hydra_config=True)
+@pytest.mark.parametrize("trainer,gpus", [("cpu", None), ("gpu", 1), ("default", 1)])
+def test_slurm_preset_asks_for_a_gpu_only_when_the_trainer_uses_one(trainer, gpus):
+    cfg = compose("launcher=slurm", f"trainer={trainer}", return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.gpus_per_task == 1 and launcher.tasks_per_node == 1
+    assert launcher._target_ == "hydra_plugins.zeroinit_slurm.SlurmLauncher"
+    assert launcher.gpus_per_task == gpus and launcher.tasks_per_node == 1
+    documented = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
+                  "mem_gb", "additional_parameters", "setup", "signal_delay_s",
+                  "max_num_timeout"}
+    assert documented <= set(launcher)
+    text = (ROOT / "conf" / "launcher" / "slurm.yaml").read_text()
+    assert all(f"    {key}:" in text for key in documented)  # each set, with its comment
+
+
+# sbatch 22.05's own words (slurm-wlm on Debian 12), as the SLURM test cluster says them.
+SBATCH_SAYS = [
+    ("sbatch: error: Invalid generic resource (gres) specification", "trainer=cpu"),
+    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission "
+     "failed: Invalid partition name specified", "hydra.launcher.partition"),
+    ("sbatch: error: Batch job submission failed: Invalid feature specification",
+     "hydra.launcher.constraint"),
+    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job "
+     "submission failed: Requested node configuration is not available",
+     "hydra.launcher.mem_gb"),
+    ("sbatch: error: Invalid --time specification", "hydra.launcher.timeout_min"),
+    ("sbatch: unrecognized option '--mail=1'\nTry \"sbatch --help\" for more information",
+     "hydra.launcher.additional_parameters"),
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
+     "combination specified", "hydra.launcher.account"),
+    ("sbatch: error: Batch job submission failed: Invalid qos specification",
+     "hydra.launcher.qos"),
+]
+
+
+@pytest.mark.parametrize("stderr,key", SBATCH_SAYS, ids=[k for _, k in SBATCH_SAYS])
+def test_a_rejected_submission_names_the_key_to_change(stderr, key):
+    line = rejection(stderr, gpus=1, accelerator="auto")
+    assert line.startswith("error: SLURM rejected the sweep: ") and "\n" not in line
+    assert key in line
+    assert "sbatch:" not in line and "Batch job submission failed" not in line
+
+
+def test_gpu_slots_are_per_slurm_job():
+    # Two SLURM jobs on one node each see their own GPU as cuda:0: separate slot files.
+    assert default_gpu_lock_dir({"TMPDIR": "/t"}) == Path("/t/zeroinit-gpus")
+    assert default_gpu_lock_dir({"TMPDIR": "/t", "SLURM_JOB_ID": "42"}) == \
+        Path("/t/zeroinit-gpus-slurm42")
 
 
 def test_parallel_sweep_on_cpu_runs_two_jobs(tmp_path):

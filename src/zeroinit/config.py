@@ -66,6 +66,9 @@ def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("slurm_gpus"):  # conf/launcher/slurm.yaml
+        from zeroinit.slurm import gpus_for
+        OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
 
 
 __all__ = ["UserError", "build", "flatten", "validate", "run_name", "register_resolvers"]

@@ -3,7 +3,8 @@
 Runs are grouped by everything in their config but the seed (and settings that do not change
 the experiment: paths, device, logging); a figure is one sweep (its `sweep_name`) on one
 dataset. Only `completed` runs enter a mean; `diverged`, `failed` and `running` runs are
-counted and listed, never averaged in silently.
+counted and listed, never averaged in silently (`interrupted` ones count as running: a rerun
+resumes both).
 """
 import csv
 import json
@@ -161,7 +162,7 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                 "n": n, "final_test_acc_%": 100 * mean[-1] if n else math.nan,
                 "ci95_%": 100 * half[-1] if n else math.nan,
                 "diverged": len(g.by_status("diverged")), "failed": len(g.by_status("failed")),
-                "running": len(g.by_status("running")),
+                "running": len(g.by_status("running")) + len(g.by_status("interrupted")),
                 "mean_epoch_time_s": g.mean_epoch_time(),
                 "paper_%": paper_accuracy(c.get("dataset.name"), c.get("model.name"),
                                           c.get("init.name"), c.get("init.bias_scale", 1.0)),

@@ -1,11 +1,12 @@
 """The results.json format: the contract between a run and everything after it (report,
 resume, diagnostics, benchmarks). Extend it; don't fork it.
 
-  status      running | completed | diverged | failed
+  status      running | completed | diverged | failed | interrupted (a stop signal; resumable)
   config      the resolved config;  overrides: the command-line overrides
   epochs      [{epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s}], epoch from 1
   final       {test_acc, test_loss} of the last epoch
-  wall_time_s, device, versions {python, torch, lightning}, error (failed runs only)
+  wall_time_s, device, versions {python, torch, lightning}, error (failed runs only),
+  stopped_by (interrupted runs only: the signal, e.g. SIGTERM)
 
 The file is rewritten after every epoch by write-then-rename, so a crash or a kill leaves
 either the previous complete file or the new one, never a torn one.
@@ -21,8 +22,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from zeroinit.signals import stopped_by
+
 FILENAME = "results.json"
-STATUSES = ("running", "completed", "diverged", "failed")
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
 def write_json_atomic(path, data) -> None:
@@ -158,5 +161,10 @@ class ResultsWriter(L.Callback):
             self.write("completed")
 
     def on_exception(self, trainer, pl_module, exception):
-        if self.results["status"] == "running":
+        if self.results["status"] != "running":
+            return
+        signal_name = stopped_by(exception)  # SIGTERM & co. (signals.py): stopped, not failed
+        if signal_name:
+            self.write("interrupted", stopped_by=signal_name)
+        else:
             self.write("failed", error=f"{type(exception).__name__}: {exception}")

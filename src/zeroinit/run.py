@@ -25,6 +25,7 @@ from zeroinit.config import build, flatten, register_resolvers, validate
 from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import ResultsWriter, read_results
+from zeroinit.signals import StopOnSignal
 from zeroinit.sweep import FINISHED, GpuSlot, RunLock, previous_status, resume_checkpoint
 
 log = logging.getLogger("zeroinit")
@@ -48,7 +49,8 @@ def quiet_lightning():
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*LeafSpec.*",
-                    ".*smaller than the logging interval.*"):
+                    ".*smaller than the logging interval.*",
+                    ".*srun. command is available.*"):  # a local run on a SLURM login node
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -99,7 +101,8 @@ def build_run(cfg: DictConfig, overrides=(), data=None):
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
     logger = build_logger(cfg, config)
-    trainer = build(cfg.trainer, logger=logger or False, callbacks=build_callbacks(cfg, writer))
+    trainer = build(cfg.trainer, logger=logger or False,
+                    callbacks=[*build_callbacks(cfg, writer), StopOnSignal()])
     return trainer, module, data, writer
 
 

@@ -3,8 +3,8 @@ and a summary of the whole sweep at its end.
 
 A run's directory is named by its configuration and seed (conf/hydra/default.yaml), so
 rerunning a sweep command finds the runs it already made:
-  completed / diverged  -> skipped: a finished result is never overwritten
-  running / failed      -> resumed from checkpoints/last.ckpt (or restarted if there is none)
+  completed / diverged            -> skipped: a finished result is never overwritten
+  running / failed / interrupted  -> resumed from checkpoints/last.ckpt (or restarted if none)
 A lock file in the run directory keeps two processes from training the same run at once.
 A failure that every run would share (zeroinit.errors.SweepError, a full disk) stops the sweep
 at the first run that meets it; the sweep's end says it once, exit code 2.
@@ -23,8 +23,10 @@ from hydra.experimental.callback import Callback
 
 from zeroinit.errors import SweepError
 from zeroinit.results import read_results
+from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
+RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
 SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -40,7 +42,7 @@ def previous_status(run_dir: Path) -> str | None:
 def resume_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint to resume from, if the run was interrupted or failed after an epoch."""
     ckpt = Path(run_dir) / CHECKPOINT
-    return ckpt if previous_status(run_dir) in ("running", "failed") and ckpt.exists() else None
+    return ckpt if previous_status(run_dir) in RESUMABLE and ckpt.exists() else None
 
 
 class RunLock:
@@ -90,7 +92,7 @@ class GpuSlot:
         if n_gpus < 1 or runs_per_gpu < 1:
             raise ValueError("n_gpus and runs_per_gpu must be >= 1")
         self.n_gpus, self.runs_per_gpu, self.poll_s = n_gpus, runs_per_gpu, poll_s
-        self.lock_dir = Path(lock_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "zeroinit-gpus")
+        self.lock_dir = Path(lock_dir or default_gpu_lock_dir())
         self.file = self.slot = self.index = None
 
     def acquire(self, timeout_s: float | None = None) -> int:
@@ -119,6 +121,15 @@ class GpuSlot:
             self.file = self.slot = self.index = None
 
 
+def default_gpu_lock_dir(env=os.environ) -> Path:
+    """Shared by the processes of one machine, but per SLURM job: two jobs on one node each
+    see their own GPUs as cuda:0.., so one machine-wide slot0.lock would make the second job
+    wait for the first to end."""
+    job = env.get("SLURM_JOB_ID")
+    name = f"zeroinit-gpus-slurm{job}" if job else "zeroinit-gpus"
+    return Path(env.get("TMPDIR", "/tmp")) / name
+
+
 # ---------------------------------------------------------------- sweep summary
 def outcome_dir(sweep_dir) -> Path | None:
     sweep_id = os.environ.get(SWEEP_ID_ENV)
@@ -132,19 +143,23 @@ def record_outcome(sweep_dir, run_dir, status: str, error: str | None = None,
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
-    entry = {"run": Path(run_dir).name, "status": status, "error": error, "resumed": resumed}
+    entry = {"run": Path(run_dir).name, "status": status, "error": error, "resumed": resumed,
+             "slurm_job": slurm_job_id()}  # lets the launcher tell which jobs reported
     (out / f"{Path(run_dir).name}.json").write_text(json.dumps(entry))
 
 
 def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]:
-    """One summary line (+ one line per failure, but those whose error is `said`, printed
-    once already); True if any run failed."""
+    """One summary line (+ one line per failure or interruption, but failures whose error is
+    `said`, printed once already); True if any run failed or was interrupted (the sweep is
+    not done)."""
     counts = {}
     for o in outcomes:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
-    labels = {"skipped": "skipped (already finished)", "busy": "busy (running elsewhere)"}
+    labels = {"skipped": "skipped (already finished)", "busy": "busy (running elsewhere)",
+              "interrupted": "interrupted (rerun the same command to resume)"}
     parts = [f"{counts[k]} {labels.get(k, k)}"
-             for k in ("completed", "diverged", "skipped", "busy", "failed", "not started")
+             for k in ("completed", "diverged", "skipped", "busy", "interrupted", "failed",
+                       "not started")
              if counts.get(k)]
     resumed = sum(1 for o in outcomes if o.get("resumed"))
     if resumed:
@@ -153,7 +168,9 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     failed = [o for o in outcomes if o["status"] == "failed"]
     lines += [f"  failed: {o['run']}: {o['error']}" for o in failed
               if not (said and said in str(o["error"]))]
-    return "\n".join(lines), bool(failed)
+    interrupted = [o for o in outcomes if o["status"] == "interrupted"]
+    lines += [f"  interrupted: {o['run']}: {o['error']}" for o in interrupted]
+    return "\n".join(lines), bool(failed or interrupted)
 
 
 # ---------------------------------------------------------------- sweep-wide failures
@@ -209,8 +226,8 @@ def skip_if_stopped(sweep_dir, run_dir) -> bool:
 
 class SweepSummary(Callback):
     """Hydra callback: tags the sweep with an id that its jobs inherit, and at its end prints
-    what happened to every run and exits non-zero if any failed (2 if a failure that every
-    run shares stopped it)."""
+    what happened to every run and exits non-zero if any failed or was interrupted (2 if a
+    failure that every run shares stopped it)."""
 
     def on_multirun_start(self, config, **kwargs):
         os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

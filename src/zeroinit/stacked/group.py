@@ -23,6 +23,7 @@ from zeroinit.init import validate_init
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
                           quiet_lightning)
+from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
@@ -107,7 +108,8 @@ def _train_stack(members, done) -> None:
         module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
-        trainer = build(trainer_cfg, logger=False, callbacks=[runs, _EpochLine(group)],
+        trainer = build(trainer_cfg, logger=False,
+                        callbacks=[runs, _EpochLine(group), StopOnSignal()],
                         enable_checkpointing=False)
         ckpt_path = _group_checkpoint(members, cfg0)
         try:

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from zeroinit.config import build
 from zeroinit.results import FILENAME
+from zeroinit.signals import STOPPED, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
@@ -193,6 +194,11 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
 
     try:
         train_group([(job.cfg, job.overrides) for job in group], stack_size, on_outcome=report)
+    except STOPPED as stop:  # SIGTERM & co.: each member saved its last epoch; say so, leave
+        for job in group:
+            if job.idx not in returns:
+                record_outcome(sweep_dir, job.cfg.paths.output_dir, "interrupted", str(stop))
+        leave(stop, f"{len(group)} stacked runs in {sweep_dir}", resumable=True)
     except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures
         if not is_sweep_wide(e):
             raise

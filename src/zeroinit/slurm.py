@@ -1,0 +1,280 @@
+"""launcher=slurm: hydra-submitit-launcher's SlurmLauncher, with what a new user hits fixed.
+
+- The GPU request follows the trainer (`gpus_for`, conf/launcher/slurm.yaml): trainer=cpu asks
+  for none, so a sweep runs on partitions and nodes without GPUs.
+- A submission that sbatch rejects ends in one line, `error: ...` with sbatch's reason and the
+  key to change, exit 2, instead of submitit's traceback (`rejection`).
+- Job states come from squeue while SLURM holds the jobs, then from sacct where the cluster
+  keeps accounting (small clusters often do not: there submitit alone warns three times per
+  status poll and never notices a job that ended without a result) (`JobStates`). A job that
+  SLURM will never start (it asks for more than the partition has) ends the sweep with one
+  line, not a wait without end (`NEVER_STARTS`).
+- A job that ends without a result (interrupted and not requeued, killed at its time limit,
+  out of memory) is reported in the sweep summary, not raised as a traceback that hides the
+  other runs (`SlurmLauncher._result`). A requeued job is waited for: it is still in the queue.
+- Every job limits torch's threads to its CPUs and learns how often it may requeue itself
+  (zeroinit/signals.py) (`job_setup`).
+"""
+import contextlib
+import io
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _Base
+from omegaconf import OmegaConf
+from submitit.core.utils import FailedJobError, UncompletedJobError
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+from zeroinit.signals import MAX_REQUEUE_ENV
+from zeroinit.sweep import outcome_dir, record_outcome
+
+log = logging.getLogger(__name__)
+
+
+def gpus_for(accelerator) -> int | None:
+    """GPUs per task for a trainer: none for trainer=cpu, else one (one task = one run on one
+    GPU). trainer=default ("auto": the GPU if there is one) asks for one too: the login node
+    cannot see what the compute nodes have, and a run meant for a GPU that silently fell back
+    to the CPU would take an order of magnitude longer."""
+    return None if str(accelerator).lower() == "cpu" else 1
+
+
+def job_setup(params: dict) -> list[str]:
+    """Lines of the sbatch script before srun, ahead of the user's own `setup` lines."""
+    return [
+        # torch would start one thread per core of the node, however many CPUs the job has.
+        'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi',
+        f"export {MAX_REQUEUE_ENV}={int(params.get('max_num_timeout') or 0)}",
+    ]
+
+
+# ---------------------------------------------------------------- a rejected submission
+# sbatch's reason -> the keys that decide it. First match wins; the order matters.
+_REASONS = [
+    ("unable to contact", "nothing in the config: SLURM's controller does not answer; "
+                          "try again, or ask the cluster's admins"),
+    ("timed out", "nothing in the config: SLURM's controller does not answer in time; "
+                  "try again"),
+    ("generic resource", "gpus"),
+    ("invalid partition", "hydra.launcher.partition (`sinfo -s` lists the partitions)"),
+    ("account", "hydra.launcher.account (`sacctmgr show assoc user=$USER` lists yours)"),
+    ("qos", "hydra.launcher.qos"),
+    ("feature specification", "hydra.launcher.constraint (`sinfo -o '%P %f'` lists the "
+                              "features)"),
+    ("time limit", "hydra.launcher.timeout_min (`sinfo -o '%P %l'` lists the time limits)"),
+    ("--time", "hydra.launcher.timeout_min (minutes)"),
+    ("memory", "hydra.launcher.mem_gb (`sinfo -N -o '%N %P %m'` lists MB per node)"),
+    ("node configuration", "hydra.launcher.cpus_per_task, mem_gb, gpus_per_task or "
+                           "constraint: no node of the partition has that much "
+                           "(`sinfo -N -o '%N %P %c %m %G'`)"),
+    ("unrecognized option", "hydra.launcher.additional_parameters (sbatch's long options "
+                            "without the --)"),
+    ("invalid option", "hydra.launcher.additional_parameters"),
+]
+
+
+def rejection(stderr: str, gpus=None, accelerator=None) -> str:
+    """sbatch's complaint -> one line naming the key to change."""
+    reasons = []
+    for line in stderr.strip().splitlines():
+        for prefix in ("sbatch:", "error:", "Batch job submission failed:"):
+            line = line.strip().removeprefix(prefix)
+        if line.strip() and not line.startswith("Try "):  # Try "sbatch --help" ...
+            reasons.append(line.strip())
+    reason = "; ".join(dict.fromkeys(reasons)) or "no reason given"
+    low = reason.lower()
+    key = "hydra.launcher.* (conf/launcher/slurm.yaml lists them)"
+    for needle, keys in _REASONS:
+        if needle in low:
+            key = keys
+            break
+    if key == "gpus":
+        key = (f"the trainer: the job asks for {gpus} GPU per task because "
+               f"trainer.accelerator={accelerator}; on nodes without GPUs use trainer=cpu, "
+               "else a partition with GPUs (hydra.launcher.partition) or "
+               "hydra.launcher.gpus_per_task")
+    return f"error: SLURM rejected the sweep: {reason}; change {key}"
+
+
+# Why a job pends -> why it will never start, and the key to change (squeue's %r).
+NEVER_STARTS = {
+    "PartitionConfig": "it asks for more than any node of the partition has; change "
+                       "hydra.launcher.cpus_per_task, mem_gb or gpus_per_task "
+                       "(`sinfo -N -o '%N %P %c %m %G'` lists the nodes)",
+    "PartitionTimeLimit": "hydra.launcher.timeout_min exceeds the partition's time limit "
+                          "(`sinfo -o '%P %l'`)",
+    "PartitionNodeLimit": "hydra.launcher.nodes exceeds the partition's node limit",
+    "BadConstraints": "no node has what it asks for; change hydra.launcher.constraint, "
+                      "cpus_per_task, mem_gb or gpus_per_task",
+    "InvalidAccount": "change hydra.launcher.account",
+    "InvalidQOS": "change hydra.launcher.qos",
+}
+
+
+# ---------------------------------------------------------------- job states
+def _run(command) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return subprocess.CompletedProcess(command, 1, "", str(e))
+
+
+class JobStates(SlurmInfoWatcher):
+    """The states of the sweep's jobs, where submitit asks sacct alone: squeue for the jobs it
+    still holds (with why a job pends), sacct for the ones that left it, where the cluster keeps
+    accounting. Same interface and polling schedule as submitit's SlurmInfoWatcher (2, 4, 8 s
+    ... after a submission, then at most every `delay_s`)."""
+
+    GONE = "NOT_IN_QUEUE"  # ended; squeue forgets a job MinJobAge (300 s) after its end
+
+    # submitit polls at most every 600 s; a finished job shows by its result file at once, but
+    # one that ended without a result (interrupted, killed) only by its state: ask every 15 s.
+    # One squeue call for the sweep's array job is light on slurmctld.
+    def __init__(self, delay_s: int = 15):
+        super().__init__(delay_s=delay_s)
+        self.use_sacct = True
+
+    def update(self):
+        ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
+        if not ids:
+            return
+        self._num_calls += 1
+        info = self._squeue(ids)
+        if info is None:
+            return  # squeue failed: keep what we knew, ask again at the next poll
+        gone = [job for job, row in info.items() if row["State"] == self.GONE]
+        if gone and self.use_sacct:
+            ended = self._sacct(sorted({job.split("_")[0] for job in gone}))
+            info.update({job: ended[job] for job in gone if job in ended})
+        self._info_dict.update(info)
+        self._last_status_check = time.time()
+        for job_id in self._registered - self._finished:
+            if self.is_done(job_id, mode="cache"):
+                self._finished.add(job_id)
+
+    def _squeue(self, ids) -> dict | None:
+        done = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids)])
+        if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
+            log.debug("squeue failed: %s", done.stderr.strip())
+            return None
+        rows = [ln.strip().split("|", 2) for ln in done.stdout.splitlines() if ln.count("|") >= 2]
+        seen = {job: {"State": state, "Reason": reason} for job, state, reason in rows}
+        mine = [job for job in self._registered if job.split("_")[0] in ids]
+        return {job: seen.get(job, {"State": self.GONE}) for job in mine}
+
+    def _sacct(self, ids) -> dict:
+        done = _run(["sacct", "-o", "JobID,State,NodeList", "--parsable2",
+                     *[a for i in ids for a in ("-j", i)]])
+        if done.returncode == 0:
+            return self.read_info(done.stdout)
+        self.use_sacct = False  # once: submitit would warn three times per poll, forever
+        why = (done.stderr.strip().splitlines() or ["no output"])[0]
+        log.info("sacct: %s: the final state of jobs is not known (squeue has forgotten "
+                 "them), only whether they left a result", why)
+        return {}
+
+    def reason(self, job_id: str) -> str | None:
+        """Why a pending job waits (squeue's reason code), once squeue has been asked."""
+        return self._info_dict.get(job_id, {}).get("Reason")
+
+
+# ---------------------------------------------------------------- the launcher
+class SlurmLauncher(_Base):
+    """hydra-submitit-launcher's SlurmLauncher (its job function `__call__` and `checkpoint`
+    are reused unchanged); `launch` submits and collects the results as Hydra's does, with
+    the differences listed at the top of this file."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        executor.update_parameters(**self._executor_params())
+        log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+        calls = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            calls.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
+                          Singleton.get_state()))
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr
+                jobs = executor.map_array(self, *zip(*calls))
+        except FailedJobError as e:  # sbatch said no: nothing was submitted
+            trainer = self.config.get("trainer") or {}
+            _fail(rejection(str(e), self.params.get("gpus_per_task"), trainer.get("accelerator")))
+        except FileNotFoundError:
+            _fail("error: launcher=slurm: sbatch is not installed here; submit from a SLURM "
+                  "login node, or use launcher=parallel or launcher=slurm_local on this machine")
+        states = JobStates()
+        for job in jobs:
+            job.watcher = states  # this instance only: submitit's class-wide watcher stays
+            states.register_job(job.job_id)
+        self._wait(jobs, states)
+        return [self._result(job, call[0], call[2], sweep_dir) for job, call in zip(jobs, calls)]
+
+    def _wait(self, jobs, states: "JobStates", poll_s: float = 1.0):
+        """Until every job is done. A job SLURM will never start (it asks for more than the
+        partition has: sbatch accepts that where the cluster does not enforce partition
+        limits at submission) ends the sweep with one line instead of a wait without end."""
+        while not all(job.done() for job in jobs):
+            stuck = {job.job_id: states.reason(job.job_id) for job in jobs
+                     if states.reason(job.job_id) in NEVER_STARTS}
+            if stuck:
+                _run(["scancel", *[job.job_id for job in jobs]])
+                job_id, reason = next(iter(stuck.items()))
+                _fail(f"error: SLURM will never start job {job_id} ({reason}: "
+                      f"{NEVER_STARTS[reason]}); cancelled the sweep's {len(jobs)} jobs")
+            time.sleep(poll_s)
+
+    def _executor_params(self) -> dict:
+        # As Hydra's plugin: shared keys as they are, SLURM's with a slurm_ prefix.
+        params = dict(self.params)
+        params["setup"] = [*job_setup(params), *(params.get("setup") or [])]
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        return {k if k in shared else f"slurm_{k}": v for k, v in params.items()
+                if k not in ("submitit_folder", "max_num_timeout")}
+
+    def _result(self, job, overrides, idx, sweep_dir) -> JobReturn:
+        try:
+            return job.results()[0]
+        except (UncompletedJobError, FailedJobError) as e:
+            state = job.watcher.get_state(job.job_id, mode="cache")
+            log.warning("SLURM job %s (#%d) ended without a result (%s); its log: %s",
+                        job.job_id, idx, state, job.paths.stdout)
+            if not _reported(sweep_dir, job.job_id):  # killed before it could say why
+                last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
+                shown = [o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))]
+                label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
+                record_outcome(sweep_dir, label, "failed",
+                               f"SLURM job {job.job_id} ended ({state}) without a result"
+                               + (f": {last[0].strip()[:200]}" if last else ""))
+            # Not FAILED: Hydra would raise it as a traceback; the sweep summary says it.
+            return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                             _return_value=None)
+
+
+def _fail(line: str):
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _reported(sweep_dir, job_id: str) -> bool:
+    """Whether the job recorded its own outcome (e.g. `interrupted`) before it ended."""
+    out = outcome_dir(sweep_dir)
+    if out is None or not out.is_dir():
+        return False
+    for path in out.glob("*.json"):
+        try:
+            if json.loads(path.read_text()).get("slurm_job") == job_id:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
