@@ -35,7 +35,6 @@ import torch  # noqa: E402
 
 import bench  # noqa: E402  benchmarks/bench.py
 from zeroinit import data as zdata  # noqa: E402
-from zeroinit.results import read_results  # noqa: E402
 from zeroinit.run import compose, run  # noqa: E402
 from zeroinit.stacked.group import train_group  # noqa: E402
 

@@ -99,14 +99,14 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
     jobs = member_cfgs(tmp_path, *extra, members=members)
     outcomes = train_group(jobs)
     assert [o for o, _, _ in outcomes] == ["completed"] * len(jobs)
-    for (init, seed), (cfg, overrides), (_, results, _) in zip(members, jobs, outcomes):
+    for (init, seed), (cfg, overrides), (_, mine, _) in zip(members, jobs, outcomes):
         separate = member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="separate")[0][0]
         alone = run(separate, overrides)
         got, want = load_state(tmp_path / "stacked" / f"{init}-s{seed}"), load_state(
             tmp_path / "separate" / f"{init}-s{seed}")
         assert got["global_step"] == want["global_step"] == 1
         assert_same_state(got, want, f"{model} {init}")
-        entry, sep_entry = results["epochs"][0], alone["epochs"][0]
+        entry, sep_entry = mine["epochs"][0], alone["epochs"][0]
         for key in ("train_loss", "test_loss"):
             # (the separate run's torchmetrics mean accumulates in float32)
             assert math.isclose(entry[key], sep_entry[key], rel_tol=1e-6), (model, init, key)
@@ -115,7 +115,7 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
 
 
 def test_initial_parameters_are_bitwise_those_of_the_separate_runs(tmp_path):
-    from zeroinit.run import build_data, build_net
+    from zeroinit.run import build_net
 
     jobs = member_cfgs(tmp_path, "model=cifar_cnn", "dataset=cifar10")
     data_cfg = jobs[0][0]
@@ -160,10 +160,10 @@ def test_one_member_diverges_alone_and_the_others_equal_their_separate_runs(tmp_
     diverged = read_results(tmp_path / "stacked" / "huge")
     assert diverged["status"] == "diverged" and len(diverged["epochs"]) == 1
     assert not math.isfinite(diverged["epochs"][0]["train_loss"])
-    for (init, seed), (_, results, _) in zip([("pytorch", 0), ("bias_normal", 1)],
-                                             [outcomes[0], outcomes[2]]):
+    for (init, seed), (_, mine, _) in zip([("pytorch", 0), ("bias_normal", 1)],
+                                          [outcomes[0], outcomes[2]]):
         alone = run(member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="sep")[0][0])
-        for a, b in zip(results["epochs"], alone["epochs"]):
+        for a, b in zip(mine["epochs"], alone["epochs"]):
             assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
             assert abs(a["test_acc"] - b["test_acc"]) <= 0.01
 

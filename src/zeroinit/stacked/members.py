@@ -11,8 +11,8 @@ checkpoint the separate run would write (see `member_checkpoint`). So the Result
 diagnostics and the checkpoint callback run per member unchanged, and a new callback in
 conf/callbacks/ works stacked without knowing about it.
 """
-import torch
 import lightning as L
+import torch
 from torch import nn
 
 from zeroinit.stacked.layers import member_state_dict, stacked_state_dict
@@ -29,10 +29,6 @@ class Member:
         self.ended = False           # its fit-end hooks have run; it no longer trains
         self.frozen: dict | None = None  # its parameters when it ended, restored every step
         self.proxies = None  # (MemberTrainer, MemberModule), made once per fit
-
-    @property
-    def name(self) -> str:
-        return str(self.cfg.paths.output_dir).rstrip("/").rsplit("/", 1)[-1]
 
 
 class MemberTrainer:
