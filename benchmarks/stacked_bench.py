@@ -136,11 +136,14 @@ def main(argv=None) -> dict:
     k = args.members
     print(f"\n| model | {k} runs stacked | {k} runs sequential | {k} x bare loop | "
           f"sequential / stacked | stacked / bare |\n|---|---|---|---|---|---|")
+    def cell(x, unit):  # a variant not run: "-"
+        return "-" if x != x else f"{x:.{1 if unit == 's' else 2}f}{unit}"
+
     for r in rows:
         get = lambda v: r.get(v, float("nan"))  # noqa: E731
-        print(f"| {r['model']} | {get('stacked'):.1f}s | {get('sequential'):.1f}s | "
-              f"{get('bare'):.1f}s | {get('sequential') / get('stacked'):.2f}x | "
-              f"{get('stacked') / get('bare'):.2f}x |")
+        print(f"| {r['model']} | {cell(get('stacked'), 's')} | {cell(get('sequential'), 's')} | "
+              f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
+              f"{cell(get('stacked') / get('bare'), 'x')} |")
     if any(r["n_train"] < bench.MODELS[r["model"]][1] for r in rows):
         print("(seconds scaled to a full epoch from a part of one)")
     if cli:
