@@ -93,7 +93,8 @@ def parallel(tiny):
         for name, extra in (("one by one", ""),
                             ("parallel, 2 per GPU",
                              " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2")):
-            s = bench.time_sweep(sweep + extra, Path(work) / name.replace(" ", "_"))
+            # (a folder name without commas: Hydra would read one as a sweep over paths)
+            s = bench.time_sweep(sweep + extra, Path(work) / f"sweep{len(rows)}")
             rows.append((name, s))
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
