@@ -279,3 +279,34 @@ def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
     for a, b in zip(resumed["epochs"], alone["epochs"], strict=True):
         assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-6)
         assert math.isclose(a["test_acc"], b["test_acc"], abs_tol=1e-6)
+
+
+def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun_resumes(
+        tmp_path):
+    args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked", "trainer=cpu",
+            "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    try:  # signal the stack once both members have checkpointed an epoch
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "by SIGTERM during epoch" in stdout and "rerun the same command to resume" in stdout
+    runs = sorted(tmp_path.glob("sweeps/default/*-s[01]"))
+    assert len(runs) == 2
+    for r in runs:
+        res = results(r)
+        assert res["status"] == "interrupted" and 1 <= len(res["epochs"]) < 8
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 completed, 2 of them resumed from a checkpoint" in again.stdout
+    assert all(results(r)["status"] == "completed" and len(results(r)["epochs"]) == 8
+               for r in runs)
