@@ -19,6 +19,25 @@ from zeroinit.signals import Interrupted, StopOnSignal, should_requeue
 from zeroinit.sweep import resume_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def terminate_when(args, ready, signum=signal.SIGTERM, timeout=300):
+    """Start `args` in the project root, send `signum` once `ready()` is true; returns
+    (process, stdout, stderr) after it exits."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if ready():
+                proc.send_signal(signum)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, stdout, stderr
 RUN = ["trainer.max_epochs=4", "+trainer.limit_train_batches=8", "batch_size=32",
        "callbacks.diagnostics=null", "seed=2"]
 
@@ -93,19 +112,9 @@ def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path):
     and the same command resumes the run."""
     args = [sys.executable, "src/train.py", "-m", "trainer=cpu", "trainer.max_epochs=8",
             "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 300
-    try:  # signal the run once it has checkpointed an epoch
-        while time.time() < deadline and proc.poll() is None:
-            if list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt")):
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.05)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # signal the run once it has checkpointed an epoch
+    proc, stdout, stderr = terminate_when(
+        args, lambda: list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt")))
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     (run_dir,) = tmp_path.glob("sweeps/default/*-s0")
     assert f"interrupted: {run_dir} by SIGTERM during epoch" in stdout

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from test_signals import terminate_when
 from test_sweep import ROOT, results, train
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
 from zeroinit.results import read_results
@@ -285,19 +286,9 @@ def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun
         tmp_path):
     args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked", "trainer=cpu",
             "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 300
-    try:  # signal the stack once both members have checkpointed an epoch
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2:
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.05)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # signal the stack once both members have checkpointed an epoch
+    proc, stdout, stderr = terminate_when(
+        args, lambda: len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "by SIGTERM during epoch" in stdout and "rerun the same command to resume" in stdout
     runs = sorted(tmp_path.glob("sweeps/default/*-s[01]"))
