@@ -1,7 +1,7 @@
 """Everything we want to know GPU-side, in one script sized for a few minutes on one H100:
 
     make gpu-check                         # = python benchmarks/gpu_check.py -o gpu-check.md
-    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (CPU: seconds)
+    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: ~9 min)
 
 1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
    cifar_fnn, mnist_cnn, cifar_cnn trained stacked vs one run at a time
@@ -9,7 +9,8 @@
    stacking pays there;
 2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
    (benchmarks/bench.py), part of an epoch each, scaled to a full one;
-3. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
+3. the README's default sweep through the command line, stacked vs one at a time;
+4. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
    one by one.
 Every table goes to stdout and to the Markdown file given with -o, with the machine line.
 """
@@ -28,7 +29,7 @@ import stacked_bench  # noqa: E402
 STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
 # train images per model (a part of an epoch, scaled to a full one): enough steps that
 # per-step costs dominate, few enough for the whole check to fit in minutes
-IMAGES = {"mnist_fnn": 60_000, "cifar_fnn": 50_000, "mnist_cnn": 12_800, "cifar_cnn": 12_800,
+IMAGES = {"mnist_fnn": 25_600, "cifar_fnn": 25_600, "mnist_cnn": 12_800, "cifar_cnn": 12_800,
           "resnet50": 2_560, "logreg_mnist": 60_000, "logreg_cifar": 50_000}
 PARALLEL = "init=zero,pytorch seed=0,1 trainer.max_epochs=3"
 
@@ -70,6 +71,8 @@ def main(argv=None):
         section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
                 lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
                                             *members, *img_args]), log)
+        section("The README's sweep through the command line, stacked vs one at a time "
+                "(mnist5k, 15 runs x 10 epochs)", lambda: cli(args.tiny), log)
         section("ResNet-50: 3 runs stacked vs one at a time (decides whether it stacks)",
                 lambda: stacked_bench.main(["--models", "resnet50", "--repeats", "1",
                                             "--variants", "stacked,sequential", "--members",
@@ -82,6 +85,21 @@ def main(argv=None):
                                     "--also", "speed=bf16 callbacks.diagnostics=null"]), log)
         section("launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
                 lambda: parallel(args.tiny), log)
+
+
+def cli(tiny):
+    """`python src/train.py -m init=zero,pytorch,bias_normal seed=0,1,2,3,4 [launcher=stacked]`
+    as the user types it (imports and Hydra included)."""
+    import tempfile
+
+    sweep = bench.DEFAULT_SWEEP + (" trainer.max_epochs=1" if tiny else "")
+    with tempfile.TemporaryDirectory() as work:
+        rows = [(name, bench.time_sweep(sweep + extra, Path(work) / name))
+                for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))]
+    print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+              f"{s['runs_per_min']:.1f} |")
 
 
 def parallel(tiny):
