@@ -11,13 +11,14 @@ diagnostics.time_s). On a shared machine CPU time with --threads 1 is the steadi
 wall time then swings with other people's load, and with 2+ threads so does CPU time (OpenMP
 threads spin while they wait for a descheduled partner).
 
-Measured (2-core Intel Xeon VM shared with other jobs, torch 2.14.1 CPU, 1 thread, mnist_fnn):
+Measured (2-core Intel Xeon VM shared with other jobs, torch 2.14.1 CPU, 1 thread, mnist_fnn),
+with the old schedule (symmetry at steps 0, 1, 2, 4, ..., 256 and every epoch end):
   mnist5k, 10 epochs (32 steps each), 5 pairs: CPU 3.30 s vs 2.98 s: +10.8% (pairs +11.9%)
   60,000 random images, 10 epochs (469 steps each), 3 pairs: CPU 19.51 s vs 19.27 s: +1.2%
-  (pairs +3.2%; wall, pairs +2.1%)
-A symmetry measurement of mnist_fnn costs ~20 ms (mostly the float64 Gram matrix and
-eigenvalues of the 500x784 weight), about six training steps. The mnist5k run takes 16 (steps
-0, 1, 2, 4, ..., 256 and every epoch end) in 320 steps; the 60k run 24 in 4,690 steps.
+With the schedule spread over the run (0, 1, 18, 320 for mnist5k; 2-core AMD EPYC, load
+average 3.4 from other jobs, 5 pairs): CPU 3.91 s vs 3.64 s: +7.4% (pairs +2.9%).
+A symmetry measurement of mnist_fnn costs ~20 ms on a quiet core (mostly the float64 Gram
+matrix and eigenvalues of the 500x784 weight), about ten training steps.
 """
 import argparse
 import statistics

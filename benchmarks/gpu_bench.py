@@ -11,8 +11,8 @@ The estimate multiplies each model's median seconds per epoch by the epochs of e
 the paper's sweeps, read from the presets themselves (conf/experiment/fig*.yaml: their
 hydra.sweeper.params and trainer.max_epochs), so it follows the presets when they change.
 The project's path is timed with its default callbacks and without the diagnostics callback:
-the diagnostics measure at steps 1, 2, 4, ... and at every epoch end, so a first epoch (what
-is timed) carries more of them than later ones, and the default column is an upper bound, the
+the diagnostics measure at steps spread log-spaced over the run, so a first epoch (what is
+timed) carries more of them than later ones, and the default column is an upper bound, the
 one without diagnostics a lower bound of what a default run costs per epoch.
 Run start-up (a second or two per run, paid once per process for imports) is not included.
 ResNet-50 is timed on half an epoch (25,000 images, scaled), every other model on a full one.

@@ -1,23 +1,20 @@
-"""Diagnostics: wake-up order, symmetry metrics, results.json layout, Figure 12.
-
-Runs go through train.run with the real configs on the embedded digits, a few batches each.
+"""The Diagnostics callback: wake-up order, when symmetry is measured, results.json layout,
+TensorBoard tags. Runs go through zeroinit.run with the real configs on the embedded digits, a
+few batches each.
 """
 import json
-import math
 
 import lightning as L
-import pytest
 import torch
-from torch import nn
 
-import report
+from zeroinit.diagnostics import Diagnostics, measurement_steps
+from zeroinit.results import read_results
 from zeroinit.run import run
-from zeroinit.diagnostics import (METRICS, Diagnostics, distinct_units, plot_gradient_flow,
-                                  probe_metrics, summary_columns, weight_metrics)
-from zeroinit.results import read_results, write_json_atomic
 
 FNN4 = ["model=mnist_fnn", "model.hidden=[32,32,32]"]  # 4 Linear layers
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=8"]
+# 6 symmetry measurements however short the run (the default spaces them 100 steps apart)
+DENSE = ["callbacks.diagnostics.symmetry_points=6", "callbacks.diagnostics.symmetry_min_gap=1"]
 
 
 def layer_values(diag, mapping):
@@ -25,55 +22,16 @@ def layer_values(diag, mapping):
     return [mapping[layer["name"]] for layer in diag["layers"]]
 
 
-# ---------------------------------------------------------------- metric definitions
+def test_measurement_steps_spread_over_the_run():
+    assert measurement_steps(320, 12, 100) == [1, 18, 320]  # the default run: 3 (100 apart)
+    assert measurement_steps(4690, 12, 100) == [1, 2, 5, 10, 22, 47, 101, 217, 468, 1009,
+                                                 2175, 4690]  # a paper run: all 12
+    assert measurement_steps(320, 6) == [1, 3, 10, 32, 101, 320]
+    assert measurement_steps(6, 6) == [1, 2, 3, 4, 6]  # collisions merge
+    assert measurement_steps(50, 12, 100) == [50]  # always the final step
+    assert measurement_steps(50, 1) == [50] and measurement_steps(50, 0) == []
+    assert measurement_steps(float("inf"), 6)[:4] == [1, 2, 4, 8]  # a run without a step count
 
-def test_weight_metrics_on_known_matrices():
-    eye = weight_metrics(torch.eye(6))
-    assert eye == {"effective_rank": pytest.approx(6.0), "numerical_rank": 6,
-                   "distinct_units": 6}
-    zero = weight_metrics(torch.zeros(5, 7))
-    assert zero == {"effective_rank": 0.0, "numerical_rank": 0, "distinct_units": 1}
-    # Rank 1 in float32, as zero init makes them: float64 Gram keeps round-off from
-    # inflating the effective rank (a float32 one gives 1.17 here).
-    g = torch.Generator().manual_seed(0)
-    u, v = torch.randn(500, generator=g), torch.randn(784, generator=g)
-    rank1 = weight_metrics(torch.outer(u, v))
-    assert rank1["numerical_rank"] == 1 and rank1["distinct_units"] == 1  # +-v: one direction
-    assert rank1["effective_rank"] == pytest.approx(1.0, abs=1e-3)
-    nan = weight_metrics(torch.full((3, 3), float("nan")))
-    assert nan == {"effective_rank": None, "numerical_rank": None, "distinct_units": None}
-
-
-def test_conv_weight_is_out_by_fan_in():
-    conv = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
-    assert weight_metrics(conv) == weight_metrics(conv.reshape(4, 18))
-
-
-def test_distinct_units_groups_directions_and_zero_rows():
-    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, -1.0, 0.5])
-    rows = torch.stack([a, 2 * a, -a, b, torch.zeros(3), 1e-9 * b, b + 1e-5])
-    # {a, 2a, -a}, {b, b+1e-5}, {0, 1e-9 b}: near-zero rows have no direction, one class
-    assert distinct_units(rows.double()) == 3
-    assert distinct_units(torch.zeros(4, 3)) == 1
-
-
-def test_probe_metrics_dead_units_and_no_side_effects():
-    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.BatchNorm1d(2))
-    with torch.no_grad():
-        net[0].weight.zero_()
-        net[0].bias.copy_(torch.tensor([-1.0, 2.0, -3.0, 4.0]))  # ReLU' = 0 for units 0, 2
-    net.train()
-    net[3].eval()  # a module's own mode must survive the probe
-    before = net[3].running_mean.clone()
-    names = {net[0]: "0", net[2]: "2"}
-    out = probe_metrics(net, names, torch.randn(8, 3))
-    assert out == {"0": {"neg_preact_frac": 0.5, "dead_units_frac": 0.5}}  # "2": no activation
-    assert net.training and not net[3].training
-    assert torch.equal(net[3].running_mean, before)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
-
-
-# ---------------------------------------------------------------- through train.run
 
 def test_zero_weights_random_biases_wake_from_the_output_back(make_cfg, tmp_path):
     results = run(make_cfg(*FNN4, *SHORT, "init=bias_normal"))
@@ -103,14 +61,15 @@ def test_pytorch_init_wakes_every_layer_at_step_1(make_cfg):
 
 
 def test_all_zero_init_keeps_one_distinct_unit_per_layer(make_cfg):
-    diag = run(make_cfg(*FNN4, "init=zero", "trainer.max_epochs=2",
+    diag = run(make_cfg(*FNN4, *DENSE, "init=zero", "trainer.max_epochs=2",
                         "+trainer.limit_train_batches=8"))["diagnostics"]
     history = diag["symmetry"]["history"]
-    assert history["step"] == [0, 1, 2, 4, 8, 16] and history["epoch"] == [None] * 4 + [1, 2]
+    # 16 steps, 6 measurements spread over them (epoch 1 ends at step 8: not one of them)
+    assert history["step"] == [0, 1, 2, 3, 5, 9, 16] and history["epoch"] == [None] * 6 + [2]
     for layer in diag["layers"]:
         values = history["layers"][layer["name"]]
-        assert values["distinct_units"] == [1] * 6  # at init and after every measurement
-        assert values["numerical_rank"] == [0] * 6  # the weights never leave zero
+        assert values["distinct_units"] == [1] * 7  # at init and after every measurement
+        assert values["numerical_rank"] == [0] * 7  # the weights never leave zero
         assert diag["symmetry"]["final"][layer["name"]]["distinct_units"] == 1
     assert set(diag["wakeup_step"].values()) == {None}  # no weight gradient, ever
     assert diag["wakeup_watched_steps"] == 16
@@ -122,10 +81,10 @@ def test_pytorch_init_keeps_full_rank(make_cfg):
     # Pastur), ten times the 1% cut, so numerical rank = min(out, fan_in) exactly, at init and
     # after 64 Adam steps. (Square layers would not do: their smallest singular value is
     # near 0, and a 32x32 one falls below 1% about half the time.)
-    diag = run(make_cfg("model=mnist_fnn", "model.hidden=[64,32,16]", "init=pytorch",
+    diag = run(make_cfg("model=mnist_fnn", "model.hidden=[64,32,16]", "init=pytorch", *DENSE,
                         "trainer.max_epochs=2"))["diagnostics"]
     history = diag["symmetry"]["history"]
-    assert history["epoch"][-2:] == [1, 2] and len(history["step"]) >= 8
+    assert history["epoch"][-1] == 2 and len(history["step"]) == 7
     for layer in diag["layers"]:
         full = min(layer["units"], layer["fan_in"])
         values = history["layers"][layer["name"]]
@@ -147,8 +106,9 @@ class EpochEndSpy(L.Callback):
 
 
 def test_each_epochs_results_json_carries_that_epochs_symmetry(make_cfg, tmp_path):
+    # 2 epochs of 3 steps: measured at steps 0, 1, 2, 3, 4, 6; 3 and 6 end epochs 1 and 2
     EpochEndSpy.seen = []
-    run(make_cfg(*FNN4, "init=bias_normal", "trainer.max_epochs=2",
+    run(make_cfg(*FNN4, *DENSE, "init=bias_normal", "trainer.max_epochs=2",
                  "+trainer.limit_train_batches=3",
                  "+callbacks.spy._target_=test_diagnostics.EpochEndSpy",
                  f"+callbacks.spy.path={tmp_path / 'results.json'}"))
@@ -161,7 +121,7 @@ def test_each_epochs_results_json_carries_that_epochs_symmetry(make_cfg, tmp_pat
     assert len(EpochEndSpy.seen) == 2
 
 
-def test_epochs_without_validation_are_measured_at_train_epoch_end():
+def test_measured_without_validation_too():
     from zeroinit.data import ImageDataModule
     from zeroinit.models import FNN
     from zeroinit.module import Classifier
@@ -169,13 +129,28 @@ def test_epochs_without_validation_are_measured_at_train_epoch_end():
     data = ImageDataModule("mnist5k", batch_size=128).load()
     net = FNN(data.input_shape, data.num_classes, hidden=[16])
     module = Classifier(net, data.num_classes, optimizer=lambda p: torch.optim.Adam(p))
-    diagnostics = Diagnostics()
+    diagnostics = Diagnostics(symmetry_points=6, symmetry_min_gap=1)
     L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0, accelerator="cpu",
               logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, callbacks=[diagnostics]).fit(module, datamodule=data)
     history = diagnostics.record["symmetry"]["history"]
     assert history["step"] == [0, 1, 2, 3, 4, 6] and history["epoch"] == [None] * 3 + [1, None, 2]
     assert diagnostics.record["symmetry"]["final"]["1"]["distinct_units"] == 16
+
+
+def test_tensorboard_tags_name_layers_and_steps(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(make_cfg(*FNN4, *SHORT, *DENSE, "init=bias_normal"))
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    tags = events.Reload().Tags()
+    first, last = "01_1_Linear_32x784", "04_7_Linear_10x32"  # position, module, type, shape
+    assert {f"gradients_by_step/norm/{first}", f"gradients_by_step/weight_change/{last}",
+            f"symmetry_by_step/effective_rank/{first}", f"wakeup_step/{last}",
+            "test/acc"} <= set(tags["scalars"])
+    assert f"gradients_by_step/{first}" in tags["histograms"]
+    steps = [e.step for e in events.Scalars(f"symmetry_by_step/effective_rank/{first}")]
+    assert steps == [0, 1, 2, 3, 5, 8]  # optimizer steps, not epochs
 
 
 def test_switched_off_and_training_unchanged(make_cfg, tmp_path):
@@ -202,66 +177,3 @@ def test_conv_layers_and_skipped_layers_are_recorded(make_cfg):
     assert list(diag["symmetry"]["skipped"]) == [linear]  # 62,720 > 10,000 entries
     assert final[linear]["effective_rank"] is None and final[conv]["effective_rank"] is not None
     assert final[conv]["dead_units_frac"] is not None and final[linear]["dead_units_frac"] is None
-
-
-# ---------------------------------------------------------------- report side
-
-@pytest.fixture
-def two_runs(make_cfg, tmp_path):
-    dirs = {}
-    for init in ("pytorch", "bias_normal"):
-        out = tmp_path / init
-        run(make_cfg(*FNN4, *SHORT, f"init={init}", f"paths.output_dir={out}"))
-        dirs[init] = out
-    return dirs
-
-
-def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
-    results = {init: read_results(d) for init, d in two_runs.items()}
-    cols = summary_columns(results["bias_normal"])
-    assert cols["wakeup_all"] == 4.0 and summary_columns(results["pytorch"])["wakeup_all"] == 1.0
-    assert set(cols) == {"wakeup_all", "erank_mean", "erank_first", "nrank_frac_min",
-                         "distinct_frac_min", "dead_frac_mean"}
-    assert summary_columns(results["pytorch"])["distinct_frac_min"] == 1.0
-    assert all(isinstance(v, float) and math.isfinite(v) for v in cols.values())
-    assert math.isnan(summary_columns({"status": "completed"})["erank_mean"])
-    png = plot_gradient_flow(results, tmp_path / "f.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    # report.py draws Figure 12 for a fig12 sweep, pytorch beside bias_normal
-    for d in two_runs.values():
-        r = read_results(d)
-        r["config"]["sweep_name"] = "fig12_gradient_flow"
-        write_json_atomic(d / "results.json", r)
-    assert report.main([str(tmp_path), "-o", str(tmp_path / "rep")]) == 0
-    (png,) = (tmp_path / "rep").glob("fig12_gradient_flow-*-gradient_flow.png")
-    assert png.stat().st_size > 10_000
-    text = (tmp_path / "rep" / "report.md").read_text()
-    assert "bias_normal: wake-up step per layer, input to output: [4, 3, 2, 1]" in text
-    assert "pytorch: wake-up step per layer, input to output: [1, 1, 1, 1]" in text
-
-
-def test_fig12_experiment_composes_offline(make_cfg):
-    cfg = make_cfg("experiment=fig12_gradient_flow", "dataset=mnist5k")
-    assert (cfg.model.name, cfg.dataset.name, cfg.sweep_name) == (
-        "cifar_fnn", "mnist5k", "fig12_gradient_flow")
-    assert cfg.callbacks.diagnostics.steps == 5
-    assert set(METRICS) >= {"effective_rank", "distinct_units"}
-
-
-@pytest.mark.slow
-def test_fig12_sweep_end_to_end(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "src/train.py", "-m", "experiment=fig12_gradient_flow",
-                    "dataset=mnist5k", "trainer=cpu", f"paths.log_dir={tmp_path}",
-                    "trainer.max_epochs=1", "+trainer.limit_train_batches=6"],
-                   cwd=root, check=True, capture_output=True)
-    sweep = tmp_path / "sweeps" / "fig12_gradient_flow"
-    assert report.main([str(sweep), "-o", str(tmp_path / "rep")]) == 0
-    assert list((tmp_path / "rep").glob("*-gradient_flow.png"))
-    inits = sorted(read_results(p.parent)["config"]["init"]["name"]
-                   for p in sweep.rglob("results.json"))
-    assert inits == ["bias_normal", "pytorch"]

@@ -16,7 +16,7 @@ MODELS = ["logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet5
 INITS = ["pytorch", "lecun", "zero", "bias_normal", "bias_uniform"]
 DATASET = {"logreg": "mnist5k", "mnist_fnn": "mnist5k", "mnist_cnn": "mnist5k",
            "cifar_fnn": "cifar10", "cifar_cnn": "cifar10", "resnet50": "cifar10"}
-# Conv/Linear layers each model has (PAPER.md; ResNet-50: "54 conv/linear layers").
+# Conv/Linear layers each model has (docs/paper.md; ResNet-50: "54 conv/linear layers").
 N_LAYERS = {"logreg": 1, "mnist_fnn": 2, "mnist_cnn": 3, "cifar_fnn": 4, "cifar_cnn": 9,
             "resnet50": 54}
 POISON = 7.25
@@ -54,7 +54,7 @@ def expected_fan_in(layer) -> int:
     if isinstance(layer, nn.Linear):
         return layer.in_features
     kh, kw = layer.kernel_size
-    return layer.in_channels * kh * kw  # PAPER.md: fan_in = C_in * k_w * k_h
+    return layer.in_channels * kh * kw  # docs/paper.md: fan_in = C_in * k_w * k_h
 
 
 def pooled_biases(net) -> torch.Tensor:

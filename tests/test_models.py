@@ -1,4 +1,4 @@
-"""The paper's architectures exactly as PAPER.md states them, built from the real configs."""
+"""The paper's architectures exactly as docs/paper.md states them, built from the real configs."""
 import pytest
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ def test_resnet50_structure(make_cfg):
     net = resnet(make_cfg)
     convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    # PAPER.md: "54 conv/linear layers" = stem + 16 bottlenecks x 3 + 4 shortcuts, + the fc
+    # docs/paper.md: "54 conv/linear layers" = stem + 16 bottlenecks x 3 + 4 shortcuts, + the fc
     assert len(convs) == 1 + 16 * 3 + 4 == 53
     assert len(linears) == 1
     assert len(convs) + len(linears) == 54

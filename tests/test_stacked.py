@@ -189,6 +189,7 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
     mine = read_results(tmp_path / "stacked" / "bias_normal-s0")["diagnostics"]
     want = alone["diagnostics"]
     assert mine["wakeup_step"] == want["wakeup_step"]
+    assert mine["symmetry"]["history"]["step"] == want["symmetry"]["history"]["step"]
     for layer, values in want["first_steps"]["layers"].items():
         for a, b in zip(mine["first_steps"]["layers"][layer]["grad_norm"], values["grad_norm"]):
             assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-9)

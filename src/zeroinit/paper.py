@@ -1,4 +1,4 @@
-"""The paper's final test accuracies (%), read off its figures as ../shared/design/PAPER.md
+"""The paper's final test accuracies (%), read off its figures as docs/paper.md
 restates them (approximate). Shown beside our numbers in the report, on the real datasets only."""
 
 # (dataset, model, init, bias_scale) -> the paper's figure reading; None = any init / scale.
@@ -22,7 +22,7 @@ PAPER_ACC = {
     ("cifar10", "cifar_cnn", "zero", None): "10 (one class)",
     ("cifar10", "logreg", None, None): "~38-40 (baseline)",
     ("cifar10", "resnet50", "pytorch", None): "~88",
-    # The authors' ResNet-50 code initialized only 2 of its 54 layers (PAPER.md): their bias
+    # The authors' ResNet-50 code initialized only 2 of its 54 layers (docs/paper.md): their bias
     # curve is close to default init, ours initializes every layer.
     **{("cifar10", "resnet50", i, 1.0): "~86-87 (2 of 54 layers init.)" for i in _N},
 }

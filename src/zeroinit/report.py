@@ -18,6 +18,7 @@ from scipy import stats
 from zeroinit.config import flatten
 from zeroinit.paper import paper_accuracy
 from zeroinit.results import FILENAME
+from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
 
 # Config keys that do not define the experiment (where it ran, how it was logged).
 IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "logger", "callbacks",
@@ -174,10 +175,6 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
 
 def _diagnostic_columns(group: Group) -> dict:
     """Mean of the diagnostics summary over the group's completed runs, where runs have it."""
-    try:
-        from zeroinit.diagnostics import summary_columns
-    except ImportError:
-        return {}
     values = [summary_columns(r.results) for r in group.by_status("completed")
               if r.results.get("diagnostics")]
     values = [v for v in values if v]
@@ -256,8 +253,6 @@ def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, lis
     """Figure 12 for a figure whose runs carry the first steps' gradient histograms (the
     diagnostics callback's): one column per line of the figure, its lowest-seed completed run.
     Returns the PNG and one line per column with its layers' wake-up steps."""
-    from zeroinit.diagnostics import plot_gradient_flow
-
     chosen = {}
     for g in groups:
         runs = [r for r in g.by_status("completed")
