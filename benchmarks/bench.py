@@ -50,25 +50,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from zeroinit import speed
+from zeroinit.config import build
+from zeroinit.run import build_run, compose
+from zeroinit.data import random_crop_flip
+from zeroinit.init import apply_init
+from zeroinit.results import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchmetrics  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from zeroinit import speed  # noqa: E402
-from zeroinit.config import build, register_resolvers  # noqa: E402
-from zeroinit.run import build_run, compose  # noqa: E402
-from zeroinit.data import random_crop_flip  # noqa: E402
-from zeroinit.init import apply_init  # noqa: E402
-from zeroinit.results import cpu_model  # noqa: E402
 
 # name -> (dataset config, train images, test images of a full epoch, config overrides)
 MODELS = {

@@ -22,19 +22,15 @@ matrix and eigenvalues of the 500x784 weight), about ten training steps.
 """
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from zeroinit import data  # noqa: E402
-from zeroinit.run import compose, run  # noqa: E402
-from zeroinit.results import cpu_model  # noqa: E402
+from zeroinit import data
+from zeroinit.run import compose, run
+from zeroinit.results import cpu_model
 
 
 def random_loader(n_train, n_test=10_000):

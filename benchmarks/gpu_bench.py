@@ -25,13 +25,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-import torch  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-
-import bench  # noqa: E402  benchmarks/bench.py
-from zeroinit.run import compose  # noqa: E402
+import bench  # benchmarks/bench.py
+from zeroinit.run import compose
 
 PAPER_MODELS = ["mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50",
                 "logreg_mnist", "logreg_cifar"]

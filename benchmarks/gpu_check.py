@@ -21,10 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench  # noqa: E402
-import stacked_bench  # noqa: E402
+import bench
+import stacked_bench
 
 STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
 # train images per model (a part of an epoch, scaled to a full one): enough steps that

@@ -24,19 +24,16 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-import bench  # noqa: E402  benchmarks/bench.py
-from zeroinit import data as zdata  # noqa: E402
-from zeroinit.run import compose, run  # noqa: E402
-from zeroinit.stacked.group import train_group  # noqa: E402
+import bench  # benchmarks/bench.py
+from zeroinit import data as zdata
+from zeroinit.run import compose, run
+from zeroinit.stacked.group import train_group
 
 INITS, SEEDS = ("zero", "pytorch", "bias_normal"), range(5)
 VARIANTS = ("stacked", "sequential", "bare")
