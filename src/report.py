@@ -35,7 +35,10 @@ def main(argv=None) -> int:
     pngs = [plot_figure(name, groups, out / f"{name}.png") for name, groups in figures.items()]
     wakeup = []
     for name, groups in figures.items():  # Figure 12: gradient flow of the first steps
-        drawn = name.startswith("fig12") and gradient_flow(
+        # the preset says so (report.gradient_flow); runs from before that key: by sweep name
+        wanted = any(g.config.get("report.gradient_flow", name.startswith("fig12"))
+                     for g in groups)
+        drawn = wanted and gradient_flow(
             name, groups, out / f"{name}-gradient_flow.png")
         if drawn:
             pngs.append(drawn[0])

@@ -33,13 +33,15 @@ def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
     assert math.isnan(summary_columns({"status": "completed"})["erank_mean"])
     png = plot_gradient_flow(results, tmp_path / "f.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    # report.py draws Figure 12 for a fig12 sweep, pytorch beside bias_normal
+    # report.py draws Figure 12 where the runs' config asks for it, pytorch beside bias_normal
+    assert report.main([str(tmp_path), "-o", str(tmp_path / "plain")]) == 0
+    assert not list((tmp_path / "plain").glob("*gradient_flow.png"))
     for d in two_runs.values():
         r = read_results(d)
-        r["config"]["sweep_name"] = "fig12_gradient_flow"
+        r["config"]["report"]["gradient_flow"] = True
         write_json_atomic(d / "results.json", r)
     assert report.main([str(tmp_path), "-o", str(tmp_path / "rep")]) == 0
-    (png,) = (tmp_path / "rep").glob("fig12_gradient_flow-*-gradient_flow.png")
+    (png,) = (tmp_path / "rep").glob("*-gradient_flow.png")
     assert png.stat().st_size > 10_000
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "bias_normal: wake-up step per layer, input to output: [4, 3, 2, 1]" in text

@@ -21,7 +21,7 @@ from zeroinit.results import FILENAME
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
 
 # Config keys that do not define the experiment (where it ran, how it was logged).
-IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "logger", "callbacks",
+IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "report", "logger", "callbacks",
                 "trainer.accelerator", "trainer.devices", "trainer.strategy",
                 "trainer.enable_progress_bar", "trainer.enable_model_summary",
                 "trainer.log_every_n_steps", "dataset.data_dir", "dataset.download",
