@@ -20,7 +20,10 @@ from zeroinit.paper import paper_accuracy
 from zeroinit.results import FILENAME
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
 
-# Config keys that do not define the experiment (where it ran, how it was logged).
+# Config keys that do not define the experiment (where it ran, how it was logged): runs that
+# differ only in these are averaged together. Unlike Hydra's exclude_keys (conf/hydra/
+# default.yaml: what leaves the run directory's name), this also ignores the callbacks
+# (logging and measuring) while the run names keep them, so no two runs share a folder.
 IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "report", "logger", "callbacks",
                 "trainer.accelerator", "trainer.devices", "trainer.strategy",
                 "trainer.enable_progress_bar", "trainer.enable_model_summary",
