@@ -67,7 +67,6 @@ from zeroinit import speed  # noqa: E402
 from zeroinit.config import build, register_resolvers  # noqa: E402
 from zeroinit.run import build_run, compose  # noqa: E402
 from zeroinit.data import random_crop_flip  # noqa: E402
-from zeroinit.init import apply_init  # noqa: E402
 from zeroinit.results import cpu_model  # noqa: E402
 
 # name -> (dataset config, train images, test images of a full epoch, config overrides)
@@ -143,7 +142,7 @@ class Case:
         torch.manual_seed(self.cfg.seed)
         net = build(self.cfg.model, ignore=["name"], input_shape=tuple(self.cfg.dataset.input_shape),
                     num_classes=10)
-        return apply_init(net, self.cfg.init.weight, self.cfg.init.bias, self.cfg.init.bias_scale)
+        return build(self.cfg.init).apply(net)
 
 
 # ----------------------------------------------------------------------------- 1. the project
