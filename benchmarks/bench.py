@@ -64,7 +64,6 @@ from zeroinit import speed
 from zeroinit.config import build
 from zeroinit.run import build_run, compose
 from zeroinit.data import random_crop_flip
-from zeroinit.init import apply_init
 from zeroinit.results import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +141,7 @@ class Case:
         torch.manual_seed(self.cfg.seed)
         net = build(self.cfg.model, ignore=["name"], input_shape=tuple(self.cfg.dataset.input_shape),
                     num_classes=10)
-        return apply_init(net, self.cfg.init.weight, self.cfg.init.bias, self.cfg.init.bias_scale)
+        return build(self.cfg.init).apply(net)
 
 
 # ----------------------------------------------------------------------------- 1. the project

@@ -10,7 +10,6 @@ import sys
 
 import torch
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
 
 from zeroinit.config import UserError, build
 from zeroinit.run import build_net, compose
@@ -60,9 +59,10 @@ def main(argv: list[str]) -> int:
         return 2
     rows = layer_rows(net)
     n_params = sum(p.numel() for p in net.parameters())
+    scheme = build(cfg.init)
     print(f"{cfg.model.name} on {cfg.dataset.name} {list(data.input_shape)}, "
-          f"init={cfg.init.name} (weight {cfg.init.weight}, bias {cfg.init.bias}, "
-          f"bias_scale {OmegaConf.select(cfg, 'init.bias_scale')}), seed {cfg.seed}: "
+          f"init={scheme.name} (weight {scheme.weight}, bias {scheme.bias}, "
+          f"bias_scale {scheme.bias_scale:g}, scope {scheme.scope}), seed {cfg.seed}: "
           f"{len(rows)} layers with parameters, {n_params:,} parameters")
     print(format_table(rows))
     return 0

@@ -1,5 +1,5 @@
 """Every model x every init scheme, built as train.py builds them: compose the real configs,
-`build(cfg.model, ...)`, then `apply_init`. Before each init every parameter is poisoned with a
+`build(cfg.model, ...)`, then `build(cfg.init).apply(net)`. Before each init every parameter is poisoned with a
 sentinel, so a layer the init function misses (a nested bottleneck or shortcut conv, the
 output layer, a BatchNorm) shows up as a failure instead of passing on leftover values."""
 import math
@@ -10,7 +10,7 @@ from torch import nn
 
 from zeroinit.config import build
 from zeroinit.errors import UserError
-from zeroinit.init import apply_init
+from zeroinit.init import InitScheme, bias_is_scaled
 
 MODELS = ["logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50"]
 INITS = ["pytorch", "lecun", "zero", "bias_normal", "bias_uniform"]
@@ -36,7 +36,7 @@ def compose_and_build(make_cfg, model, *overrides):
     with torch.no_grad():
         for p in net.parameters():
             p.fill_(POISON)
-    apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+    build(cfg.init).apply(net)
     return cfg, net
 
 
@@ -135,10 +135,10 @@ def test_bias_scale_multiplies(make_cfg, model, bias, level, scale):
     cfg, net = compose_and_build(make_cfg, model, init, level)
     assert cfg.init.bias_scale == scale
     torch.manual_seed(123)
-    apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+    build(cfg.init).apply(net)
     scaled = pooled_biases(net).clone()
     torch.manual_seed(123)
-    apply_init(net, cfg.init.weight, cfg.init.bias, 1.0)
+    InitScheme(cfg.init.weight, cfg.init.bias, 1.0).apply(net)
     unscaled = pooled_biases(net)
     # Same draws, multiplied by the scale (exactly: the same float32 product)
     assert torch.equal(scaled, unscaled * scale)
@@ -174,7 +174,7 @@ def test_init_is_seeded_by_the_global_rng(make_cfg):
     draws = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+        build(cfg.init).apply(net)
         draws.append(pooled_biases(net).clone())
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0], draws[2])
@@ -182,10 +182,10 @@ def test_init_is_seeded_by_the_global_rng(make_cfg):
 
 def test_generator_argument_is_used():
     net = nn.Sequential(nn.Linear(4, 50), nn.ELU(), nn.Linear(50, 3))
-    apply_init(net, "zero", "normal", 1.0, generator=torch.Generator().manual_seed(5))
+    InitScheme("zero", "normal").apply(net, torch.Generator().manual_seed(5))
     first = pooled_biases(net).clone()
     torch.manual_seed(999)  # the global RNG must not matter when a generator is given
-    apply_init(net, "zero", "normal", 1.0, generator=torch.Generator().manual_seed(5))
+    InitScheme("zero", "normal").apply(net, torch.Generator().manual_seed(5))
     assert torch.equal(first, pooled_biases(net))
 
 
@@ -197,7 +197,7 @@ def test_nested_and_other_conv_layers():
     with torch.no_grad():
         for p in net.parameters():
             p.fill_(POISON)
-    apply_init(net, "zero", "uniform", 1.0)
+    InitScheme("zero", "uniform").apply(net)
     for layer in (inner[0], net[2]):
         assert torch.count_nonzero(layer.weight) == 0
         assert (layer.bias >= 0).all() and (layer.bias < 1).all()
@@ -213,10 +213,40 @@ def test_nested_and_other_conv_layers():
     ({"bias_scale": float("inf")}, "init.bias_scale"),
     ({"bias_scale": -1.0}, "init.bias_scale"),
     ({"bias_scale": "big"}, "init.bias_scale"),
+    ({"scope": "stem"}, "init.scope"),
 ])
 def test_bad_scheme_raises_user_error_naming_the_key(kwargs, key):
     net = nn.Linear(3, 2)
     before = net.weight.detach().clone()
     with pytest.raises(UserError, match=key):
-        apply_init(net, **{"weight": "zero", "bias": "normal", "bias_scale": 1.0, **kwargs})
+        InitScheme(**{"weight": "zero", "bias": "normal", "bias_scale": 1.0, **kwargs}).apply(net)
     assert torch.equal(net.weight, before)  # checked before anything is touched
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_every_init_config_builds_an_init_scheme(make_cfg, init):
+    """conf/init is a Hydra object like the optimizer: `_target_` builds an InitScheme whose
+    `is_scaled` is what the report asks before it shows a bias scale."""
+    scheme = build(make_cfg(f"init={init}").init)
+    assert isinstance(scheme, InitScheme)
+    assert scheme.name == init and scheme.scope == "all"
+    assert scheme.is_scaled == (init in ("bias_normal", "bias_uniform"))
+    assert scheme.is_scaled == bias_is_scaled(scheme.bias)
+
+
+def test_bad_init_value_from_the_config_is_one_user_error(make_cfg):
+    with pytest.raises(UserError, match="init.scope: 'stem' is not one of all, authors"):
+        build(make_cfg("init=bias_normal", "init.scope=stem").init)
+
+
+@pytest.mark.parametrize("init", ["bias_normal", "zero"])
+def test_authors_scope_touches_only_stem_conv_and_classifier_of_resnet50(make_cfg, init):
+    """init.scope=authors reproduces the authors' ResNet-50 code: of its 54 conv/linear layers
+    only the stem conv and the classifier are re-initialized; every other parameter (the 52
+    other layers, every BatchNorm) is left exactly as it was (here: the poison)."""
+    cfg, net = compose_and_build(make_cfg, "resnet50", f"init={init}", "init.scope=authors")
+    touched = [name for name, p in net.named_parameters() if (p != POISON).any()]
+    assert touched == ["stem.0.weight", "stem.0.bias", "fc.weight", "fc.bias"]
+    for layer in (net.stem[0], net.fc):
+        assert torch.count_nonzero(layer.weight) == 0
+        assert (init == "zero") == (torch.count_nonzero(layer.bias) == 0)

@@ -213,3 +213,18 @@ def test_unknown_activation_is_a_user_error(make_cfg, model):
     with pytest.raises(UserError, match=r"model\.activation: 'swish'.*elu.*relu") as e:
         make_model(make_cfg, model, CIFAR, 10, "model.activation=swish")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["cifar_cnn", "resnet50"])
+def test_batchnorm_false_puts_identity_where_each_batchnorm_was(make_cfg, model):
+    """model.batchnorm=false: the same layers in the same places, each BatchNorm an Identity
+    (the ResNet at 1/16 width here: the option does not depend on it)."""
+    narrow = ["model.widths=[4,8,16,32]"] if model == "resnet50" else []
+    with_bn = make_model(make_cfg, model, CIFAR, 10, *narrow)
+    without = make_model(make_cfg, model, CIFAR, 10, *narrow, "model.batchnorm=false")
+    kinds = {name: type(m) for name, m in with_bn.named_modules()}
+    bns = [name for name, kind in kinds.items() if kind is nn.BatchNorm2d]
+    assert len(bns) == {"cifar_cnn": 3, "resnet50": 37}[model]
+    assert {name: type(m) for name, m in without.named_modules()} == {
+        name: nn.Identity if kind is nn.BatchNorm2d else kind for name, kind in kinds.items()}
+    assert without(torch.rand(2, *CIFAR)).shape == (2, 10)

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
-from zeroinit.run import run
+from zeroinit.run import build_run, run
 from zeroinit.results import read_results, write_json_atomic
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
@@ -160,3 +160,31 @@ def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
     data = json.loads(path.read_text())
     assert data["status"] == "completed" and math.isnan(data["x"])
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_float64_trains_every_model_one_step(make_cfg, tmp_path):
+    """trainer.precision=64-true: every model takes a step in float64, its data included (the
+    batches arrive as float64, also the diagnostics' probe images, which bypass Lightning's
+    input conversion). The embedded digits serve every model (shape from the dataset); the
+    ResNet-50 at 1/16 width, since its full-width float64 checkpoint alone takes ~20 s, and the
+    symmetry metrics (the probe's user) only on the small models, to keep the test ~10 s."""
+    for model in CASES:
+        out = tmp_path / model
+        big = model in ("cifar_cnn", "resnet50")
+        narrow = ["model.widths=[4,8,16,32]"] if model == "resnet50" else []
+        narrow += ["callbacks.diagnostics.symmetry=false"] if big else []
+        cfg = make_cfg(f"model={model}", "init=bias_normal", "trainer.precision=64-true",
+                       "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                       "+trainer.limit_val_batches=1", "batch_size=4",
+                       "dataset.eval_batch_size=4", "callbacks.diagnostics.probe_size=4",
+                       f"paths.output_dir={out}", *narrow)
+        trainer, module, data, writer = build_run(cfg)
+        before = [p.detach().clone() for p in module.parameters()]
+        trainer.fit(module, datamodule=data)
+        assert writer.results["status"] == "completed", (model, writer.results.get("error"))
+        assert trainer.global_step == 1, model
+        assert {p.dtype for p in module.parameters()} == {torch.float64}, model
+        x, _ = next(iter(data.train_dataloader()))
+        assert x.dtype == torch.float64, model
+        assert any(not torch.equal(p.detach(), b.double())  # the step moved something
+                   for p, b in zip(module.parameters(), before)), model

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from zeroinit.config import flatten
+from zeroinit.init import bias_is_scaled
 from zeroinit.paper import paper_accuracy
 from zeroinit.results import FILENAME
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
@@ -147,7 +148,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
             c = g.config
             parts = [str(c.get(k)) if k in ("model.name", "init.name") else
                      f"{SHORT.get(k, k)}{'' if k in SHORT else '='}{c.get(k)}" for k in shown
-                     if k != "init.bias_scale" or c.get("init.bias") in ("normal", "uniform")]
+                     if k != "init.bias_scale" or bias_is_scaled(c.get("init.bias"))]
             g.label = " ".join(parts) or f"{c.get('model.name')} {c.get('init.name')}"
         out[fig] = sorted(groups, key=lambda g: (g.config.get("model.name") == "logreg", g.label))
     return out

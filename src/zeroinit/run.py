@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, flatten, register_resolvers, validate
-from zeroinit.init import apply_init
 from zeroinit.module import Classifier
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.signals import StopOnSignal
@@ -65,7 +64,7 @@ def build_net(cfg: DictConfig, data) -> torch.nn.Module:
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build(cfg.model, ignore=["name"], input_shape=data.input_shape,
                 num_classes=data.num_classes)
-    return apply_init(net, cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+    return build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
 
 
 def build_logger(cfg: DictConfig, config: dict):

@@ -3,6 +3,8 @@
 `stages` is a list of lists of conv widths. Inside a stage the convs keep the spatial size
 (padding = kernel_size // 2); with `pool_bn` each stage ends in MaxPool 2x2 and BatchNorm, as
 in the CIFAR CNN. Then flatten and Linear layers (`hidden`), activation after each hidden one.
+`batchnorm=False` puts an Identity where those BatchNorms were (docs/findings.md: a BatchNorm
+behind zero-weight convs cancels their random biases).
 
   MNIST CNN: stages [[16, 32]], kernel 5, no pool/BN, hidden []
   CIFAR CNN: stages [[32, 64], [128, 128], [256, 256]], kernel 3, pool_bn, hidden [1024, 512]
@@ -14,7 +16,8 @@ from zeroinit.models.activation import make_activation
 
 class CNN(nn.Sequential):
     def __init__(self, input_shape, num_classes: int, stages, kernel_size: int = 3,
-                 pool_bn: bool = False, hidden=(), activation: str = "elu"):
+                 pool_bn: bool = False, hidden=(), activation: str = "elu",
+                 batchnorm: bool = True):
         channels, height, width = input_shape
         layers = []
         for stage in stages:
@@ -23,7 +26,8 @@ class CNN(nn.Sequential):
                            make_activation(activation)]
                 channels = out
             if pool_bn:
-                layers += [nn.MaxPool2d(2, 2), nn.BatchNorm2d(channels)]
+                layers += [nn.MaxPool2d(2, 2),
+                           nn.BatchNorm2d(channels) if batchnorm else nn.Identity()]
                 height, width = height // 2, width // 2
         widths = [channels * height * width, *hidden, num_classes]
         layers.append(nn.Flatten())

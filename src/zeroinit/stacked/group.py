@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
-from zeroinit.init import validate_init
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
                           quiet_lightning)
@@ -50,7 +49,7 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         out_dir = Path(cfg.paths.output_dir)
         try:
             validate(cfg)
-            validate_init(cfg.init.weight, cfg.init.bias, cfg.init.bias_scale)
+            build(cfg.init)  # InitScheme checks its values when built
         except UserError as e:
             done(i, "failed", None, f"UserError: {e}")
             continue

@@ -111,7 +111,8 @@ class StackedDataModule(ImageDataModule):
 
     def member_train_batches(self, seed: int) -> DeviceBatches:
         return DeviceBatches(*self.train_set, self.batch_size, self._epoch, seed=seed,
-                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std)
+                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std,
+                             dtype=self.dtype)
 
     def train_dataloader(self):
         return StackedBatches([self.member_train_batches(s) for s in self.seeds])
