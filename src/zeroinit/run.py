@@ -158,7 +158,8 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
         ckpt = resume_checkpoint(out_dir)
         os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
         if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
+                  flush=True)
         results = run(cfg, overrides, ckpt_path=ckpt)
         return results["status"], results
     finally:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from zeroinit.checkpoint import set_aside, unreadable
 from zeroinit.errors import SweepError
-from zeroinit.results import read_results
+from zeroinit.results import FILENAME, read_results
 from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
@@ -40,9 +41,33 @@ def previous_status(run_dir: Path) -> str | None:
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, if the run was interrupted or failed after an epoch."""
-    ckpt = Path(run_dir) / CHECKPOINT
-    return ckpt if previous_status(run_dir) in RESUMABLE and ckpt.exists() else None
+    """The checkpoint to resume from, if the run was interrupted or failed after an epoch.
+
+    Neither file is ever deleted, and no rerun meets the same bad file twice:
+    - an unreadable checkpoint is set aside (renamed), with the results.json that goes with
+      it (its curve kept), and the run starts over; one line says so;
+    - an unreadable results.json next to a readable checkpoint is set aside and the run
+      resumes from the checkpoint, which holds the curve; one line says so."""
+    run_dir = Path(run_dir)
+    ckpt, results = run_dir / CHECKPOINT, run_dir / FILENAME
+    status = previous_status(run_dir)
+    results_unreadable = status is None and results.exists()
+    if not ckpt.exists() or not (status in RESUMABLE or results_unreadable):
+        return None
+    problem = unreadable(ckpt)
+    if problem:
+        ckpt_aside = set_aside(ckpt, "unreadable")
+        kept = ""
+        if results.exists():  # its curve belongs to the checkpoint set aside: keep it too
+            kept = f", {results.name} as {set_aside(results, 'before-restart').name}"
+        print(f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
+              " starting over from epoch 1", flush=True)
+        return None
+    if results_unreadable:
+        aside = set_aside(results, "unreadable")
+        print(f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
+              "which holds the curve", flush=True)
+    return ckpt
 
 
 class RunLock:

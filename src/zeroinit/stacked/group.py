@@ -66,7 +66,8 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         ckpt = resume_checkpoint(out_dir)
         steps = 0
         if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
+                  flush=True)
             steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
         todo.setdefault(steps, []).append((i, ckpt))
     try:
