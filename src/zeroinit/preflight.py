@@ -31,14 +31,9 @@ NOT_DATA = {"seed", "model", "init", "bias_scale", "optimizer", "trainer", "spee
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def job_configs(config: DictConfig) -> list[DictConfig]:
-    """One composed config for each distinct data-relevant combination of the sweep's jobs.
-
-    The jobs are expanded as Hydra's BasicSweeper does (its `params` + the command line's
-    overrides, a cartesian product). Composing a config costs ~0.3 s, so only jobs that differ
-    in a key outside NOT_DATA are composed; a sweep that varies none of them (every figure
-    preset) is checked on the sweep's own config, composing nothing."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def _sweep_overrides(config: DictConfig):
+    """The sweep's parsed overrides, as Hydra's BasicSweeper sees them (its `params` + the
+    command line's overrides)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -47,7 +42,32 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
         params = {}  # another sweeper's params mean something else; the command line still counts
     lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     loader = GlobalHydra.instance().config_loader()
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+    return loader, OverridesParser.create(config_loader=loader).parse_overrides(lines)
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many runs the sweep launches (a cartesian product of its sweep overrides), without
+    composing any; None for a sweeper other than Hydra's basic one (optuna, ...)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    try:
+        return len(BasicSweeper.split_arguments(_sweep_overrides(config)[1], None)[0])
+    except (HydraException, OmegaConfBaseException):
+        return None
+
+
+def job_configs(config: DictConfig) -> list[DictConfig]:
+    """One composed config for each distinct data-relevant combination of the sweep's jobs.
+
+    The jobs are expanded as Hydra's BasicSweeper does (a cartesian product). Composing a
+    config costs ~0.3 s, so only jobs that differ in a key outside NOT_DATA are composed; a
+    sweep that varies none of them (every figure preset) is checked on the sweep's own config,
+    composing nothing."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    loader, overrides = _sweep_overrides(config)
     relevant = {o.get_key_element() for o in overrides
                 if o.is_sweep_override() and o.key_or_group.split(".")[0] not in NOT_DATA}
     if not relevant:

@@ -163,9 +163,10 @@ class ResultsWriter(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if self.results["status"] != "running":
             return
-        if self._start is None and self.path.exists():
-            # Failed before this fit started (restoring the checkpoint, say): the file on disk
-            # is the last attempt's, with its curve, which this writer has not loaded. Keep it.
+        if self._start is None:
+            # Stopped before this fit started (restoring the checkpoint, setting up): a file
+            # on disk is the last attempt's, with its curve, which this writer has not loaded;
+            # keep it. A new run has written nothing: leave it so (train.py cleans up).
             return
         signal_name = stopped_by(exception)  # SIGTERM & co. (signals.py): stopped, not failed
         if signal_name:

@@ -28,7 +28,9 @@ from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
 RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
-SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"
+SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"        # <time>-<pid of the process that started it>
+SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"    # how many runs the sweep launches, if known
+SWEEP_START_ENV = "ZEROINIT_SWEEP_START"  # its start (time.time())
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -198,6 +200,45 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     return "\n".join(lines), bool(failed or interrupted)
 
 
+def started_here() -> bool:
+    """Whether this process started the sweep (the basic and stacked launchers run its jobs
+    in it; joblib workers and SLURM jobs are other processes)."""
+    return os.environ.get(SWEEP_ID_ENV, "").rsplit("-", 1)[-1] == str(os.getpid())
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def position(done: int, count: int = 1) -> str | None:
+    """'run 7/30' (or 'runs 7-21/30' for a stack) for the next `count` runs after `done`, with
+    the time so far and the sweep's ETA at the pace so far; None outside a sweep."""
+    total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
+    if not total:
+        return None
+    runs = f"run {done + 1}/{total}" if count == 1 else f"runs {done + 1}-{done + count}/{total}"
+    start = float(os.environ.get(SWEEP_START_ENV) or 0)
+    if not done or not start:
+        return runs
+    elapsed = time.time() - start
+    return (f"{runs}  (sweep: {done} done in {_duration(elapsed)}, "
+            f"ETA {_duration(elapsed / done * (total - done))})")
+
+
+def summary_so_far(sweep_dir) -> str:
+    """The sweep's summary when a stop signal ends it early: what each run that started
+    became, and how many did not start."""
+    out = outcome_dir(sweep_dir)
+    outcomes = []
+    if out is not None and out.is_dir():
+        outcomes = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
+    outcomes += [{"run": "", "status": "not started"}] * max(0, total - len(outcomes))
+    return summarize(outcomes)[0]
+
+
 # ---------------------------------------------------------------- sweep-wide failures
 # A full disk, an exhausted quota or a read-only file system fails every later run just the same.
 SWEEP_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -255,7 +296,11 @@ class SweepSummary(Callback):
     failure that every run shares stopped it)."""
 
     def on_multirun_start(self, config, **kwargs):
+        from zeroinit.preflight import sweep_size
+
         os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.environ[SWEEP_RUNS_ENV] = str(sweep_size(config) or "")
+        os.environ[SWEEP_START_ENV] = str(time.time())
 
     def on_multirun_end(self, config, **kwargs):
         out = outcome_dir(config.hydra.sweep.dir)
