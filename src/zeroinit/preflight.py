@@ -27,7 +27,7 @@ from zeroinit.errors import UserError, check
 # paths. Any other swept key (dataset, paths, experiment, a new group) gets one composed config
 # per value, so a sweep over dataset=mnist,cifar10 checks both.
 NOT_DATA = {"seed", "model", "init", "bias_scale", "optimizer", "trainer", "speed", "logger",
-            "callbacks", "batch_size", "sweep_name", "runs_per_gpu"}
+            "callbacks", "batch_size", "sweep_name", "runs_per_gpu", "checkpoint_every_min"}
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 

@@ -122,7 +122,7 @@ class ResultsWriter(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self._rank = trainer.global_rank
-        self._start = time.perf_counter()
+        self._start = self._epoch_start = time.perf_counter()  # resumed inside an epoch:
         self.results["device"] = describe_device(trainer.strategy.root_device)
         self.write("running")
 

@@ -50,7 +50,9 @@ def quiet_lightning():
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*LeafSpec.*",
                     ".*smaller than the logging interval.*",
-                    ".*srun. command is available.*"):  # a local run on a SLURM login node
+                    ".*srun. command is available.*",  # a local run on a SLURM login node
+                    # a mid-epoch resume: the data module skips the trained batches itself
+                    ".*your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -79,12 +81,15 @@ def build_logger(cfg: DictConfig, config: dict):
     return logger
 
 
-def build_callbacks(cfg: DictConfig, writer: ResultsWriter) -> list:
+def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
     """The run's callbacks: its results writer, the configured extras (conf/callbacks), and
     the checkpoint (a Lightning Checkpoint: Lightning runs it after the others, wherever it
-    is listed; a stacked member's callbacks are called in this order too)."""
+    is listed; a stacked member's callbacks are called in this order too). `mid_epoch`:
+    also every `checkpoint_every_min` minutes inside an epoch (stacked members: no)."""
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    return [writer, *extra, LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
+    every = cfg.get("checkpoint_every_min") if mid_epoch else None
+    return [writer, *extra,
+            LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", every_min=every)]
 
 
 def build_run(cfg: DictConfig, overrides=(), data=None):

@@ -103,7 +103,7 @@ def _train_stack(members, done) -> None:
             config = OmegaConf.to_container(cfg, resolve=True)
             writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
             writer.results["stack_size"] = len(members)
-            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer),
+            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer, mid_epoch=False),
                                 build_logger(cfg, config), writer))
         stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
         module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
