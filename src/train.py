@@ -42,6 +42,19 @@ def _limit_threads_for_parallel_jobs():
         torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
+def _remove_run_dir(out_dir: Path, log_dir: Path) -> None:
+    """A run that never started leaves nothing: its folder, and the folders above it up to
+    paths.log_dir that only it was in (outputs/runs/)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for parent in out_dir.absolute().parents:
+        if parent == log_dir.absolute() or log_dir.absolute() not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
 def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
     # A sweep's run directory is a function of its config, so the same command finds it; a
     # single run's is new every time (it starts with the date), so it is named.
@@ -71,14 +84,14 @@ def main(cfg: DictConfig) -> float | None:
     except STOPPED as stop:  # SIGTERM, Ctrl-C & co.: saved; record, then leave (signals.py)
         saved = (out_dir / FILENAME).exists()
         if not saved:  # stopped before training: nothing to resume, nothing left behind
-            shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
         leave(stop, out_dir, _resume_hint(sweeping, saved, out_dir),
               then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
-            shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end

@@ -97,10 +97,17 @@ def load_image_folder(data_dir, download=False):
     for folder in (train_folder, test_folder):
         images = []
         for path, _ in folder.samples:
-            if mode is None:  # the first image decides: grayscale stays 1 channel
-                first = decode_image(path, mode=ImageReadMode.UNCHANGED)
-                mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
-            img = decode_image(path, mode=mode)
+            try:
+                if mode is None:  # the first image decides: grayscale stays 1 channel
+                    first = decode_image(path, mode=ImageReadMode.UNCHANGED)
+                    mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
+                img = decode_image(path, mode=mode)
+            except (RuntimeError, ValueError, OSError) as e:  # truncated, not an image, ...
+                # Named: among thousands of images the user could not find it otherwise.
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"dataset.data_dir: {path} is not a readable image ({reason}); "
+                                "replace or remove it (image_folder decodes every file under "
+                                "<data_dir>/train/<class>/ and <data_dir>/test/<class>/)") from None
             if images and img.shape != images[0].shape:
                 raise UserError(f"dataset.data_dir: {path} is {tuple(img.shape)} (C, H, W) but "
                                 f"{folder.samples[0][0]} is {tuple(images[0].shape)}; "
@@ -259,6 +266,15 @@ class ImageDataModule(L.LightningDataModule):
                 check(len(self.mean) == len(self.std) == channels,
                       f"dataset.normalize: mean/std need {channels} values (one per channel)")
         return self
+
+    def batch_size_note(self) -> str | None:
+        """One line if a batch is larger than the training split (allowed: one batch an
+        epoch, but rarely what was meant)."""
+        n = len(self.load().train_set[1])
+        if self.batch_size <= n:
+            return None
+        return (f"batch_size: {self.batch_size} is larger than the training split of "
+                f"dataset={self.name} ({n} images): every epoch is one step on all {n}")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zeroinit import data
+from zeroinit.config import check_device, validate
 from zeroinit.errors import UserError, check
 
 # Swept keys that cannot change which files a run reads: these config groups write only into
@@ -95,22 +96,48 @@ def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
     return source, str(data_dir), bool(node.get("download", False))
 
 
-def check_writable(sweep_dir) -> None:
-    """The sweep's folder can be created (or is there) and written, without creating it."""
-    path = Path(sweep_dir).absolute()
+def check_writable(out_dir, what: str = "the sweep writes its runs to") -> None:
+    """The output folder can be created (or is there) and written, without creating it."""
+    path = Path(out_dir).absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     problem = ("not a folder" if not probe.is_dir()
                else "not writable" if not os.access(probe, os.W_OK | os.X_OK) else None)
-    check(problem is None, f"paths.log_dir: the sweep writes its runs to {sweep_dir}, but "
-                           f"{probe} is {problem}; set paths.log_dir to a folder you can write")
+    check(problem is None, f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "
+                           "set paths.log_dir to a folder you can write")
+
+
+def check_run(config: DictConfig) -> None:
+    """What a single run (no -m) needs, checked before Hydra makes its folder, so a bad
+    command line leaves nothing behind: the config's values, the device, the output folder,
+    the dataset, read as the run reads it (and kept in memory for it: data.read), and the
+    model and init scheme, built on the meta device (nothing allocated)."""
+    import torch
+
+    from zeroinit.config import build
+    from zeroinit.init import validate_init
+
+    validate(config)
+    check_device(config)
+    check_writable(config.hydra.run.dir, what="the run writes to")
+    found = dataset_of(config)
+    if found is None:
+        return
+    source, data_dir, download = found
+    train, _, classes = data.read(source, data_dir,
+                                  download and not os.environ.get(data.NO_DOWNLOAD_ENV))
+    validate_init(config.init.weight, config.init.bias, config.init.bias_scale)
+    with torch.device("meta"):
+        build(config.model, ignore=["name"], input_shape=tuple(train[0].shape[1:]),
+              num_classes=len(classes))
 
 
 def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     """Raise UserError if a sweep's runs could not start; returns the datasets it checked.
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
+    validate(config)  # the values every job shares (swept ones are checked per run)
     check_writable(config.hydra.sweep.dir)
     try:
         configs = job_configs(config)
@@ -129,7 +156,20 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
 
 
 class Preflight(Callback):
-    """Hydra callback: check_sweep before the first run of a -m sweep."""
+    """Hydra callback: check_sweep before the first run of a -m sweep, check_run before a
+    single run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # run_job sets it later: the run's folder
+        try:                                       # name needs it now
+            check_run(config)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # Hydra turns exceptions here into warnings
+        except OmegaConfBaseException:
+            pass  # a config that does not resolve: the run says so itself
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[data.NO_DOWNLOAD_ENV] = "1"  # inherited by every job, whatever runs it
