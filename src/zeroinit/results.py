@@ -141,9 +141,6 @@ class ResultsWriter(L.Callback):
                 if key not in ("epoch",) and value is not None:
                     tag = key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s"
                     trainer.logger.experiment.add_scalar(tag, value, entry["epoch"])
-            if entry["test_acc"] is not None:
-                trainer.logger.experiment.add_scalar("hp/test_acc", entry["test_acc"],
-                                                     entry["epoch"])
         diverged = not math.isfinite(entry["train_loss"] if entry["train_loss"] is not None
                                      else 0.0)
         if self.verbose and self._is_writer():
