@@ -299,3 +299,15 @@ def test_an_unreadable_results_json_resumes_from_the_checkpoint_and_says_so(
     assert list(tmp_path.glob("results.json.unreadable-*"))
     assert outcome == "completed" and resumed["resumed_from_epoch"] == 1
     assert without_time(resumed["epochs"]) == without_time(whole["epochs"])
+
+
+def test_position_says_which_run_of_how_many_and_the_sweeps_eta(monkeypatch):
+    from zeroinit.sweep import SWEEP_RUNS_ENV, SWEEP_START_ENV, position
+
+    monkeypatch.delenv(SWEEP_RUNS_ENV, raising=False)
+    assert position(0) is None  # not a sweep (or a sweeper that cannot count its runs)
+    monkeypatch.setenv(SWEEP_RUNS_ENV, "30")
+    monkeypatch.setenv(SWEEP_START_ENV, str(time.time() - 120))
+    assert position(0) == "run 1/30"
+    assert position(6) == "run 7/30  (sweep: 6 done in 2m00s, ETA 8m00s)"
+    assert position(15, 15) == "runs 16-30/30  (sweep: 15 done in 2m00s, ETA 2m00s)"

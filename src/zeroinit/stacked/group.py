@@ -20,6 +20,7 @@ from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
 from zeroinit.init import validate_init
+from zeroinit.progress import Progress
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
                           quiet_lightning)
@@ -110,7 +111,7 @@ def _train_stack(members, done) -> None:
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
         trainer = build(trainer_cfg, logger=False,
-                        callbacks=[runs, _EpochLine(group), StopOnSignal()],
+                        callbacks=[Progress(), runs, _EpochLine(group), StopOnSignal()],
                         enable_checkpointing=False)
         ckpt_path = _group_checkpoint(members, cfg0)
         try:
