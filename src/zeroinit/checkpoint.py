@@ -63,7 +63,8 @@ def unreadable(path) -> str | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - whatever torch or pickle says about a bad file
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "unreadable"
+        return f"{type(e).__name__}: {first}"  # torch's advice on corrupted files: not here
     if not isinstance(ckpt, dict):
         return f"not a Lightning checkpoint (a {type(ckpt).__name__})"
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

@@ -7,6 +7,7 @@ per-sample Python and no worker processes (they also break Hydra's joblib launch
 """
 import math
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -105,6 +106,7 @@ def load_image_folder(data_dir, download=False):
             except (RuntimeError, ValueError, OSError) as e:  # truncated, not an image, ...
                 # Named: among thousands of images the user could not find it otherwise.
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", reason)  # torchvision's C++ location
                 raise UserError(f"dataset.data_dir: {path} is not a readable image ({reason}); "
                                 "replace or remove it (image_folder decodes every file under "
                                 "<data_dir>/train/<class>/ and <data_dir>/test/<class>/)") from None
