@@ -181,6 +181,9 @@ def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_c
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "test/loss"]
+    # TensorBoard's table shows 5 columns by default, `differs` first: the run name's keys
+    assert sorted(h.name for h in experiment.hparam_infos if h.differs) == [
+        "dataset", "init", "init.bias_scale", "model", "seed"]
     scalars = acc.Tags()["scalars"]
     assert not [t for t in scalars if t.startswith("hp")]  # no duplicate of test/acc
     assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # no 0 at step 0

@@ -81,15 +81,28 @@ def build_logger(cfg: DictConfig, config: dict):
     logger = build(cfg.logger)
     if ddp_worker():  # rank 0 writes
         return logger
+    from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     # Written directly: Lightning's log_hyperparams wants a metric value, which it logs at
     # step 0 (a fake 0 at the start of every curve). The columns read the test/* scalars.
-    for summary in hparams_summary(experiment_hparams(cfg), {"test/acc": 0, "test/loss": 0}):
+    experiment, *session = hparams_summary(experiment_hparams(cfg),
+                                           {"test/acc": 0, "test/loss": 0})
+    # TensorBoard's table shows the first 5 hparams, those marked `differs` first: the keys of
+    # a run's name (dataset-model-init-x<bias scale>-s<seed>), what a sweep varies.
+    meta = experiment.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in NAME_KEYS
+    meta.content = data.SerializeToString()
+    for summary in (experiment, *session):
         logger.experiment.file_writer.add_summary(summary)
     text = OmegaConf.to_yaml(OmegaConf.create(config))
     logger.experiment.add_text("config", "    " + text.replace("\n", "\n    "))  # Markdown code
     return logger
+
+
+NAME_KEYS = ("dataset", "model", "init", "init.bias_scale", "seed")
 
 
 def experiment_hparams(cfg: DictConfig) -> dict:
