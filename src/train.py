@@ -63,8 +63,8 @@ def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
     if not saved:
         return "nothing was saved yet; rerun the command to start again"
     # Quoted for Hydra (a run directory's name holds '=' and ',') and then for the shell.
-    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv,
-                                                 f'hydra.run.dir="{out_dir}"'])
+    args = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]  # resumed already
+    command = " ".join(shlex.quote(a) for a in ["python", *args, f'hydra.run.dir="{out_dir}"'])
     return f"to resume: {command}"
 
 
