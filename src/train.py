@@ -10,6 +10,7 @@ TensorBoard events, checkpoints/last.ckpt and the resolved config (.hydra/).
 """
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ from omegaconf import DictConfig
 from zeroinit.config import UserError, register_resolvers
 from zeroinit.results import FILENAME
 from zeroinit.run import ddp_worker, train_or_resume
-from zeroinit.signals import STOPPED, leave
-from zeroinit.sweep import is_sweep_wide, record_outcome, skip_if_stopped, stop_sweep
+from zeroinit.signals import RESUME_HINT, STOPPED, interrupt_on_ctrl_c, leave
+from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
+                            started_here, stop_sweep, summary_so_far)
 
 log = logging.getLogger("zeroinit")
 
@@ -40,23 +42,56 @@ def _limit_threads_for_parallel_jobs():
         torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
+def _remove_run_dir(out_dir: Path, log_dir: Path) -> None:
+    """A run that never started leaves nothing: its folder, and the folders above it up to
+    paths.log_dir that only it was in (outputs/runs/)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for parent in out_dir.absolute().parents:
+        if parent == log_dir.absolute() or log_dir.absolute() not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
+    # A sweep's run directory is a function of its config, so the same command finds it; a
+    # single run's is new every time (it starts with the date), so it is named.
+    if sweeping:
+        return RESUME_HINT
+    if not saved:
+        return "nothing was saved yet; rerun the command to start again"
+    # Quoted for Hydra (a run directory's name holds '=' and ',') and then for the shell.
+    args = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]  # resumed already
+    command = " ".join(shlex.quote(a) for a in ["python", *args, f'hydra.run.dir="{out_dir}"'])
+    return f"to resume: {command}"
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(cfg.paths.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     _limit_threads_for_parallel_jobs()
+    interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
     if sweeping and skip_if_stopped(hc.sweep.dir, out_dir):  # a sweep-wide fault stopped it
         return None
+    if sweeping and position(hc.job.num):
+        print(position(hc.job.num), flush=True)
     try:
         outcome, results = train_or_resume(cfg, hc.overrides.task)
-    except STOPPED as stop:  # SIGTERM & co.: saved; record, then leave (zeroinit/signals.py)
+    except STOPPED as stop:  # SIGTERM, Ctrl-C & co.: saved; record, then leave (signals.py)
+        saved = (out_dir / FILENAME).exists()
+        if not saved:  # stopped before training: nothing to resume, nothing left behind
+            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
-        leave(stop, out_dir, resumable=sweeping)
+        leave(stop, out_dir, _resume_hint(sweeping, saved, out_dir),
+              then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
-            shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end

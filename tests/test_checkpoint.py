@@ -1,12 +1,14 @@
 """checkpoints/last.ckpt: a Lightning Checkpoint, so it runs after the other callbacks
 wherever it is listed, and holds the curve of the epoch it stores."""
+import lightning as L
+import pytest
 import torch
 
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build
 from zeroinit.diagnostics import Diagnostics
 from zeroinit.results import ResultsWriter
-from zeroinit.run import build_run
+from zeroinit.run import build_run, compose, run
 
 
 def test_the_checkpoint_runs_last_and_holds_the_epochs_curve(make_cfg, tmp_path):
@@ -22,3 +24,47 @@ def test_the_checkpoint_runs_last_and_holds_the_epochs_curve(make_cfg, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert [e["epoch"] for e in ckpt["callbacks"]["ResultsWriter"]["epochs"]] == [1, 2]
     assert ckpt["callbacks"]["Diagnostics"]["record"]["symmetry"]["history"]["epoch"][-1] == 2
+
+
+class Killed(BaseException):
+    """What a SIGKILL or a power cut does to a run, as far as its files are concerned."""
+
+
+class KillAt(L.Callback):
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch + 1 == self.epoch and batch_idx + 1 == self.batch:
+            raise Killed  # before this batch's checkpoint: the last one is the batch before
+
+
+def curve(results):
+    return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in results["epochs"]]
+
+
+def test_a_run_killed_inside_an_epoch_resumes_there_to_the_same_curve(make_cfg, tmp_path):
+    args = ["trainer.max_epochs=3", "+trainer.limit_train_batches=8", "batch_size=32",
+            "callbacks.diagnostics=null", "checkpoint_every_min=1e-9"]  # every batch
+    whole = run(make_cfg(*args, f"paths.output_dir={tmp_path / 'whole'}"))
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        run(make_cfg(*args, "+callbacks.kill._target_=test_checkpoint.KillAt",
+                     "+callbacks.kill.epoch=2", "+callbacks.kill.batch=5",
+                     f"paths.output_dir={out}"))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["ImageDataModule"] == {"epoch": 1, "batches_done": 4}  # inside epoch 2
+    assert [e["epoch"] for e in saved["callbacks"]["ResultsWriter"]["epochs"]] == [1]
+
+    resumed = run(make_cfg(*args, f"paths.output_dir={out}"), ckpt_path=ckpt)
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
+    assert curve(resumed) == curve(whole)  # batches 5-8 of epoch 2, then epoch 3, as before
+
+
+def test_without_checkpoint_every_min_only_epoch_ends_save(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=4", "batch_size=32",
+                   "callbacks.diagnostics=null", "checkpoint_every_min=0")
+    (last,) = [c for c in build_run(cfg)[0].callbacks if isinstance(c, LastCheckpoint)]
+    assert last.every_s is None
+    assert compose().checkpoint_every_min == 10  # the default: only epochs over 10 minutes

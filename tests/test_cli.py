@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from fakedata import write_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,24 +53,42 @@ BAD_INPUTS = [
     (["init.bias_scale=-1"], "init.bias_scale"),
     (["model.activation=swish"], "model.activation"),
     (["dataset=mnist", "dataset.download=false", "paths.data_dir={empty}"], "dataset=mnist"),
+    (["seed=-1"], "seed"),
+    (["seed=99999999999999999999"], "seed"),
+    (["optimizer.lr=-1"], "optimizer.lr"),
+    (["optimizer.lr=nan"], "optimizer.lr"),
+    (["dataset=image_folder"], "dataset.data_dir"),
+    (["dataset=image_folder", "dataset.data_dir={images}"], "dataset.data_dir"),
+    (["trainer=gpu"], "trainer.accelerator"),
 ]
 
 
-@pytest.mark.parametrize("args,key", BAD_INPUTS, ids=[a[0] for a, _ in BAD_INPUTS])
-def test_bad_input_one_error_line_nonzero_exit_nothing_left(tmp_path, args, key):
+@pytest.mark.parametrize("args,key", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, args, key):
+    if key == "trainer.accelerator" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     empty = tmp_path / "empty"
     empty.mkdir()
+    images = tmp_path / "images"
+    if "{images}" in " ".join(args):  # one truncated PNG among the good ones
+        write_image_folder(images, size=(8, 8))
+        bad = sorted((images / "train" / "dog").iterdir())[1]
+        bad.write_bytes(bad.read_bytes()[:40])
     logs = tmp_path / "logs"
-    proc = cli("train.py", *[a.format(empty=empty) for a in args], "trainer=cpu",
+    proc = cli("train.py", *[a.format(empty=empty, images=images) for a in args],
+               "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
                f"paths.log_dir={logs}")
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:")
     assert key in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
-    left = [p for p in logs.rglob("*") if p.is_file() or (p.is_dir() and p.name != "runs")]
-    assert left == [], left  # no run directory, no half-written file
+    assert not logs.exists(), list(logs.rglob("*"))  # no run directory, not even runs/
+    if "{images}" in " ".join(args):
+        assert str(bad) in lines[0]  # the one file among thousands, named
+    if key == "seed":
+        assert "from 0 to 4294967295" in lines[0]
     if key == "dataset=mnist":
         assert str(empty / "MNIST" / "raw") in lines[0]
         assert "dataset=mnist5k" in lines[0]
@@ -120,3 +141,25 @@ def test_init_report_bias_normal_and_bad_input():
     assert bad.returncode != 0
     assert bad.stderr.strip().startswith("error: model.activation")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = cli("train.py", "trainer=cpu", f"paths.log_dir={tmp_path / 'a_file' / 'logs'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: paths.log_dir: the run writes to ")
+    assert f"{tmp_path / 'a_file'} is not a folder" in line
+
+
+def test_gpu_speed_options_on_the_cpu_and_a_batch_over_the_split_say_what_they_do(tmp_path):
+    proc = cli("train.py", "trainer=cpu", "speed=bf16", "batch_size=5000",
+               "trainer.max_epochs=1", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [s for s in proc.stderr.splitlines() if s.startswith("warning:")]
+    assert len(warnings) == 2, proc.stderr
+    assert warnings[0].startswith("warning: speed: this run is on the CPU: trainer.precision="
+                                  "bf16-mixed runs bf16 autocast on the CPU")
+    assert "speed.tf32, speed.cudnn_benchmark, speed.channels_last do nothing" in warnings[0]
+    assert warnings[1] == ("warning: batch_size: 5000 is larger than the training split of "
+                           "dataset=mnist5k (4000 images): every epoch is one step on all 4000")

@@ -4,6 +4,7 @@ limit, scancel), SIGINT or SLURM's time-limit warning stops at a batch boundary,
 tests/test_slurm.py."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -127,3 +128,60 @@ def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path):
     assert "1 completed, 1 of them resumed from a checkpoint" in again.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and len(results["epochs"]) == 8
+
+
+class SignalAtSetup(L.Callback):
+    """Sends a signal to this process while the run sets up, before it trains."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = signum
+
+    def setup(self, trainer, pl_module, stage):
+        os.kill(os.getpid(), self.signum)
+
+
+def test_ctrl_c_before_training_exits_130_with_one_line_and_leaves_nothing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])}
+    proc = subprocess.run([sys.executable, "src/train.py", "trainer=cpu",
+                           "+callbacks.kill._target_=test_signals.SignalAtSetup",
+                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [s for s in proc.stdout.splitlines() if s.startswith("interrupted:")]
+    assert "by SIGINT" in line and "nothing was saved yet" in line
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no half-made run
+
+
+def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_path):
+    args = [sys.executable, "src/train.py", "trainer=cpu", "trainer.max_epochs=8",
+            "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    proc, stdout, stderr = terminate_when(args, lambda: list(tmp_path.rglob("last.ckpt")),
+                                          signum=signal.SIGINT)
+    assert proc.returncode == 130, stderr[-2000:]
+    (line,) = [s for s in stdout.splitlines() if s.startswith("interrupted:")]
+    assert "by SIGINT during epoch" in line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert read_results(run_dir)["status"] == "interrupted"
+    command = shlex.split(line.split("to resume: ", 1)[1])
+    assert command[0] == "python" and command[-1] == f'hydra.run.dir="{run_dir}"'
+    again = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["resumed_from_epoch"] >= 1
+    assert len(results["epochs"]) == 8 and list((tmp_path / "runs").iterdir()) == [run_dir]
+
+
+def test_ctrl_c_stops_a_sweep_with_its_summary_so_far(tmp_path):
+    args = [sys.executable, "src/train.py", "-m", "trainer=cpu", "seed=0,1,2",
+            "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    proc, stdout, stderr = terminate_when(
+        args, lambda: list(tmp_path.glob("sweeps/default/*-s1/checkpoints/last.ckpt")),
+        signum=signal.SIGINT)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "run 1/3" in stdout and "run 2/3  (sweep: 1 done in " in stdout
+    assert "sweep: 3 runs: 1 completed, 1 interrupted (rerun the same command to resume), " \
+           "1 not started" in stdout
+    assert "interrupted: " in stdout and "SIGINT during epoch" in stdout
+    assert not list(tmp_path.glob("sweeps/default/*-s2"))  # the sweep stopped

@@ -5,7 +5,6 @@ resume to the same curve as uninterrupted ones; what SLURM refuses is one line, 
 
 `make test-slurm` (CI runs it); skipped with the reason where no cluster can be started."""
 import json
-import os
 import subprocess
 import sys
 import time

@@ -248,3 +248,66 @@ def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path):
     assert ref.returncode == 0, ref.stderr[-2000:]
     (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
     assert without_time(resumed["epochs"]) == without_time(results(ref_dir)["epochs"])
+
+
+# ------------------------------------------------------------------ unreadable files
+SHORT_RUN = ["+trainer.limit_train_batches=3", "batch_size=32", "callbacks.diagnostics=null"]
+
+
+def test_an_unreadable_checkpoint_is_set_aside_with_its_curve_and_the_run_starts_over(
+        make_cfg, tmp_path, capsys):
+    from zeroinit.run import train_or_resume
+
+    cfg = make_cfg(*SHORT_RUN, "trainer.max_epochs=2")
+    outcome, whole = train_or_resume(cfg)
+    assert outcome == "completed"
+    # as after a kill in epoch 2 whose checkpoint was torn: `running`, last.ckpt 100 bytes
+    saved = {**whole, "status": "running", "epochs": whole["epochs"][:1]}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    capsys.readouterr()
+
+    outcome, again = train_or_resume(cfg)
+    said = capsys.readouterr().out
+    (line,) = [s for s in said.splitlines() if s.startswith("unreadable")]
+    assert line.startswith(f"unreadable checkpoint {ckpt} (") and "starting over" in line
+    (ckpt_aside,) = ckpt.parent.glob("last.ckpt.unreadable-*")  # renamed, not deleted
+    assert ckpt_aside.stat().st_size == 100 and ckpt_aside.name in line
+    (curve_aside,) = tmp_path.glob("results.json.before-restart-*")  # the saved curve, kept
+    assert json.loads(curve_aside.read_text())["epochs"] == saved["epochs"]
+    assert outcome == "completed" and "resumed_from_epoch" not in again
+    assert without_time(again["epochs"]) == without_time(whole["epochs"])
+    assert train_or_resume(cfg)[0] == "skipped"  # no rerun meets the same bad file again
+
+
+def test_an_unreadable_results_json_resumes_from_the_checkpoint_and_says_so(
+        make_cfg, tmp_path, capsys):
+    from zeroinit.run import train_or_resume
+
+    whole = train_or_resume(make_cfg(*SHORT_RUN, "trainer.max_epochs=2",
+                                     f"paths.output_dir={tmp_path / 'whole'}"))[1]
+    cfg = make_cfg(*SHORT_RUN, "trainer.max_epochs=1")
+    train_or_resume(cfg)
+    (tmp_path / "results.json").write_text('{"status": "runn')  # torn by hand or a bad copy
+    capsys.readouterr()
+    cfg.trainer.max_epochs = 2
+    outcome, resumed = train_or_resume(cfg)
+    (line,) = [s for s in capsys.readouterr().out.splitlines()
+                if s.startswith("unreadable")]
+    assert "resuming from" in line and "holds the curve" in line
+    assert list(tmp_path.glob("results.json.unreadable-*"))
+    assert outcome == "completed" and resumed["resumed_from_epoch"] == 1
+    assert without_time(resumed["epochs"]) == without_time(whole["epochs"])
+
+
+def test_position_says_which_run_of_how_many_and_the_sweeps_eta(monkeypatch):
+    from zeroinit.sweep import SWEEP_RUNS_ENV, SWEEP_START_ENV, position
+
+    monkeypatch.delenv(SWEEP_RUNS_ENV, raising=False)
+    assert position(0) is None  # not a sweep (or a sweeper that cannot count its runs)
+    monkeypatch.setenv(SWEEP_RUNS_ENV, "30")
+    monkeypatch.setenv(SWEEP_START_ENV, str(time.time() - 120))
+    assert position(0) == "run 1/30"
+    assert position(6) == "run 7/30  (sweep: 6 done in 2m00s, ETA 8m00s)"
+    assert position(15, 15) == "runs 16-30/30  (sweep: 15 done in 2m00s, ETA 2m00s)"

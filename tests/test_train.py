@@ -188,3 +188,31 @@ def test_float64_trains_every_model_one_step(make_cfg, tmp_path):
         assert x.dtype == torch.float64, model
         assert any(not torch.equal(p.detach(), b.double())  # the step moved something
                    for p, b in zip(module.parameters(), before)), model
+
+
+def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_cfg, tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    short_run(make_cfg, tmp_path, "seed=3", "init=bias_normal", "bias_scale=down")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+               for k, v in start.hparams.items()}
+    assert hparams == {
+        "dataset": "mnist5k", "model": "mnist_fnn", "init": "bias_normal",
+        "init.weight": "zero", "init.bias": "normal", "init.bias_scale": 0.01, "seed": "3",
+        "optimizer": "Adam", "optimizer.lr": 0.001, "batch_size": "32", "epochs": "2",
+        "activation": "elu", "speed": "fp32"}
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "test/loss"]
+    # TensorBoard's table shows 5 columns by default, `differs` first: the run name's keys
+    assert sorted(h.name for h in experiment.hparam_infos if h.differs) == [
+        "dataset", "init", "init.bias_scale", "model", "seed"]
+    scalars = acc.Tags()["scalars"]
+    assert not [t for t in scalars if t.startswith("hp")]  # no duplicate of test/acc
+    assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # no 0 at step 0
+    assert "config" in "".join(acc.Tags()["tensors"])  # the whole config, in TEXT

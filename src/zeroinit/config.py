@@ -8,6 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from zeroinit.errors import UserError, check
 
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; Lightning's seed_everything takes this range
+
 
 def build(node: DictConfig, ignore=(), **kwargs):
     """hydra.utils.instantiate of the resolved `node`, minus `ignore`d keys (labels such as a
@@ -43,8 +45,34 @@ def validate(cfg: DictConfig) -> None:
     check(isinstance(cfg.batch_size, int) and not isinstance(cfg.batch_size, bool)
           and cfg.batch_size > 0,
           f"batch_size: {cfg.batch_size!r} is not allowed; allowed: an integer > 0")
-    check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool),
-          f"seed: {cfg.seed!r} is not allowed; allowed: an integer")
+    check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
+          and 0 <= cfg.seed <= MAX_SEED,
+          f"seed: {cfg.seed!r} is not allowed; allowed: an integer from 0 to {MAX_SEED} "
+          "(what torch, numpy and Lightning seed with)")
+    lr = (cfg.get("optimizer") or {}).get("lr")
+    check(lr is None or (_is_number(lr) and math.isfinite(lr) and lr > 0),
+          f"optimizer.lr: {lr!r} is not allowed; allowed: a finite number > 0")
+    every = cfg.get("checkpoint_every_min")
+    check(every is None or (_is_number(every) and math.isfinite(every) and every >= 0),
+          f"checkpoint_every_min: {every!r} is not allowed; allowed: minutes > 0, or 0 or "
+          "null (off)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """The device the trainer asks for is there. Checked where the run trains (a SLURM login
+    node that starts a sweep has no GPU; its compute nodes do)."""
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        check(torch.cuda.is_available(),
+              f"trainer.accelerator: {accelerator} (trainer=gpu or ddp), but this machine has "
+              "no GPU that torch can use (torch.cuda.is_available() is false); allowed here: "
+              "trainer=cpu, or trainer=default (the GPU when there is one, else the CPU)")
 
 
 def format_scale(scale) -> str:
@@ -71,4 +99,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
 
 
-__all__ = ["UserError", "build", "flatten", "validate", "run_name", "register_resolvers"]
+__all__ = ["UserError", "build", "flatten", "validate", "check_device", "run_name",
+           "register_resolvers"]

@@ -53,5 +53,21 @@ class Classifier(L.LightningModule):
             metric.reset()
         return out
 
+    # A checkpoint saved inside an epoch (checkpoint_every_min) holds the epoch's running train
+    # metrics, so a run resumed there reports the whole epoch's mean, not the mean of its rest.
+    # (torchmetrics keeps metric states out of the state_dict.)
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["epoch_metrics"] = {
+            key: {"state": dict(m.metric_state), "updates": m.update_count}
+            for key, m in self.metrics.items() if key.startswith("train")}
+
+    def on_load_checkpoint(self, checkpoint):
+        for key, saved in checkpoint.get("epoch_metrics", {}).items():
+            metric = self.metrics[key]
+            for name, value in saved["state"].items():
+                setattr(metric, name, value)
+            metric._update_count = saved["updates"]
+            metric._computed = None
+
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zeroinit import data
+from zeroinit.config import check_device, validate
 from zeroinit.errors import UserError, check
 
 # Swept keys that cannot change which files a run reads: these config groups write only into
@@ -27,18 +28,13 @@ from zeroinit.errors import UserError, check
 # paths. Any other swept key (dataset, paths, experiment, a new group) gets one composed config
 # per value, so a sweep over dataset=mnist,cifar10 checks both.
 NOT_DATA = {"seed", "model", "init", "bias_scale", "optimizer", "trainer", "speed", "logger",
-            "callbacks", "batch_size", "sweep_name", "runs_per_gpu"}
+            "callbacks", "batch_size", "sweep_name", "runs_per_gpu", "checkpoint_every_min"}
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def job_configs(config: DictConfig) -> list[DictConfig]:
-    """One composed config for each distinct data-relevant combination of the sweep's jobs.
-
-    The jobs are expanded as Hydra's BasicSweeper does (its `params` + the command line's
-    overrides, a cartesian product). Composing a config costs ~0.3 s, so only jobs that differ
-    in a key outside NOT_DATA are composed; a sweep that varies none of them (every figure
-    preset) is checked on the sweep's own config, composing nothing."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def _sweep_overrides(config: DictConfig):
+    """The sweep's parsed overrides, as Hydra's BasicSweeper sees them (its `params` + the
+    command line's overrides)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -47,7 +43,32 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
         params = {}  # another sweeper's params mean something else; the command line still counts
     lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     loader = GlobalHydra.instance().config_loader()
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+    return loader, OverridesParser.create(config_loader=loader).parse_overrides(lines)
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many runs the sweep launches (a cartesian product of its sweep overrides), without
+    composing any; None for a sweeper other than Hydra's basic one (optuna, ...)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    try:
+        return len(BasicSweeper.split_arguments(_sweep_overrides(config)[1], None)[0])
+    except (HydraException, OmegaConfBaseException):
+        return None
+
+
+def job_configs(config: DictConfig) -> list[DictConfig]:
+    """One composed config for each distinct data-relevant combination of the sweep's jobs.
+
+    The jobs are expanded as Hydra's BasicSweeper does (a cartesian product). Composing a
+    config costs ~0.3 s, so only jobs that differ in a key outside NOT_DATA are composed; a
+    sweep that varies none of them (every figure preset) is checked on the sweep's own config,
+    composing nothing."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    loader, overrides = _sweep_overrides(config)
     relevant = {o.get_key_element() for o in overrides
                 if o.is_sweep_override() and o.key_or_group.split(".")[0] not in NOT_DATA}
     if not relevant:
@@ -75,22 +96,47 @@ def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
     return source, str(data_dir), bool(node.get("download", False))
 
 
-def check_writable(sweep_dir) -> None:
-    """The sweep's folder can be created (or is there) and written, without creating it."""
-    path = Path(sweep_dir).absolute()
+def check_writable(out_dir, what: str = "the sweep writes its runs to") -> None:
+    """The output folder can be created (or is there) and written, without creating it."""
+    path = Path(out_dir).absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     problem = ("not a folder" if not probe.is_dir()
                else "not writable" if not os.access(probe, os.W_OK | os.X_OK) else None)
-    check(problem is None, f"paths.log_dir: the sweep writes its runs to {sweep_dir}, but "
-                           f"{probe} is {problem}; set paths.log_dir to a folder you can write")
+    check(problem is None, f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "
+                           "set paths.log_dir to a folder you can write")
+
+
+def check_run(config: DictConfig) -> None:
+    """What a single run (no -m) needs, checked before Hydra makes its folder, so a bad
+    command line leaves nothing behind: the config's values, the device, the output folder,
+    the dataset, read as the run reads it (and kept in memory for it: data.read), and the
+    model and init scheme, built on the meta device (nothing allocated)."""
+    import torch
+
+    from zeroinit.config import build
+
+    validate(config)
+    check_device(config)
+    check_writable(config.hydra.run.dir, what="the run writes to")
+    found = dataset_of(config)
+    if found is None:
+        return
+    source, data_dir, download = found
+    train, _, classes = data.read(source, data_dir,
+                                  download and not os.environ.get(data.NO_DOWNLOAD_ENV))
+    build(config.init)  # InitScheme checks its values when built
+    with torch.device("meta"):
+        build(config.model, ignore=["name"], input_shape=tuple(train[0].shape[1:]),
+              num_classes=len(classes))
 
 
 def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     """Raise UserError if a sweep's runs could not start; returns the datasets it checked.
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
+    validate(config)  # the values every job shares (swept ones are checked per run)
     check_writable(config.hydra.sweep.dir)
     try:
         configs = job_configs(config)
@@ -109,7 +155,20 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
 
 
 class Preflight(Callback):
-    """Hydra callback: check_sweep before the first run of a -m sweep."""
+    """Hydra callback: check_sweep before the first run of a -m sweep, check_run before a
+    single run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # run_job sets it later: the run's folder
+        try:                                       # name needs it now
+            check_run(config)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # Hydra turns exceptions here into warnings
+        except OmegaConfBaseException:
+            pass  # a config that does not resolve: the run says so itself
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[data.NO_DOWNLOAD_ENV] = "1"  # inherited by every job, whatever runs it

@@ -138,7 +138,7 @@ class ResultsWriter(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self._rank = trainer.global_rank
-        self._start = time.perf_counter()
+        self._start = self._epoch_start = time.perf_counter()  # resumed inside an epoch:
         self.results["device"] = describe_device(trainer.strategy.root_device)
         self.write("running")
 
@@ -157,9 +157,6 @@ class ResultsWriter(L.Callback):
                 if key not in ("epoch",) and value is not None:
                     tag = key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s"
                     trainer.logger.experiment.add_scalar(tag, value, entry["epoch"])
-            if entry["test_acc"] is not None:
-                trainer.logger.experiment.add_scalar("hp/test_acc", entry["test_acc"],
-                                                     entry["epoch"])
         diverged = not math.isfinite(entry["train_loss"] if entry["train_loss"] is not None
                                      else 0.0)
         if self.verbose and self._is_writer():
@@ -178,6 +175,11 @@ class ResultsWriter(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if self.results["status"] != "running":
+            return
+        if self._start is None:
+            # Stopped before this fit started (restoring the checkpoint, setting up): a file
+            # on disk is the last attempt's, with its curve, which this writer has not loaded;
+            # keep it. A new run has written nothing: leave it so (train.py cleans up).
             return
         signal_name = stopped_by(exception)  # SIGTERM & co. (signals.py): stopped, not failed
         if signal_name:

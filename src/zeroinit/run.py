@@ -12,6 +12,7 @@ equal to the separate run with the same config and seed.
 """
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
-from zeroinit.config import build, flatten, register_resolvers, validate
+from zeroinit.config import build, check_device, register_resolvers, validate
 from zeroinit.module import Classifier
+from zeroinit.progress import Progress
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.signals import StopOnSignal
 from zeroinit.sweep import FINISHED, GpuSlot, RunLock, previous_status, resume_checkpoint
@@ -49,7 +51,9 @@ def quiet_lightning():
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*LeafSpec.*",
                     ".*smaller than the logging interval.*",
-                    ".*srun. command is available.*"):  # a local run on a SLURM login node
+                    ".*srun. command is available.*",  # a local run on a SLURM login node
+                    # a mid-epoch resume: the data module skips the trained batches itself
+                    ".*your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -68,22 +72,68 @@ def build_net(cfg: DictConfig, data) -> torch.nn.Module:
 
 
 def build_logger(cfg: DictConfig, config: dict):
-    """The run's logger (TensorBoard) with the run's settings in its HPARAMS tab, or None."""
+    """The run's logger (TensorBoard), or None. HPARAMS: the keys that define the experiment
+    (experiment_hparams), with test/acc and test/loss as its metric columns; TEXT: the whole
+    resolved config (also in results.json)."""
     if not cfg.get("logger"):
         return None
     logger = build(cfg.logger)
-    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-               for k, v in flatten(config).items()}  # the HPARAMS tab takes scalars
-    logger.log_hyperparams(hparams, metrics={"hp/test_acc": 0.0})
+    if ddp_worker():  # rank 0 writes
+        return logger
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    # Written directly: Lightning's log_hyperparams wants a metric value, which it logs at
+    # step 0 (a fake 0 at the start of every curve). The columns read the test/* scalars.
+    experiment, *session = hparams_summary(experiment_hparams(cfg),
+                                           {"test/acc": 0, "test/loss": 0})
+    # TensorBoard's table shows the first 5 hparams, those marked `differs` first: the keys of
+    # a run's name (dataset-model-init-x<bias scale>-s<seed>), what a sweep varies.
+    meta = experiment.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in NAME_KEYS
+    meta.content = data.SerializeToString()
+    for summary in (experiment, *session):
+        logger.experiment.file_writer.add_summary(summary)
+    text = OmegaConf.to_yaml(OmegaConf.create(config))
+    logger.experiment.add_text("config", "    " + text.replace("\n", "\n    "))  # Markdown code
     return logger
 
 
-def build_callbacks(cfg: DictConfig, writer: ResultsWriter) -> list:
+NAME_KEYS = ("dataset", "model", "init", "init.bias_scale", "seed")
+
+
+def experiment_hparams(cfg: DictConfig) -> dict:
+    """What tells runs apart in TensorBoard's HPARAMS table. Integers as text: the table shows
+    numbers as floats ('3.0000'), a seed should read '3'."""
+    settings = speed._settings(cfg.get("speed"))
+    precision = str(cfg.trainer.get("precision"))
+    speed_name = "+".join([*([precision] if precision != "32-true" else []),
+                           *(k for k in ("tf32", "cudnn_benchmark", "channels_last", "compile")
+                             if settings[k])]) or "fp32"
+    values = {
+        "dataset": cfg.dataset.name, "model": cfg.model.name,
+        "init": cfg.init.name, "init.weight": cfg.init.weight, "init.bias": cfg.init.bias,
+        "init.bias_scale": float(cfg.init.bias_scale), "seed": cfg.seed,
+        "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
+        "optimizer.lr": cfg.optimizer.get("lr"), "batch_size": cfg.batch_size,
+        "epochs": cfg.trainer.max_epochs, "activation": cfg.model.get("activation"),
+        "speed": speed_name,
+    }
+    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in values.items() if v is not None}
+
+
+def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
     """The run's callbacks: its results writer, the configured extras (conf/callbacks), and
     the checkpoint (a Lightning Checkpoint: Lightning runs it after the others, wherever it
-    is listed; a stacked member's callbacks are called in this order too)."""
+    is listed; a stacked member's callbacks are called in this order too). `mid_epoch`:
+    also every `checkpoint_every_min` minutes inside an epoch (stacked members: no)."""
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    return [writer, *extra, LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
+    every = cfg.get("checkpoint_every_min") if mid_epoch else None
+    return [writer, *extra,
+            LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", every_min=every)]
 
 
 def build_run(cfg: DictConfig, overrides=(), data=None):
@@ -93,15 +143,20 @@ def build_run(cfg: DictConfig, overrides=(), data=None):
     benchmarks/ passes one holding random images of the real sizes)."""
     quiet_lightning()
     validate(cfg)
+    check_device(cfg)
     speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
     data = (data if data is not None else build_data(cfg)).load()
+    for note in (speed.cpu_note(cfg), data.batch_size_note()):
+        if note and not ddp_worker():
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     net = speed.prepare(build_net(cfg, data), cfg.get("speed"))  # channels_last, compile
     module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
     logger = build_logger(cfg, config)
+    # Progress first: its line is erased before the results writer prints the epoch's.
     trainer = build(cfg.trainer, logger=logger or False,
-                    callbacks=[*build_callbacks(cfg, writer), StopOnSignal()])
+                    callbacks=[Progress(), *build_callbacks(cfg, writer), StopOnSignal()])
     return trainer, module, data, writer
 
 
@@ -157,7 +212,8 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
         ckpt = resume_checkpoint(out_dir)
         os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
         if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
+                  flush=True)
         results = run(cfg, overrides, ckpt_path=ckpt)
         return results["status"], results
     finally:

@@ -40,9 +40,10 @@ class Interrupted(BaseException):
     KeyboardInterrupt: a sweep's per-run `except Exception` (and Hydra's, and submitit's)
     must not turn it into a failed run and go on to the next one."""
 
-    def __init__(self, signum: int, epoch: int):
+    def __init__(self, signum: int, epoch: int | None):
         self.signum, self.epoch = signum, epoch  # epoch: the one in progress, from 1
-        super().__init__(f"{signal.Signals(signum).name} during epoch {epoch}")
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} during epoch {epoch}" if epoch else name)
 
     @property
     def name(self) -> str:
@@ -128,6 +129,20 @@ class StopOnSignal(L.Callback):
         self.restore()
 
 
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum, None)
+
+
+def interrupt_on_ctrl_c() -> None:
+    """Outside training (start-up, data loading, between a sweep's runs) Ctrl-C stops at
+    once, but as an `Interrupted`, so it ends like a stop during training: what was kept, one
+    line, exit 130. Python's own KeyboardInterrupt would end in a traceback and exit 1, and
+    Lightning turns one met inside `fit` into exit 1 too. StopOnSignal takes over while a
+    run trains and puts this back after (a second Ctrl-C then stops at once through it)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _raise_interrupted)
+
+
 # ---------------------------------------------------------------- after the run stopped
 def slurm_job_id() -> str | None:
     """This job's id as scontrol takes it (array task: <array job>_<task>)."""
@@ -147,22 +162,26 @@ def should_requeue(signum: int, env=os.environ) -> bool:
     return int(env.get("SLURM_RESTART_COUNT") or 0) < limit
 
 
-def leave(stop: BaseException, run_dir, resumable: bool):
-    """The end of a process whose run was interrupted: one line, maybe a requeue, then
-    exit 128 + signal. Never returns."""
+RESUME_HINT = "rerun the same command to resume"
+
+
+def leave(stop: BaseException, run_dir, hint: str = RESUME_HINT, then: str | None = None):
+    """The end of a process whose run was interrupted: one line (`hint`: how to go on), maybe
+    a requeue, `then` (a sweep's summary so far), and exit 128 + signal. Never returns."""
     name = stopped_by(stop) or "SIGTERM"
     signum = signal.Signals[name].value
-    epoch = getattr(stop, "epoch", None)  # None: Lightning's SIGTERMException
+    epoch = getattr(stop, "epoch", None)  # None: Lightning's SIGTERMException, Ctrl-C at once
     during = ""
     if epoch:
         kept = ("no epoch finished yet" if epoch == 1 else "epoch 1 kept" if epoch == 2
                 else f"epochs 1-{epoch - 1} kept")
         during = f" during epoch {epoch} ({kept})"
-    hint = "rerun the same command to resume" if resumable else "its checkpoint is in checkpoints/"
     if should_requeue(signum):
         job = slurm_job_id()
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         hint = (f"SLURM job {job} requeued: it resumes when it starts again" if not done.returncode
                 else f"requeue of SLURM job {job} failed ({done.stderr.strip()}); {hint}")
     print(f"interrupted: {run_dir} by {name}{during}; {hint}", flush=True)
+    if then:
+        print(then, flush=True)
     raise SystemExit(128 + signum)

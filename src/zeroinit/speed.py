@@ -74,6 +74,31 @@ def prepare(net: nn.Module, speed=None) -> nn.Module:
     return net
 
 
+GPU_ONLY = ("tf32", "cudnn_benchmark", "channels_last")  # no effect on a CPU
+
+
+def cpu_note(cfg) -> str | None:
+    """What GPU speed options do when the run is on the CPU (one line), or None: they are
+    allowed (bf16 autocast works on a CPU), but rarely what was meant."""
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto"
+                                              and torch.cuda.is_available()):
+        return None
+    settings = _settings(cfg.get("speed"))
+    idle = [f"speed.{k}" for k in GPU_ONLY if settings[k]]
+    bf16 = "bf16" in str(cfg.trainer.get("precision"))
+    if not idle and not bf16:
+        return None
+    parts = []
+    if bf16:
+        parts.append(f"trainer.precision={cfg.trainer.precision} runs bf16 autocast on the "
+                     "CPU (bf16 matmuls: results change at ~1e-2, and most CPUs are slower "
+                     "at it than at fp32)")
+    if idle:
+        parts.append(f"{', '.join(idle)} do nothing without a GPU")
+    return f"speed: this run is on the CPU: {'; '.join(parts)}. speed=fp32 is the CPU's setting"
+
+
 def _skip_nvml_check_without_gpu() -> None:
     """Not an option, always on: importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1
     (to keep forked workers CUDA-safe). On a machine with no GPU, every Adam/AdamW step then

@@ -21,13 +21,16 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from zeroinit.checkpoint import set_aside, unreadable
 from zeroinit.errors import SweepError
-from zeroinit.results import read_results
+from zeroinit.results import FILENAME, read_results
 from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
 RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
-SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"
+SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"        # <time>-<pid of the process that started it>
+SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"    # how many runs the sweep launches, if known
+SWEEP_START_ENV = "ZEROINIT_SWEEP_START"  # its start (time.time())
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -40,9 +43,33 @@ def previous_status(run_dir: Path) -> str | None:
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, if the run was interrupted or failed after an epoch."""
-    ckpt = Path(run_dir) / CHECKPOINT
-    return ckpt if previous_status(run_dir) in RESUMABLE and ckpt.exists() else None
+    """The checkpoint to resume from, if the run was interrupted or failed after an epoch.
+
+    Neither file is ever deleted, and no rerun meets the same bad file twice:
+    - an unreadable checkpoint is set aside (renamed), with the results.json that goes with
+      it (its curve kept), and the run starts over; one line says so;
+    - an unreadable results.json next to a readable checkpoint is set aside and the run
+      resumes from the checkpoint, which holds the curve; one line says so."""
+    run_dir = Path(run_dir)
+    ckpt, results = run_dir / CHECKPOINT, run_dir / FILENAME
+    status = previous_status(run_dir)
+    results_unreadable = status is None and results.exists()
+    if not ckpt.exists() or not (status in RESUMABLE or results_unreadable):
+        return None
+    problem = unreadable(ckpt)
+    if problem:
+        ckpt_aside = set_aside(ckpt, "unreadable")
+        kept = ""
+        if results.exists():  # its curve belongs to the checkpoint set aside: keep it too
+            kept = f", {results.name} as {set_aside(results, 'before-restart').name}"
+        print(f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
+              " starting over from epoch 1", flush=True)
+        return None
+    if results_unreadable:
+        aside = set_aside(results, "unreadable")
+        print(f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
+              "which holds the curve", flush=True)
+    return ckpt
 
 
 class RunLock:
@@ -173,6 +200,45 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     return "\n".join(lines), bool(failed or interrupted)
 
 
+def started_here() -> bool:
+    """Whether this process started the sweep (the basic and stacked launchers run its jobs
+    in it; joblib workers and SLURM jobs are other processes)."""
+    return os.environ.get(SWEEP_ID_ENV, "").rsplit("-", 1)[-1] == str(os.getpid())
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def position(done: int, count: int = 1) -> str | None:
+    """'run 7/30' (or 'runs 7-21/30' for a stack) for the next `count` runs after `done`, with
+    the time so far and the sweep's ETA at the pace so far; None outside a sweep."""
+    total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
+    if not total:
+        return None
+    runs = f"run {done + 1}/{total}" if count == 1 else f"runs {done + 1}-{done + count}/{total}"
+    start = float(os.environ.get(SWEEP_START_ENV) or 0)
+    if not done or not start:
+        return runs
+    elapsed = time.time() - start
+    return (f"{runs}  (sweep: {done} done in {_duration(elapsed)}, "
+            f"ETA {_duration(elapsed / done * (total - done))})")
+
+
+def summary_so_far(sweep_dir) -> str:
+    """The sweep's summary when a stop signal ends it early: what each run that started
+    became, and how many did not start."""
+    out = outcome_dir(sweep_dir)
+    outcomes = []
+    if out is not None and out.is_dir():
+        outcomes = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
+    outcomes += [{"run": "", "status": "not started"}] * max(0, total - len(outcomes))
+    return summarize(outcomes)[0]
+
+
 # ---------------------------------------------------------------- sweep-wide failures
 # A full disk, an exhausted quota or a read-only file system fails every later run just the same.
 SWEEP_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
@@ -230,7 +296,11 @@ class SweepSummary(Callback):
     failure that every run shares stopped it)."""
 
     def on_multirun_start(self, config, **kwargs):
+        from zeroinit.preflight import sweep_size
+
         os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.environ[SWEEP_RUNS_ENV] = str(sweep_size(config) or "")
+        os.environ[SWEEP_START_ENV] = str(time.time())
 
     def on_multirun_end(self, config, **kwargs):
         out = outcome_dir(config.hydra.sweep.dir)

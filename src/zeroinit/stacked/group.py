@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
+from zeroinit.progress import Progress
 from zeroinit.results import ResultsWriter, read_results
 from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
                           quiet_lightning)
@@ -65,7 +66,8 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         ckpt = resume_checkpoint(out_dir)
         steps = 0
         if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status})", flush=True)
+            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
+                  flush=True)
             steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
         todo.setdefault(steps, []).append((i, ckpt))
     try:
@@ -101,14 +103,14 @@ def _train_stack(members, done) -> None:
             config = OmegaConf.to_container(cfg, resolve=True)
             writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
             writer.results["stack_size"] = len(members)
-            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer),
+            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer, mid_epoch=False),
                                 build_logger(cfg, config), writer))
         stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
         module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
         trainer = build(trainer_cfg, logger=False,
-                        callbacks=[runs, _EpochLine(group), StopOnSignal()],
+                        callbacks=[Progress(), runs, _EpochLine(group), StopOnSignal()],
                         enable_checkpointing=False)
         ckpt_path = _group_checkpoint(members, cfg0)
         try:

@@ -23,11 +23,12 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from zeroinit.config import build
 from zeroinit.results import FILENAME
-from zeroinit.signals import STOPPED, leave
+from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
-from zeroinit.sweep import is_sweep_wide, record_outcome, skip_if_stopped, stop_sweep, stopped
+from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
+                            started_here, stop_sweep, stopped, summary_so_far)
 
 log = logging.getLogger("zeroinit")
 MEMBER_KEYS = ("seed", "init", "paths.output_dir")
@@ -148,8 +149,11 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
         job = Job(initial_job_idx + i, job_config)
         job.prepare()
         jobs.append(job)
+    interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
     returns = {}
     for group in plan(jobs):
+        if group[0].key is not None and position(len(returns), len(group)):
+            print(position(len(returns), len(group)), flush=True)  # a lone job prints its own
         if group[0].key is None:  # alone: train.py's job function, as the basic launcher
             job = group[0]
             returns[job.idx] = run_job(hydra_context=launcher.hydra_context,
@@ -198,7 +202,8 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
         for job in group:
             if job.idx not in returns:
                 record_outcome(sweep_dir, job.cfg.paths.output_dir, "interrupted", str(stop))
-        leave(stop, f"{len(group)} stacked runs in {sweep_dir}", resumable=True)
+        leave(stop, f"{len(group)} stacked runs in {sweep_dir}",
+              then=summary_so_far(sweep_dir) if started_here() else None)
     except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures
         if not is_sweep_wide(e):
             raise
