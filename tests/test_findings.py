@@ -40,8 +40,10 @@ def test_first_steps_summary_reads_wakeup_and_weight_change():
     results = {"diagnostics": {
         "layers": [{"name": "0"}, {"name": "2"}], "wakeup_step": {"0": None, "2": 1},
         "wakeup_watched_steps": 60,
-        "first_steps": {"step": [1, 2], "layers": {"0": {"weight_change": [0.0, 0.0]},
-                                                   "2": {"weight_change": [1e-3, 2e-2]}}}}}
+        "first_steps": {"step": [1, 2], "layers": {
+            "0": {"weight_change": [0.0, 0.0], "grad_norm": [0.0, 0.0]},
+            "2": {"weight_change": [1e-3, 2e-2], "grad_norm": [1.0, 3e-10]}}}}}
     f = first_steps(results)
     assert (f["woke"], f["moved"], f["steps"], f["watched"]) == (1, 1, 2, 60)
     assert f["wake"] == {"0": None, "2": 1} and f["change"] == {"0": 0.0, "2": 2e-2}
+    assert f["grad"] == {"0": 0.0, "2": 3e-10}

@@ -37,6 +37,8 @@ MODELS = {
 CONDITIONS = {
     "fp32_adam": [],
     "fp64_adam": ["trainer.precision=64-true"],
+    # Adam's amplification put back in float64: eps below the ~1e-19 rounding-size gradients
+    "fp64_adam_eps1e-20": ["trainer.precision=64-true", "optimizer.eps=1e-20"],
     "fp32_adam_eps1e-3": ["optimizer.eps=1e-3"],
     "fp32_sgd": ["optimizer=sgd"],
     "fp32_adam_no_bn": ["model.batchnorm=false"],
@@ -114,9 +116,11 @@ def first_steps(results: dict) -> dict:
     steps = d["first_steps"]["step"]
     change = {n: (d["first_steps"]["layers"][n]["weight_change"] or [math.nan])[-1]
               for n in layers}
+    grad = {n: (d["first_steps"]["layers"][n].get("grad_norm") or [math.nan])[-1]
+            for n in layers}
     wake = {n: d["wakeup_step"].get(n) for n in layers}
     return {"layers": layers, "steps": steps[-1] if steps else 0, "wake": wake,
-            "change": change, "watched": d.get("wakeup_watched_steps"),
+            "change": change, "grad": grad, "watched": d.get("wakeup_watched_steps"),
             "woke": sum(w is not None for w in wake.values()),
             "moved": sum(c > MOVED for c in change.values() if math.isfinite(c)),
             "median_change": statistics.median(change.values())}
@@ -160,13 +164,14 @@ def report(root: Path) -> str:
             continue
         layers = per_layer[(model, conds[0])]["layers"]
         lines += ["", f"### {model}, per layer (input to output): wake-up step / "
-                  "||W-W0|| after step 10, seed 0", "",
+                  "||W-W0|| after step 10 / weight-gradient norm at step 10, seed 0", "",
                   "| layer | " + " | ".join(conds) + " |", "|---" * (len(conds) + 1) + "|"]
         for name in layers:
             cells = []
             for c in conds:
                 f = per_layer[(model, c)]
-                cells.append(f"{f['wake'].get(name) or 'never'} / {_e(f['change'].get(name))}")
+                cells.append(f"{f['wake'].get(name) or 'never'} / {_e(f['change'].get(name))}"
+                             f" / {_e(f['grad'].get(name))}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Test accuracy after the short run (mean ± 95% CI, Student t)", "",
               "| model | condition | test acc % | n |", "|---|---|---|---|"]
