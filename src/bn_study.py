@@ -1,0 +1,42 @@
+"""The BatchNorm study of docs/findings.md: train its runs, then print its tables.
+
+    python src/bn_study.py run [--seeds 5] [--models cifar_cnn_w4 mnist_fnn] [--threads 1]
+    python src/bn_study.py report [--root ...] [-o outputs/bn_study.md]
+
+What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
+can be repeated (or stopped and resumed) and `--seeds` raised later.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from zeroinit.findings import batchnorm_report, report, run_study
+from zeroinit.run import quiet_lightning
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["run", "report"])
+    parser.add_argument("--root", type=Path, default=Path("outputs/sweeps/bn_study"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--models", nargs="*", help="default: all of findings.MODELS")
+    parser.add_argument("--threads", type=int, help="torch threads (rounding may depend on it)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("outputs/bn_study.md"))
+    args = parser.parse_args(argv)
+    quiet_lightning()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.action == "run":
+        run_study(args.root, args.seeds, args.models)
+        return 0
+    text = report(args.root) + "\n" + batchnorm_report()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

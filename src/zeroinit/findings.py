@@ -1,0 +1,203 @@
+"""The BatchNorm study (issue 13, docs/findings.md): what breaks the symmetry of zero-weight
+layers when a BatchNorm follows them?
+
+Hypothesis: with BatchNorm, the random biases are cancelled (a zero-weight conv outputs a
+constant per channel, and BatchNorm maps a constant channel to its beta), so what wakes the
+layers below it is floating-point rounding noise, amplified by Adam's division by the
+gradient's own scale. If so, waking and learning depend on the precision, on Adam's eps and on
+the optimizer, and vanish without BatchNorm's cancellation.
+
+Every run is an ordinary run of the project (zeroinit.run.train_or_resume on a composed config:
+`python src/train.py experiment=bn_study <MODELS[m]> <CONDITIONS[c]> seed=<s>` trains the same
+run); this module only picks the runs and reads their results.json (its `diagnostics` and
+`final`), plus one measurement of its own: BatchNorm outputs at init (forward hooks).
+
+    python src/bn_study.py run [--seeds 5]        # outputs/sweeps/bn_study/<model>-<cond>-s<seed>
+    python src/bn_study.py report                 # tables -> stdout and outputs/bn_study.md
+"""
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from zeroinit.report import mean_ci
+from zeroinit.results import read_results
+
+# Reduced widths so the study fits a 2-core CPU; depth and layer order are the paper's.
+MODELS = {
+    "cifar_cnn_w4": ["model=cifar_cnn", "model.stages=[[8,16],[32,32],[64,64]]",
+                     "model.hidden=[256,128]"],            # cifar_cnn at 1/4 width
+    "resnet50_w16": ["model=resnet50", "model.widths=[4,8,16,32]"],  # ResNet-50 at 1/16 width
+    "mnist_fnn": ["model=mnist_fnn"],                       # control: no BatchNorm
+}
+# All with init=bias_normal (the preset) unless they say otherwise.
+CONDITIONS = {
+    "fp32_adam": [],
+    "fp64_adam": ["trainer.precision=64-true"],
+    # Adam's amplification put back in float64: eps below the ~1e-19 rounding-size gradients
+    "fp64_adam_eps1e-20": ["trainer.precision=64-true", "optimizer.eps=1e-20"],
+    "fp32_adam_eps1e-3": ["optimizer.eps=1e-3"],
+    "fp32_sgd": ["optimizer=sgd"],
+    "fp32_adam_no_bn": ["model.batchnorm=false"],
+    "fp32_adam_authors_scope": ["init.scope=authors"],
+    "fp32_adam_pytorch_init": ["init=pytorch"],
+}
+NO_BN = {"mnist_fnn"}  # models without BatchNorm: the no-BN condition is the model itself
+MOVED = 1e-3  # ||W - W_init|| above this after the watched steps: a real move (Adam's first
+# step moves each entry of a woken weight by up to lr = 1e-3)
+
+
+def runs_of(model: str) -> list[str]:
+    return [c for c in CONDITIONS if not (model in NO_BN and c == "fp32_adam_no_bn")]
+
+
+def run_dir(root: Path, model: str, condition: str, seed: int) -> Path:
+    return Path(root) / f"{model}-{condition}-s{seed}"
+
+
+def overrides(model: str, condition: str, seed: int) -> list[str]:
+    return ["experiment=bn_study", *MODELS[model], *CONDITIONS[condition], f"seed={seed}"]
+
+
+def run_study(root: Path, seeds: int, models=None) -> None:
+    """Train every model x condition x seed not finished yet (train_or_resume skips those)."""
+    from zeroinit.run import compose, train_or_resume
+
+    for seed in range(seeds):
+        for model in models or MODELS:
+            for condition in runs_of(model):
+                out = run_dir(root, model, condition, seed)
+                cfg = compose(*overrides(model, condition, seed), f"paths.output_dir={out}")
+                outcome, results = train_or_resume(cfg, overrides(model, condition, seed))
+                acc = (results or {}).get("final", {}).get("test_acc")
+                print(f"{out.name}: {outcome} test_acc {acc}", flush=True)
+
+
+# ------------------------------------------------------------------ BatchNorm outputs at init
+@torch.no_grad()
+def batchnorm_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """max |output| of every BatchNorm of `net` (training mode, as in the first step) on the
+    batch `x`, by name. ~0 where a constant channel comes in (the cancellation argument)."""
+    found, handles = {}, []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: found.__setitem__(name, out.abs().max().item())))
+    try:
+        net.train()
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def measure_batchnorm(model: str, condition: str, batch: int = 32) -> dict[str, float]:
+    """BatchNorm outputs at init of a study run's net, on its first `batch` training images."""
+    from zeroinit.run import build_data, build_net, compose
+
+    cfg = compose(*overrides(model, condition, 0), "paths.output_dir=unused")
+    data = build_data(cfg)
+    net = build_net(cfg, data)
+    dtype = torch.float64 if str(cfg.trainer.precision).startswith("64") else torch.float32
+    x = data.train_set[0][:batch].to(dtype).div(255)
+    return batchnorm_outputs(net.to(dtype), x)
+
+
+# ------------------------------------------------------------------------------- the tables
+def first_steps(results: dict) -> dict:
+    """One run's wake-up summary: per layer (input to output) the wake-up step and the weight
+    change after the last recorded step; how many layers woke / moved."""
+    d = results["diagnostics"]
+    layers = [layer["name"] for layer in d["layers"]]
+    steps = d["first_steps"]["step"]
+    change = {n: (d["first_steps"]["layers"][n]["weight_change"] or [math.nan])[-1]
+              for n in layers}
+    grad = {n: (d["first_steps"]["layers"][n].get("grad_norm") or [math.nan])[-1]
+            for n in layers}
+    wake = {n: d["wakeup_step"].get(n) for n in layers}
+    return {"layers": layers, "steps": steps[-1] if steps else 0, "wake": wake,
+            "change": change, "grad": grad, "watched": d.get("wakeup_watched_steps"),
+            "woke": sum(w is not None for w in wake.values()),
+            "moved": sum(c > MOVED for c in change.values() if math.isfinite(c)),
+            "median_change": statistics.median(change.values())}
+
+
+def _load(root: Path, model: str, condition: str) -> list[dict]:
+    out = []
+    for seed in range(100):
+        path = run_dir(root, model, condition, seed)
+        if not path.exists():
+            break
+        results = read_results(path)
+        if results.get("status") == "completed":
+            out.append(results)
+    return out
+
+
+def _e(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.1e}"
+
+
+def report(root: Path) -> str:
+    lines = ["## First steps (seed 0): wake-up and weight change",
+             "", "| model | condition | layers woken (step watched) | layers moved > 1e-3 "
+             "after step 10 | median ||W-W0|| after step 10 | test acc (seed 0) |",
+             "|---|---|---|---|---|---|"]
+    per_layer = {}
+    for model in MODELS:
+        for condition in runs_of(model):
+            runs = _load(root, model, condition)
+            if not runs:
+                continue
+            f = first_steps(runs[0])
+            per_layer[(model, condition)] = f
+            lines.append(f"| {model} | {condition} | {f['woke']}/{len(f['layers'])} "
+                         f"({f['watched']}) | {f['moved']}/{len(f['layers'])} | "
+                         f"{_e(f['median_change'])} | {runs[0]['final']['test_acc']:.3f} |")
+    for model in ("cifar_cnn_w4", "mnist_fnn"):
+        conds = [c for c in runs_of(model) if (model, c) in per_layer]
+        if not conds:
+            continue
+        layers = per_layer[(model, conds[0])]["layers"]
+        lines += ["", f"### {model}, per layer (input to output): wake-up step / "
+                  "||W-W0|| after step 10 / weight-gradient norm at step 10, seed 0", "",
+                  "| layer | " + " | ".join(conds) + " |", "|---" * (len(conds) + 1) + "|"]
+        for name in layers:
+            cells = []
+            for c in conds:
+                f = per_layer[(model, c)]
+                cells.append(f"{f['wake'].get(name) or 'never'} / {_e(f['change'].get(name))}"
+                             f" / {_e(f['grad'].get(name))}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Test accuracy after the short run (mean ± 95% CI, Student t)", "",
+              "| model | condition | test acc % | n |", "|---|---|---|---|"]
+    for model in MODELS:
+        for condition in runs_of(model):
+            runs = _load(root, model, condition)
+            if not runs:
+                continue
+            acc = np.array([[r["final"]["test_acc"]] for r in runs])
+            mean, half = mean_ci(acc)
+            ci = "" if math.isnan(half[0]) else f" ± {100 * half[0]:.2f}"
+            lines.append(f"| {model} | {condition} | {100 * mean[0]:.2f}{ci} | {len(runs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def batchnorm_report() -> str:
+    lines = ["## BatchNorm outputs at init (training mode, first 32 training images)", "",
+             "| model | condition | BatchNorms | max |out| over all | median of per-BN max |",
+             "|---|---|---|---|---|"]
+    for model in MODELS:
+        if model in NO_BN:
+            continue
+        for condition in ("fp32_adam", "fp64_adam", "fp32_adam_authors_scope",
+                          "fp32_adam_pytorch_init"):
+            found = measure_batchnorm(model, condition)
+            values = list(found.values())
+            lines.append(f"| {model} | {condition} | {len(values)} | {_e(max(values))} | "
+                         f"{_e(statistics.median(values))} |")
+    return "\n".join(lines) + "\n"
