@@ -69,3 +69,12 @@ def test_gradient_stats_histograms_and_sleeping_layers():
     assert s_asleep["nonzero_frac"] == 0.0
     # no gradient at all counts as zero; no bias gives a NaN bias norm
     assert s_missing["counts"] == [6] and s_missing["bias_norm"] != s_missing["bias_norm"]
+
+
+def test_gradient_stats_keep_float64_gradients_below_float32s_range():
+    layer = nn.Linear(2, 1).double()
+    layer.weight.grad = torch.tensor([[3e-60, 4e-60]], dtype=torch.float64)
+    layer.bias.grad = torch.tensor([1e-70], dtype=torch.float64)
+    (s,) = gradient_stats([layer], bins=4)
+    assert s["norm"] == pytest.approx(5e-60) and s["bias_norm"] == pytest.approx(1e-70)
+    assert s["nonzero_frac"] == 1.0

@@ -38,7 +38,7 @@ from torch import nn
 
 from zeroinit.init import INIT_LAYERS
 from zeroinit.layer_metrics import (METRICS, gradient_stats, probe_metrics, round_json,
-                                    single_threaded, weight_metrics)
+                                    single_threaded, weight_metrics, widened)
 from zeroinit.results import ResultsWriter
 
 
@@ -281,8 +281,9 @@ class Diagnostics(L.Callback):
 
     def _weight_change(self, trainer, step):
         self._changes_done = step
-        changes = torch.stack([(m.weight.detach() - self._init_weights[name]).float().norm()
-                               for name, m in self.layers]).tolist()
+        changes = [widened(m.weight.detach() - self._init_weights[name]).norm()
+                   for name, m in self.layers]
+        changes = torch.stack([c.double() for c in changes]).tolist()  # one host sync
         tb = self._tb(trainer)
         for (name, _), change in zip(self.layers, changes):
             entry = self.record["first_steps"]["layers"][name]["weight_change"]

@@ -160,6 +160,12 @@ def probe_metrics(net: nn.Module, names: dict, x: torch.Tensor,
             for name, v in zip(found, values)}
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or float64 if it is: float64 runs keep gradients far below float32's
+    smallest number (~1e-38), and those are what a float64 study looks at."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 @torch.no_grad()
 def gradient_stats(layers, bins: int) -> list[dict]:
     """Per (weight, bias) pair of `layers` (Linear/Conv modules after backward): the weight
@@ -170,12 +176,13 @@ def gradient_stats(layers, bins: int) -> list[dict]:
     stats, flat = [], []
     for m in layers:
         g = m.weight.grad
-        g = (g if g is not None else torch.zeros_like(m.weight)).detach().float().flatten()
+        g = widened((g if g is not None else torch.zeros_like(m.weight)).detach()).flatten()
         b = m.bias.grad if m.bias is not None else None
         flat.append(g)
-        stats.append(torch.stack([g.min(), g.max(), g.norm(), g.ne(0).float().mean(),
-                                  b.detach().float().norm() if b is not None
-                                  else torch.tensor(float("nan"), device=g.device),
+        stats.append(torch.stack([g.min(), g.max(), g.norm(), g.ne(0).to(g.dtype).mean(),
+                                  widened(b.detach()).norm().to(g.dtype) if b is not None
+                                  else torch.tensor(float("nan"), dtype=g.dtype,
+                                                    device=g.device),
                                   g.sum(), g.square().sum()]))
     stats = torch.stack(stats).tolist()
     counts = [torch.histc(g, bins, lo, hi) if hi > lo else None
