@@ -313,3 +313,10 @@ def test_declared_shape_is_checked_against_the_files(tmp_path, monkeypatch):
                            input_shape=[1, 28, 28], num_classes=10)
     with pytest.raises(UserError, match="dataset.input_shape"):
         data.load()
+
+
+def test_device_batches_are_the_indexed_rows():
+    x = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    y = torch.arange(50)
+    for xb, yb in DeviceBatches(x, y, 16, lambda: 3, seed=1, shuffle=True):
+        assert torch.equal(xb, x[yb].float().div_(255))  # labels = row numbers

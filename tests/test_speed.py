@@ -92,11 +92,3 @@ def test_compile_runs_on_cpu_and_keeps_checkpoint_keys(make_cfg, tmp_path):
     assert results["status"] == "completed"
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)  # compiled in place: the usual keys
-
-
-def test_device_batches_are_the_indexed_rows():
-    from zeroinit.data import DeviceBatches
-    x = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
-    y = torch.arange(50)
-    for xb, yb in DeviceBatches(x, y, 16, lambda: 3, seed=1, shuffle=True):
-        assert torch.equal(xb, x[yb].float().div_(255))  # labels = row numbers
