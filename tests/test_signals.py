@@ -85,6 +85,9 @@ def test_signal_stops_the_run_which_resumes_to_the_same_curve(make_cfg, tmp_path
 
 
 def test_a_second_sigint_stops_at_once():
+    # Python's own Ctrl-C handler to start from, however pytest was started (a background
+    # job of a non-interactive shell inherits SIGINT ignored, and Python then keeps it so)
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
     stop = StopOnSignal()
     stop.install()
     try:
@@ -95,7 +98,8 @@ def test_a_second_sigint_stops_at_once():
             time.sleep(1)
     finally:
         stop.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, launched_with)
 
 
 def test_only_the_time_limit_warning_requeues_and_only_while_requeues_are_left():
