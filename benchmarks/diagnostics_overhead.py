@@ -15,8 +15,9 @@ Measured (2-core Intel Xeon VM shared with other jobs, torch 2.14.1 CPU, 1 threa
 with the old schedule (symmetry at steps 0, 1, 2, 4, ..., 256 and every epoch end):
   mnist5k, 10 epochs (32 steps each), 5 pairs: CPU 3.30 s vs 2.98 s: +10.8% (pairs +11.9%)
   60,000 random images, 10 epochs (469 steps each), 3 pairs: CPU 19.51 s vs 19.27 s: +1.2%
-With the schedule spread over the run (0, 1, 18, 320 for mnist5k; 2-core AMD EPYC, load
-average 3.4 from other jobs, 5 pairs): CPU 3.91 s vs 3.64 s: +7.4% (pairs +2.9%).
+With the schedule spread over the run (0, 1, 18, 320 for mnist5k; 2-core AMD EPYC, 5 pairs):
+idle machine: CPU 4.65 s vs 4.41 s: +5.4% (pairs +8.0%; own time 0.31 s);
+load average 3.4 from other jobs: CPU 3.91 s vs 3.64 s: +7.4% (pairs +2.9%).
 A symmetry measurement of mnist_fnn costs ~20 ms on a quiet core (mostly the float64 Gram
 matrix and eigenvalues of the 500x784 weight), about ten training steps.
 """
