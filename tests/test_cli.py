@@ -1,5 +1,6 @@
 """The command line, as a user runs it: `python src/train.py ...` and
-`python src/init_report.py ...` in a subprocess from the repository root."""
+`python src/init_report.py ...`, in a subprocess from the repository root (`cli`) or, where
+only the script's own output matters, run as __main__ in this process (`here`)."""
 import json
 import os
 import subprocess
@@ -20,6 +21,41 @@ def cli(script, *args, timeout=300):
            if k not in ("PYTHONWARNINGS", "HYDRA_FULL_ERROR")}
     return subprocess.run([sys.executable, f"src/{script}", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def here(monkeypatch, capfd):
+    """here(script, *args) -> (exit code, stdout, stderr) of `python src/<script> ARGS` run in
+    this process (the file run as __main__, as the zeroinit-* commands run it), minus the ~15 s
+    of imports a subprocess pays on 2 cores (the bad-input cases below would take minutes).
+    Hydra's global state, the logging handlers it installs and the Ctrl-C handler train.py
+    installs are put back after."""
+    import logging
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zeroinit import scripts
+
+    def run(script, *args):
+        root = logging.getLogger()
+        handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        GlobalHydra.instance().clear()
+        code = 0
+        try:
+            scripts._run(script)
+        except SystemExit as e:
+            code = e.code
+        finally:
+            GlobalHydra.instance().clear()
+            signal.signal(signal.SIGINT, sigint)
+            for h in set(root.handlers) - set(handlers):
+                h.close()
+            root.handlers[:], root.level = handlers, level
+        out, err = capfd.readouterr()
+        return code, out, err
+    return run
 
 
 def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
@@ -64,7 +100,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,key", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, args, key):
+def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key):
     if key == "trainer.accelerator" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     empty = tmp_path / "empty"
@@ -75,15 +111,15 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, args, key):
         bad = sorted((images / "train" / "dog").iterdir())[1]
         bad.write_bytes(bad.read_bytes()[:40])
     logs = tmp_path / "logs"
-    proc = cli("train.py", *[a.format(empty=empty, images=images) for a in args],
-               "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
-               f"paths.log_dir={logs}")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+    code, out, err = here("train.py", *[a.format(empty=empty, images=images) for a in args],
+                          "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
+                          f"paths.log_dir={logs}")
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert lines[0].startswith("error:")
     assert key in lines[0]
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback" not in out + err
     assert not logs.exists(), list(logs.rglob("*"))  # no run directory, not even runs/
     if "{images}" in " ".join(args):
         assert str(bad) in lines[0]  # the one file among thousands, named
@@ -108,11 +144,11 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     assert not any(tmp_path.rglob("*.json"))
 
 
-def test_init_report_resnet50_zero_shows_every_layer(tmp_path):
-    proc = cli("init_report.py", "model=resnet50", "dataset=cifar10", "init=zero")
-    assert proc.returncode == 0, proc.stderr
+def test_init_report_resnet50_zero_shows_every_layer(here):
+    code, out, err = here("init_report.py", "model=resnet50", "dataset=cifar10", "init=zero")
+    assert code == 0, err
     rows = {}
-    for line in proc.stdout.splitlines():
+    for line in out.splitlines():
         parts = line.split()
         if len(parts) == 8 and parts[1] in ("Conv2d", "Linear", "BatchNorm2d"):
             rows[parts[0]] = parts
@@ -130,17 +166,17 @@ def test_init_report_resnet50_zero_shows_every_layer(tmp_path):
     assert rows["layers.13.shortcut.0"][2] == "2048x1024x1x1"
 
 
-def test_init_report_bias_normal_and_bad_input():
-    proc = cli("init_report.py", "model=mnist_fnn", "init=bias_normal", "bias_scale=up")
-    assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines() if " Linear " in line]
+def test_init_report_bias_normal_and_bad_input(here):
+    code, out, err = here("init_report.py", "model=mnist_fnn", "init=bias_normal", "bias_scale=up")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if " Linear " in line]
     assert [r[0] for r in rows] == ["0", "2"] or [r[0] for r in rows] == ["1", "3"]
     assert all(r[5] == "100.0%" for r in rows)
     assert 30 < float(rows[0][7]) < 300  # N(0, 1) x 100 over 500 biases
-    bad = cli("init_report.py", "model.activation=swish")
-    assert bad.returncode != 0
-    assert bad.stderr.strip().startswith("error: model.activation")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    code, out, err = here("init_report.py", "model.activation=swish")
+    assert code != 0
+    assert err.strip().startswith("error: model.activation")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
