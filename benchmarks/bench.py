@@ -26,14 +26,21 @@ CIFAR-10: 50,000 + 10,000 of 3x32x32); random pixels cost the same arithmetic as
                 real model: matmuls and convolutions only) / the fp32 matmul throughput measured
                 in the same run. No real epoch can beat it.
 
-The variants are interleaved (their order rotates every repeat) and each figure is the median
-of the repeats, because a shared machine's speed drifts. Ratios: project / each other variant
-(1/2 below 1.0 means faster than the bare loop; 1/4 is how far from the arithmetic bound).
+The variants are interleaved (their order rotates every repeat) and each time is the median
+of the repeats (at each size, where two are timed), because a shared machine's speed drifts.
+Ratios: project / each other variant (1/2 below 1.0 means faster than the bare loop; 1/4 is
+how far from the arithmetic bound).
 `--images MODEL=N` (on a CPU by default for the conv nets, see CPU_IMAGES) and `--n-train N`
-(every model) time part of an epoch, the test split shrunk in proportion, and scale the
-figures back up to a full epoch: per-batch costs are linear in the number of batches (costs
-paid once per run or at fixed steps, e.g. fit start-up and the diagnostics' measurements at
-steps 1, 2, 4, ..., are scaled too, so such a row overstates them).
+(every model) time part of an epoch, the test split shrunk in proportion, at N and at N/2
+train images (both in the interleaving), fit seconds = fixed + per image x images and report
+fixed + per image x the full split: multiplying by full/N would multiply what a fit pays once
+(start-up, the end-of-epoch checkpoint, results.json) too. The fixed seconds are printed under
+the table. The diagnostics' symmetry measurements are neither: their number grows with a
+short run's steps and is capped for a long one, so where N and N/2 get different numbers the
+fit counts the difference as per-image cost and overstates them. Where the time does not grow
+from N/2 to N (or the line would cross below zero), the noise is larger than the difference,
+and the row falls back to the plain scaling, as its note says. A full epoch is timed at its
+one size, unscaled.
 """
 import argparse
 import contextlib
@@ -49,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -80,8 +88,8 @@ MODELS = {
     "logreg_cifar": ("cifar10", 50_000, 10_000, ["model=logreg"]),
 }
 VARIANTS = ("project", "bare", "conventional")
-# A full epoch of a conv net takes minutes on a CPU: time part of one (per-batch costs are
-# linear in the number of batches, so the figures are scaled to a full epoch).
+# A full epoch of a conv net takes minutes on a CPU: time part of one, at these sizes and half
+# of them, and extrapolate to a full epoch (see extrapolate()).
 CPU_IMAGES = {"mnist_cnn": 10_000, "cifar_cnn": 5_000, "resnet50": 1_000}
 DEFAULT_SWEEP = "init=zero,pytorch,bias_normal seed=0,1,2,3,4"
 
@@ -119,15 +127,78 @@ def silenced():
         logging.disable(logging.NOTSET)
 
 
+# ------------------------------------------------------------ a part of an epoch -> a full one
+class Fit(NamedTuple):
+    """seconds = fixed + per_image * train images, and what that gives for a full epoch."""
+    fixed: float | None  # seconds paid once per fit whatever its size; None: not separated
+    per_image: float  # seconds per train image (its share of the test split included)
+    estimate: float  # seconds of a full epoch
+    fallback: str | None = None  # why plain scaling gave the estimate, if it did
+
+
+def sizes(n: int, full: int) -> tuple:
+    """Train images to time: a full epoch as it is; a part of one at n and n/2, because two
+    sizes tell what a fit pays once (start-up, checkpoint, results) from what it pays per image,
+    and scaling one size up would multiply the once-per-fit costs too."""
+    return (n,) if n >= full or n < 2 else (n, n // 2)
+
+
+def schedule(variants, images, repeats):
+    """(repeat, images, variants in the order to time them): the variants' order rotates every
+    repeat and every variant is timed at one size before the next size (the sizes' order
+    alternating too), so that a drift of a shared machine's speed spreads over all of them."""
+    variants, images = list(variants), list(images)
+    for r in range(repeats):
+        k = r % len(variants)
+        for n in (images if r % 2 == 0 else images[::-1]):
+            yield r, n, variants[k:] + variants[:k]
+
+
+def extrapolate(points, full: int) -> Fit:
+    """Seconds of a full epoch of `full` train images from (train images, seconds) timings.
+
+    The median at each size, then the least-squares line through those medians: its intercept
+    is the cost paid once per fit, its slope the cost per image. One size only: the plain
+    scaling t * full / n (no scaling when n is the full epoch). Where the line does not rise
+    or crosses below zero at zero images, the noise is larger than what is measured, and the
+    plain scaling of the largest size is used instead, with the reason in `fallback`.
+    """
+    by_size = {}
+    for n, t in points:
+        by_size.setdefault(n, []).append(t)
+    med = {n: statistics.median(ts) for n, ts in by_size.items()}
+    top = max(med)
+    plain = Fit(None, med[top] / top, med[top] * full / top)
+    if len(med) == 1:
+        return plain if top == full else plain._replace(fallback="one size timed")
+    mean_n, mean_t = statistics.fmean(med), statistics.fmean(med.values())
+    per_image = (sum((n - mean_n) * (t - mean_t) for n, t in med.items())
+                 / sum((n - mean_n) ** 2 for n in med))
+    fixed = mean_t - per_image * mean_n
+    if per_image <= 0:
+        return plain._replace(fallback="noise: the time did not grow with the images")
+    if fixed < 0:
+        return plain._replace(fallback="noise: a negative fixed cost")
+    return Fit(fixed, per_image, fixed + per_image * full)
+
+
+def describe_fits(fits: dict, label="fixed per fit") -> str:
+    """'fixed per fit: project 0.91 s, bare 0.02 s; plain scaling for ...' of {variant: Fit}."""
+    fixed = [f"{v} {f.fixed:.2f} s" for v, f in fits.items() if f.fixed is not None]
+    plain = [f"{v} ({f.fallback})" for v, f in fits.items() if f.fallback]
+    return "; ".join(([f"{label}: " + ", ".join(fixed)] if fixed else []) +
+                     (["plain scaling t x full/n for " + ", ".join(plain)] if plain else []))
+
+
 class Case:
     """One model's data and config, shared by every variant."""
 
     def __init__(self, model, device, n_train, work_dir, overrides=()):
         self.model, self.device = model, torch.device(device)
         dataset, full_train, full_test, _ = MODELS[model]
-        self.n_train = min(n_train or full_train, full_train)
+        self.full_train = full_train
+        self.n_train = min(n_train or full_train, full_train)  # the largest size timed
         self.n_test = max(1, round(full_test * self.n_train / full_train))
-        self.scale = full_train / self.n_train  # measured seconds -> seconds per full epoch
         self.work_dir = Path(work_dir)
         self.overrides = list(overrides)
         self.cfg = compose_cfg(model, device, self.work_dir / "cfg", overrides)
@@ -476,13 +547,13 @@ def machine() -> str:
 def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
     n_train = args.n_train or args.images.get(model)
     case = Case(model, args.device, n_train, Path(work_dir) / model, args.override)
-    runners = {"project": lambda: time_project(case),
-               "bare": lambda: time_bare(case),
-               "conventional": lambda: time_conventional(case, workers=args.workers[0])}
+    runners = {"project": lambda n: time_project(case, n),  # seconds of an epoch of n images
+               "bare": lambda n: time_bare(case, n),
+               "conventional": lambda n: time_conventional(case, n, workers=args.workers[0])}
     for w in args.workers[1:]:  # the conventional pipeline with other DataLoader workers
-        runners[f"conventional workers={w}"] = lambda w=w: time_conventional(case, workers=w)
+        runners[f"conventional workers={w}"] = lambda n, w=w: time_conventional(case, n, workers=w)
     for extra in args.also:  # the project path with other settings, e.g. speed=fast
-        runners[f"project {extra}"] = lambda extra=extra: time_project(case, extra=shlex.split(extra))
+        runners[f"project {extra}"] = lambda n, extra=extra: time_project(case, n, shlex.split(extra))
     variants = [v for v in runners if v in args.variants or v.startswith("project ")
                 or (v.startswith("conventional ") and "conventional" in args.variants)]
     # Warm-up: first calls build kernels, caches and lazy imports; not timed.
@@ -494,16 +565,18 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
     if "conventional" in variants:
         for w in args.workers:
             time_conventional(case, warm, workers=w)
-    times = {v: [] for v in variants}
-    for r in range(args.repeats):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+    images = sizes(case.n_train, case.full_train)
+    times = {v: [] for v in variants}  # [(train images, seconds measured)]
+    for r, n, order in schedule(variants, images, args.repeats):
         for v in order:
-            times[v].append(runners[v]() * case.scale)
-        log(f"  {model} repeat {r + 1}/{args.repeats}: " +
-            "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
-    row = {"model": model, "n_train": case.n_train, "n_test": case.n_test,
-           "scaled": case.scale != 1, "repeats": args.repeats, "times": times}
-    row.update({v: statistics.median(t) for v, t in times.items()})
+            times[v].append((n, runners[v](n)))
+        log(f"  {model} repeat {r + 1}/{args.repeats}, {n:,} train images: " +
+            "  ".join(f"{v} {times[v][-1][1]:.2f}s" for v in variants), flush=True)
+    fits = {v: extrapolate(t, case.full_train) for v, t in times.items()}
+    row = {"model": model, "n_train": case.n_train, "n_test": case.n_test, "sizes": images,
+           "scaled": case.n_train != case.full_train, "repeats": args.repeats, "times": times,
+           "fits": {v: f._asdict() for v, f in fits.items()}}
+    row.update({v: f.estimate for v, f in fits.items()})  # seconds of a full epoch
     row["flops"] = epoch_flops(case)
     row["bound"] = row["flops"] / flops_per_s
     return row
@@ -521,13 +594,20 @@ def table(rows, flops_per_s) -> str:
     lines = ["| model | images (train+test) | 1 project s | 2 bare s | 3 conventional s | "
              "4 bound s | 1/2 | 1/3 | 1/4 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        n = f"{r['n_train']:,}+{r['n_test']:,}" + (" (scaled to a full epoch)" if r["scaled"] else "")
+        n = f"{r['n_train']:,}+{r['n_test']:,}" + (" (extrapolated to a full epoch)"
+                                                   if r["scaled"] else "")
         lines.append(
             f"| {r['model']} | {n} | {seconds(r.get('project'))} | {seconds(r.get('bare'))} | "
             f"{seconds(r.get('conventional'))} | {seconds(r['bound'])} | "
             f"{ratio(r.get('project'), r.get('bare'))} | "
             f"{ratio(r.get('project'), r.get('conventional'))} | "
             f"{ratio(r.get('project'), r['bound'])} |")
+    fitted = [f"{r['model']}, timed on {' and '.join(f'{n:,}' for n in r['sizes'])} train "
+              f"images: {describe_fits({v: Fit(**f) for v, f in r['fits'].items()})}"
+              for r in rows if r["scaled"]]
+    if fitted:  # what each extrapolated figure carries once, whatever the epoch's size
+        lines += ["", "seconds = fixed + per image x images, fit to the part-epochs timed:"]
+        lines += [f"- {line}" for line in fitted]
     extra = [(r, k) for r in rows for k in r["times"] if " " in k]
     if extra:
         lines += ["", "| model | variant | s | project / it | vs bare |", "|---|---|---|---|---|"]
@@ -547,10 +627,12 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (median)")
     p.add_argument("--n-train", type=int, default=None,
-                   help="train images per epoch (default: the full split); figures are scaled")
+                   help="train images per epoch (default: the full split); fewer are timed at "
+                        "N and N/2 and extrapolated to a full epoch")
     p.add_argument("--images", action="append", default=[], metavar="MODEL=N",
-                   help="train images of one model's epoch (repeatable; figures are scaled to "
-                        "a full epoch). Default on a CPU: " +
+                   help="train images of one model's epoch (repeatable; fewer than a full "
+                        "epoch are timed at N and N/2 and extrapolated to a full one). "
+                        "Default on a CPU: " +
                         ", ".join(f"{k}={v}" for k, v in CPU_IMAGES.items()))
     p.add_argument("--workers", default="0",
                    help="DataLoader num_workers of the conventional pipeline (default 0); a "

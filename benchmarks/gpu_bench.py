@@ -15,7 +15,8 @@ the diagnostics measure at steps spread log-spaced over the run, so a first epoc
 timed) carries more of them than later ones, and the default column is an upper bound, the
 one without diagnostics a lower bound of what a default run costs per epoch.
 Run start-up (a second or two per run, paid once per process for imports) is not included.
-ResNet-50 is timed on half an epoch (25,000 images, scaled), every other model on a full one.
+ResNet-50 is timed on part of an epoch (25,000 and 12,500 images, extrapolated to a full one
+as benchmarks/bench.py does), every other model on a full one.
 The conventional pipeline here uses DataLoader(num_workers=4, pin_memory=True), as people do
 on a GPU machine (--workers to change).
 """

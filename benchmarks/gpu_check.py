@@ -8,7 +8,8 @@
    (benchmarks/stacked_bench.py), and ResNet-50 with 3 members, to decide whether
    stacking pays there;
 2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
-   (benchmarks/bench.py), part of an epoch each, scaled to a full one;
+   (benchmarks/bench.py), part of an epoch each, timed at N and N/2 train images and
+   extrapolated to a full one (fixed + per image x images, bench.extrapolate);
 3. the README's default sweep through the command line, stacked vs one at a time;
 4. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
    one by one.
@@ -25,8 +26,11 @@ import bench
 import stacked_bench
 
 STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
-# train images per model (a part of an epoch, scaled to a full one): enough steps that
-# per-step costs dominate, few enough for the whole check to fit in minutes
+# train images per model (a part of an epoch, timed at N and N/2 and extrapolated to a full
+# one): enough steps that per-step costs dominate, few enough for the whole check to fit in
+# minutes. ResNet-50 stays at 2,560: a full epoch in "Every paper model" (H200: 26.6 s fp32 +
+# 23.4 s bare + 19.4 s bf16) would add about a minute to a check that the second size
+# already brings from 378 s to an estimated 7.5 min there.
 IMAGES = {"mnist_fnn": 25_600, "cifar_fnn": 25_600, "mnist_cnn": 12_800, "cifar_cnn": 12_800,
           "resnet50": 2_560, "logreg_mnist": 60_000, "logreg_cifar": 50_000}
 PARALLEL = "init=zero,pytorch seed=0,1 trainer.max_epochs=3"
@@ -59,7 +63,9 @@ def main(argv=None):
     p.add_argument("-o", "--output", default="gpu-check.md")
     p.add_argument("--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless")
     args = p.parse_args(argv)
-    images = {m: 64 for m in IMAGES} if args.tiny else IMAGES
+    # --tiny: 32 images, timed at 32 and 16: on a CPU ResNet-50 costs ~0.6 s an image, so the
+    # two sizes take about what one size of 64 did
+    images = {m: 32 for m in IMAGES} if args.tiny else IMAGES
     img_args = [a for m, n in images.items() for a in ("--images", f"{m}={n}")]
     members = ["--members", "2"] if args.tiny else []
     with open(args.output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):

@@ -16,14 +16,17 @@ one epoch per run (training + evaluation of the whole test split), default confi
 
 The data are read through the project's own loader path (a `random` source registered in
 zeroinit.data.LOADERS), once per process as a sweep does. Variants are interleaved, their
-order rotating every repeat; each figure is the median over repeats. `--cli` also times the
+order rotating every repeat; each time is the median over repeats. `--images MODEL=N` or
+`--n-train N` below a full epoch times each variant at N and at N/2 train images and
+extrapolates seconds = fixed + per image x images to a full epoch (bench.extrapolate): the
+one-at-a-time variant pays 15 fit start-ups, checkpoints and results files, which scaling by
+full/N would multiply too and so overstate what stacking saves. `--cli` also times the
 default sweep on the embedded digits through the command line (imports and Hydra included),
 with and without launcher=stacked.
 """
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -98,9 +101,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mnist_fnn")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--n-train", type=int, default=None, help="train images (default: full size)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="train images (default: full size; fewer: extrapolated as --images)")
     p.add_argument("--images", action="append", default=[], metavar="MODEL=N",
-                   help="train images for one model (a part of an epoch, scaled to a full one)")
+                   help="train images for one model (a part of an epoch, timed at N and N/2 "
+                        "and extrapolated to a full one)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--members", type=int, default=15, help="the first N runs of the sweep")
@@ -113,22 +118,24 @@ def main(argv=None) -> dict:
           f"x 1 epoch; {args.repeats} repeats, interleaved; "
           f"overrides: {' '.join(args.override) or '-'}", flush=True)
     rows = []
+    images = dict(x.split("=") for x in args.images)
     with tempfile.TemporaryDirectory() as work:
         for model in args.models.split(","):
             full = bench.MODELS[model][1]
-            images = dict(x.split("=") for x in args.images)
             n = min(int(images.get(model, 0)) or args.n_train or full, full)
-            times = {v: [] for v in variants}
+            times = {v: [] for v in variants}  # [(train images, seconds measured)]
             # warm-up (first-call costs, cuDNN/CUDA initialization): in no variant's figure
             time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
                          args.members)
-            for r in range(args.repeats):
-                for v in variants[r % len(variants):] + variants[: r % len(variants)]:
-                    times[v].append(time_variant(v, model, args.device, work, n, args.override,
-                                                 args.members))
-                    print(f"  {model} {v}: {times[v][-1]:.2f}s", flush=True)
-            med = {v: statistics.median(t) * full / n for v, t in times.items()}
-            rows.append({"model": model, "n_train": n, **med, "all": times})
+            for _, size, order in bench.schedule(variants, bench.sizes(n, full), args.repeats):
+                for v in order:
+                    t = time_variant(v, model, args.device, work, size, args.override, args.members)
+                    times[v].append((size, t))
+                    print(f"  {model} {v}, {size:,} train images: {t:.2f}s", flush=True)
+            fits = {v: bench.extrapolate(t, full) for v, t in times.items()}
+            rows.append({"model": model, "n_train": n, "sizes": bench.sizes(n, full),
+                         **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
+                         "fits": fits, "all": times})
         cli = time_cli(work) if args.cli else None
     k = args.members
     print(f"\n| model | {k} runs stacked | {k} runs sequential | {k} x bare loop | "
@@ -141,14 +148,21 @@ def main(argv=None) -> dict:
         print(f"| {r['model']} | {cell(get('stacked'), 's')} | {cell(get('sequential'), 's')} | "
               f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
               f"{cell(get('stacked') / get('bare'), 'x')} |")
-    if any(r["n_train"] < bench.MODELS[r["model"]][1] for r in rows):
-        print("(seconds scaled to a full epoch from a part of one)")
+    fitted = [r for r in rows if r["n_train"] < bench.MODELS[r["model"]][1]]
+    if fitted:  # the fixed part: 1 fit's start-up, checkpoint, results stacked, k of each not
+        print(f"(seconds extrapolated to a full epoch: seconds = fixed + per image x images, fit "
+              f"to the times at N and N/2 train images; fixed = what the {k} runs pay whatever "
+              f"the epoch's size)")
+        for r in fitted:
+            print(f"- {r['model']}, timed on {' and '.join(f'{s:,}' for s in r['sizes'])} train "
+                  f"images: {bench.describe_fits(r['fits'], label=f'fixed per {k} runs')}")
     if cli:
         print("\n| `python src/train.py -m " + bench.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
               "| wall, imports included | runs/min |\n|---|---|---|")
         for name, s in cli.items():
             print(f"| {name} | {s['wall_s']:.1f}s | {s['runs_per_min']:.1f} |")
-    out = {"machine": bench.machine(), "rows": rows, "cli": cli}
+    out = {"machine": bench.machine(), "cli": cli,
+           "rows": [{**r, "fits": {v: f._asdict() for v, f in r["fits"].items()}} for r in rows]}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return out
