@@ -72,7 +72,7 @@ bench: $(VENV)/.installed  ## seconds/epoch: this project vs a bare loop vs Data
 bench-stacked: $(VENV)/.installed  ## the 15-run seed x init sweep: stacked vs one at a time vs 15 bare loops (CPU: ~15 min)
 	$(PY) benchmarks/stacked_bench.py --cli $(ARGS)
 
-gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps, every model fp32/bf16, parallel sweep -> gpu-check.md (~6.5 min on an H200)
+gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps, every model fp32/bf16, parallel sweep -> gpu-check.md (~7.5 min on an H200)
 	$(PY) benchmarks/gpu_check.py -o gpu-check.md $(ARGS)
 
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/
