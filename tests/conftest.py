@@ -1,5 +1,6 @@
 """Shared fixtures: compose the real configs from conf/, as train.py does."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +36,40 @@ def slurm_cluster():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def here(monkeypatch, capfd):
+    """here(script, *args) -> CompletedProcess of `python src/<script> ARGS` run in this process:
+    the file runs as __main__, exactly as the zeroinit-* commands run it, minus the ~15 s of
+    imports a subprocess pays on 2 cores. For tests about what a script does; the tests about
+    the process itself (signals, kills, the exit code a shell sees) start real subprocesses.
+    Hydra's global state, the logging handlers it installs and the Ctrl-C handler train.py
+    installs are put back after."""
+    import logging
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zeroinit import scripts
+
+    def run(script, *args):
+        root = logging.getLogger()
+        handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        capfd.readouterr()  # only this script's output
+        GlobalHydra.instance().clear()
+        code = 0
+        try:
+            scripts._run(script)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            signal.signal(signal.SIGINT, sigint)
+            for h in set(root.handlers) - set(handlers):
+                h.close()
+            root.handlers[:], root.level = handlers, level
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([script, *args], code, out, err)
+    return run

@@ -23,41 +23,6 @@ def cli(script, *args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def here(monkeypatch, capfd):
-    """here(script, *args) -> (exit code, stdout, stderr) of `python src/<script> ARGS` run in
-    this process (the file run as __main__, as the zeroinit-* commands run it), minus the ~15 s
-    of imports a subprocess pays on 2 cores (the bad-input cases below would take minutes).
-    Hydra's global state, the logging handlers it installs and the Ctrl-C handler train.py
-    installs are put back after."""
-    import logging
-    import signal
-
-    from hydra.core.global_hydra import GlobalHydra
-
-    from zeroinit import scripts
-
-    def run(script, *args):
-        root = logging.getLogger()
-        handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
-        monkeypatch.setattr(sys, "argv", [script, *args])
-        GlobalHydra.instance().clear()
-        code = 0
-        try:
-            scripts._run(script)
-        except SystemExit as e:
-            code = e.code
-        finally:
-            GlobalHydra.instance().clear()
-            signal.signal(signal.SIGINT, sigint)
-            for h in set(root.handlers) - set(handlers):
-                h.close()
-            root.handlers[:], root.level = handlers, level
-        out, err = capfd.readouterr()
-        return code, out, err
-    return run
-
-
 def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
     proc = cli("train.py", "-m", "init=zero,bias_normal", "seed=0,1", "trainer.max_epochs=1",
                "+trainer.limit_train_batches=3", "trainer=cpu", f"paths.log_dir={tmp_path}")
@@ -111,15 +76,15 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key)
         bad = sorted((images / "train" / "dog").iterdir())[1]
         bad.write_bytes(bad.read_bytes()[:40])
     logs = tmp_path / "logs"
-    code, out, err = here("train.py", *[a.format(empty=empty, images=images) for a in args],
-                          "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
-                          f"paths.log_dir={logs}")
-    assert code == 2, err[-2000:]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
+    proc = here("train.py", *[a.format(empty=empty, images=images) for a in args],
+                "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
+                f"paths.log_dir={logs}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:")
     assert key in lines[0]
-    assert "Traceback" not in out + err
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert not logs.exists(), list(logs.rglob("*"))  # no run directory, not even runs/
     if "{images}" in " ".join(args):
         assert str(bad) in lines[0]  # the one file among thousands, named
@@ -134,8 +99,8 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key)
         assert "bias_scale=down|none|up" in lines[0]
 
 
-def test_unknown_group_option_lists_the_available_ones(tmp_path):
-    proc = cli("train.py", "model=foo", f"paths.log_dir={tmp_path}")
+def test_unknown_group_option_lists_the_available_ones(tmp_path, here):
+    proc = here("train.py", "model=foo", f"paths.log_dir={tmp_path}")
     assert proc.returncode != 0
     assert "Could not find 'model/foo'" in proc.stderr
     for option in ("logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50"):
@@ -145,10 +110,10 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
 
 
 def test_init_report_resnet50_zero_shows_every_layer(here):
-    code, out, err = here("init_report.py", "model=resnet50", "dataset=cifar10", "init=zero")
-    assert code == 0, err
+    proc = here("init_report.py", "model=resnet50", "dataset=cifar10", "init=zero")
+    assert proc.returncode == 0, proc.stderr
     rows = {}
-    for line in out.splitlines():
+    for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 8 and parts[1] in ("Conv2d", "Linear", "BatchNorm2d"):
             rows[parts[0]] = parts
@@ -167,16 +132,16 @@ def test_init_report_resnet50_zero_shows_every_layer(here):
 
 
 def test_init_report_bias_normal_and_bad_input(here):
-    code, out, err = here("init_report.py", "model=mnist_fnn", "init=bias_normal", "bias_scale=up")
-    assert code == 0, err
-    rows = [line.split() for line in out.splitlines() if " Linear " in line]
+    proc = here("init_report.py", "model=mnist_fnn", "init=bias_normal", "bias_scale=up")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if " Linear " in line]
     assert [r[0] for r in rows] == ["0", "2"] or [r[0] for r in rows] == ["1", "3"]
     assert all(r[5] == "100.0%" for r in rows)
     assert 30 < float(rows[0][7]) < 300  # N(0, 1) x 100 over 500 biases
-    code, out, err = here("init_report.py", "model.activation=swish")
-    assert code != 0
-    assert err.strip().startswith("error: model.activation")
-    assert len(err.strip().splitlines()) == 1
+    bad = here("init_report.py", "model.activation=swish")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().startswith("error: model.activation")
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
@@ -188,8 +153,8 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert f"{tmp_path / 'a_file'} is not a folder" in line
 
 
-def test_gpu_speed_options_on_the_cpu_and_a_batch_over_the_split_say_what_they_do(tmp_path):
-    proc = cli("train.py", "trainer=cpu", "speed=bf16", "batch_size=5000",
+def test_gpu_speed_options_on_the_cpu_and_a_batch_over_the_split_say_what_they_do(tmp_path, here):
+    proc = here("train.py", "trainer=cpu", "speed=bf16", "batch_size=5000",
                "trainer.max_epochs=1", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [s for s in proc.stderr.splitlines() if s.startswith("warning:")]

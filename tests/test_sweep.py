@@ -188,8 +188,9 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
 
 
 # ------------------------------------------------------------------ failures and divergence
-def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
-    out = train("-m", "model.activation=swish,elu", "trainer.max_epochs=1", log_dir=tmp_path)
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path, here):
+    out = here("train.py", "-m", "model.activation=swish,elu", "trainer.max_epochs=1",
+               f"paths.log_dir={tmp_path}")
     assert out.returncode == 1
     assert "sweep: 2 runs: 1 completed, 1 failed" in out.stdout
     assert "model.activation" in out.stdout
@@ -198,9 +199,9 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
     assert not list((tmp_path / "sweeps" / "default").glob("*activation=swish*"))
 
 
-def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path):
-    out = train("-m", "optimizer=sgd", "optimizer.lr=1e12,0.01", "trainer.max_epochs=3",
-                log_dir=tmp_path)
+def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path, here):
+    out = here("train.py", "-m", "optimizer=sgd", "optimizer.lr=1e12,0.01",
+               "trainer.max_epochs=3", f"paths.log_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     (bad,) = (tmp_path / "sweeps" / "default").glob("*lr=1000000000000*")
     (good,) = (tmp_path / "sweeps" / "default").glob("*lr=0.01*")
@@ -211,7 +212,7 @@ def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path):
 
 
 # ------------------------------------------------------------------ kill, rerun, resume
-def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path):
+def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path, here):
     args = ["model=mnist_cnn", "+trainer.limit_train_batches=6", "trainer.max_epochs=4"]
     sweep = tmp_path / "sweeps" / "default"
     proc = subprocess.Popen([sys.executable, "src/train.py", "-m", "seed=0,1", *args,
@@ -236,7 +237,9 @@ def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path):
     first_bytes = (first / "results.json").read_bytes()
     assert results(second)["status"] == "running" and len(results(second)["epochs"]) < 4
 
-    out = train("-m", "seed=0,1", *args, log_dir=tmp_path)
+    # the kill needs a process of its own; the rerun and the reference are the same script
+    # run in this process (the same code path, without two more start-ups)
+    out = here("train.py", "-m", "seed=0,1", *args, f"paths.log_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 skipped (already finished)" in out.stdout and "1 of them resumed" in out.stdout
     assert (first / "results.json").read_bytes() == first_bytes  # never overwritten
@@ -244,7 +247,7 @@ def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path):
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1
 
     # The resumed curve is the uninterrupted one: same batches, same optimizer state.
-    ref = train("seed=1", *args, log_dir=tmp_path / "ref")
+    ref = here("train.py", "seed=1", *args, f"paths.log_dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr[-2000:]
     (ref_dir,) = (tmp_path / "ref" / "runs").iterdir()
     assert without_time(resumed["epochs"]) == without_time(results(ref_dir)["epochs"])
