@@ -1,9 +1,6 @@
 """A sweep checks what all its runs share before the first run (zeroinit.preflight), and a
 failure every run would share, met during a run, stops the sweep once (zeroinit.sweep)."""
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -98,33 +95,24 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def sweep(*args, log_dir, env=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "src/train.py", "-m", "trainer=cpu", *args,
-                           f"paths.log_dir={log_dir}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=env)
-    return proc, time.monotonic() - start
-
-
-def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path):
+def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path, here):
     write_mnist(tmp_path / "data")  # mnist is there, cifar10 is not
-    proc, elapsed = sweep("dataset=mnist,cifar10", "seed=0,1,2", "dataset.download=false",
-                          f"paths.data_dir={tmp_path / 'data'}", log_dir=tmp_path / "logs")
+    proc = here("train.py", "-m", "trainer=cpu", "dataset=mnist,cifar10", "seed=0,1,2",
+                "dataset.download=false", f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.log_dir={tmp_path / 'logs'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: dataset=cifar10: missing in ")
     assert "test_batch" in line and "`make data`" in line and "paths.data_dir" in line
     assert "Launching" not in proc.stdout + proc.stderr  # no run was started ...
     assert not (tmp_path / "logs").exists()  # ... nor any folder made
-    assert elapsed < 60, elapsed  # the start-up of one process, not six runs
 
 
 # ------------------------------------------------------------------ during a run
-def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path):
-    proc, _ = sweep("seed=0,1,2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                    "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd",
-                    log_dir=tmp_path, env={"PYTHONPATH": str(ROOT / "tests")})
+def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path, here):
+    proc = here("train.py", "-m", "trainer=cpu", "seed=0,1,2", "trainer.max_epochs=1",
+                "+trainer.limit_train_batches=2",
+                "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0]

@@ -112,7 +112,7 @@ def test_only_the_time_limit_warning_requeues_and_only_while_requeues_are_left()
     assert not should_requeue(signal.SIGUSR2, {"SLURM_JOB_ID": "7"})  # no launcher: no limit
 
 
-def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path):
+def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path, here):
     """As a person (or a scheduler) stops `python src/train.py -m ...`: exit 128+15, one line,
     and the same command resumes the run."""
     args = [sys.executable, "src/train.py", "-m", "trainer=cpu", "trainer.max_epochs=8",
@@ -127,7 +127,7 @@ def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and 1 <= len(results["epochs"]) < 8
 
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = here("train.py", *args[2:])  # the same command, run here
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 completed, 1 of them resumed from a checkpoint" in again.stdout
     results = json.loads((run_dir / "results.json").read_text())
@@ -157,7 +157,7 @@ def test_ctrl_c_before_training_exits_130_with_one_line_and_leaves_nothing(tmp_p
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no half-made run
 
 
-def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_path):
+def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_path, here):
     args = [sys.executable, "src/train.py", "trainer=cpu", "trainer.max_epochs=8",
             "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
     proc, stdout, stderr = terminate_when(args, lambda: list(tmp_path.rglob("last.ckpt")),
@@ -168,9 +168,9 @@ def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert read_results(run_dir)["status"] == "interrupted"
     command = shlex.split(line.split("to resume: ", 1)[1])
-    assert command[0] == "python" and command[-1] == f'hydra.run.dir="{run_dir}"'
-    again = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    assert command[:2] == ["python", "src/train.py"]
+    assert command[-1] == f'hydra.run.dir="{run_dir}"'
+    again = here("train.py", *command[2:])  # the printed command, as a shell splits it
     assert again.returncode == 0, again.stderr[-2000:]
     results = read_results(run_dir)
     assert results["status"] == "completed" and results["resumed_from_epoch"] >= 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from test_signals import terminate_when
-from test_sweep import ROOT, results, train
+from test_sweep import ROOT, results
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
 from zeroinit.results import read_results
 from zeroinit.run import compose, run
@@ -198,14 +198,14 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
 
 
 # ------------------------------------------------------------------ through the command line
-def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path):
+def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here):
     args = ["init=zero,pytorch,bias_normal", "seed=0,1", "trainer.max_epochs=2",
             "+trainer.limit_train_batches=5", "callbacks.diagnostics=null"]
-    stacked = train("-m", *args, "launcher=stacked", log_dir=tmp_path / "a")
+    stacked = here("train.py", "-m", *args, "launcher=stacked", f"paths.log_dir={tmp_path / 'a'}")
     assert stacked.returncode == 0, stacked.stderr[-2000:]
     assert "stacked: 6 runs in one fit" in stacked.stdout
     assert "sweep: 6 runs: 6 completed" in stacked.stdout
-    sequential = train("-m", *args, log_dir=tmp_path / "b")
+    sequential = here("train.py", "-m", *args, f"paths.log_dir={tmp_path / 'b'}")
     assert sequential.returncode == 0, sequential.stderr[-2000:]
     a_runs = sorted(p.name for p in (tmp_path / "a" / "sweeps" / "default").iterdir()
                     if not p.name.startswith("."))
@@ -226,12 +226,11 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path):
             assert abs(ea["test_acc"] - eb["test_acc"]) <= 0.01  # within 1 point
         assert sorted(p.name for p in (a_dir / ".hydra").iterdir()) == sorted(
             p.name for p in (b_dir / ".hydra").iterdir() if p.suffix == ".yaml")
-    report = subprocess.run([sys.executable, "src/report.py", str(tmp_path / "a" / "sweeps")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    report = here("report.py", str(tmp_path / "a" / "sweeps"))
     assert report.returncode == 0, report.stderr[-2000:]
 
 
-def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path):
+def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here):
     args = ["seed=0,1,2", "+trainer.limit_train_batches=6", "trainer.max_epochs=4",
             "launcher=stacked", "callbacks.diagnostics=null"]
     sweep = tmp_path / "sweeps" / "default"
@@ -252,10 +251,12 @@ def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path):
     assert len(runs) == 3, "the sweep never checkpointed its members"
     assert all(results(r)["status"] == "running" and len(results(r)["epochs"]) < 4
                for r in runs)
-    out = train("-m", *args, log_dir=tmp_path)
+    # the kill needs a process of its own; the rerun and the reference run here
+    out = here("train.py", "-m", *args, f"paths.log_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3 of them resumed" in out.stdout
-    ref = train("-m", *args[:-2], "callbacks.diagnostics=null", log_dir=tmp_path / "ref")
+    ref = here("train.py", "-m", *args[:-2], "callbacks.diagnostics=null",
+               f"paths.log_dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr[-2000:]
     for r in runs:
         resumed = results(r)
@@ -284,7 +285,7 @@ def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
 
 
 def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun_resumes(
-        tmp_path):
+        tmp_path, here):
     args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked", "trainer=cpu",
             "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
     # signal the stack once both members have checkpointed an epoch
@@ -297,7 +298,7 @@ def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun
     for r in runs:
         res = results(r)
         assert res["status"] == "interrupted" and 1 <= len(res["epochs"]) < 8
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = here("train.py", *args[2:])  # the same command, run here
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 completed, 2 of them resumed from a checkpoint" in again.stdout
     assert all(results(r)["status"] == "completed" and len(results(r)["epochs"]) == 8
