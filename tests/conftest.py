@@ -44,8 +44,9 @@ def here(monkeypatch, capfd):
     the file runs as __main__, exactly as the zeroinit-* commands run it, minus the ~15 s of
     imports a subprocess pays on 2 cores. For tests about what a script does; the tests about
     the process itself (signals, kills, the exit code a shell sees) start real subprocesses.
-    Hydra's global state, the logging handlers it installs and the Ctrl-C handler train.py
-    installs are put back after."""
+    What a script may change for its own process is put back after: Hydra's global state, the
+    logging handlers it installs, the Ctrl-C handler train.py installs and the environment
+    (a sweep's preflight tells its runs not to download through it)."""
     import logging
     import signal
 
@@ -56,6 +57,7 @@ def here(monkeypatch, capfd):
     def run(script, *args):
         root = logging.getLogger()
         handlers, level, sigint = root.handlers[:], root.level, signal.getsignal(signal.SIGINT)
+        environ = dict(os.environ)
         monkeypatch.setattr(sys, "argv", [script, *args])
         capfd.readouterr()  # only this script's output
         GlobalHydra.instance().clear()
@@ -67,6 +69,8 @@ def here(monkeypatch, capfd):
         finally:
             GlobalHydra.instance().clear()
             signal.signal(signal.SIGINT, sigint)
+            os.environ.clear()
+            os.environ.update(environ)
             for h in set(root.handlers) - set(handlers):
                 h.close()
             root.handlers[:], root.level = handlers, level
