@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroinit.run import compose
+from zeroinit.run import build_data, build_net, compose
 from zeroinit.slurm import rejection
 from zeroinit.sweep import GpuSlot, RunLock, default_gpu_lock_dir, slot_gpu, summarize
 
@@ -119,6 +119,25 @@ def test_figure_presets_compose_with_the_papers_settings(name):
         assert cfg.dataset.augment and list(cfg.dataset.normalize.mean) == [0.4914, 0.4822, 0.4465]
     elif "fig0" in name or name == "fig10_zero_cifar":
         assert not cfg.dataset.augment and cfg.dataset.normalize is None
+
+
+def offline_examples():
+    """The `... dataset=mnist5k ...` commands the presets' comments offer, as override lists."""
+    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
+        text = path.read_text().replace("\n#      ", " ")  # a command continued on the next line
+        for line in text.splitlines():
+            if line.startswith("#   python src/train.py") and "dataset=mnist5k" in line:
+                args = line.split("(")[0].split("#", 2)[1].split()[2:]  # no trailing comment
+                yield pytest.param([a for a in args if a != "-m"], id=path.stem)
+
+
+@pytest.mark.parametrize("overrides", list(offline_examples()))
+def test_every_presets_offline_example_fits_the_embedded_digits(overrides, make_cfg):
+    cfg = make_cfg(*overrides)
+    data = build_data(cfg).load()  # the checks of the files against the config
+    net = build_net(cfg, data)
+    x = data.train_set[0][:2].float()
+    assert net(x).shape == (2, 10)
 
 
 @pytest.mark.parametrize("trainer,gpus", [("cpu", None), ("gpu", 1), ("default", 1)])
