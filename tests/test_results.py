@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from test_run import SHORT, short_run
@@ -75,6 +76,8 @@ def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_c
         "init.weight": "zero", "init.bias": "normal", "init.bias_scale": 0.01, "seed": "3",
         "optimizer": "Adam", "optimizer.lr": 0.001, "batch_size": "32", "epochs": "2",
         "activation": "elu", "speed": "fp32"}
+    saved = yaml.safe_load((tmp_path / "hparams.yaml").read_text())  # Lightning's copy
+    assert saved == hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "test/loss"]

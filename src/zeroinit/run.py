@@ -85,8 +85,9 @@ def build_logger(cfg: DictConfig, config: dict):
 
     # Written directly: Lightning's log_hyperparams wants a metric value, which it logs at
     # step 0 (a fake 0 at the start of every curve). The columns read the test/* scalars.
-    experiment, *session = hparams_summary(experiment_hparams(cfg),
-                                           {"test/acc": 0, "test/loss": 0})
+    hparams = experiment_hparams(cfg)
+    experiment, *session = hparams_summary(hparams, {"test/acc": 0, "test/loss": 0})
+    logger.hparams.update(hparams)  # what Lightning writes to the run's hparams.yaml
     # TensorBoard's table shows the first 5 hparams, those marked `differs` first: the keys of
     # a run's name (dataset-model-init-x<bias scale>-s<seed>), what a sweep varies.
     meta = experiment.value[0].metadata.plugin_data
