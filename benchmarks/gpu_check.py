@@ -1,7 +1,7 @@
 """Everything we want to know GPU-side, in one script sized for a few minutes on one H100:
 
     make gpu-check                         # = python benchmarks/gpu_check.py -o gpu-check.md
-    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: ~9 min)
+    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: ~10-15 min)
 
 1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
    cifar_fnn, mnist_cnn, cifar_cnn trained stacked vs one run at a time
