@@ -182,6 +182,18 @@ def extrapolate(points, full: int) -> Fit:
     return Fit(fixed, per_image, fixed + per_image * full)
 
 
+def time_sizes(run, variants, images, repeats: int, full: int, label="", log=print):
+    """Time every variant at every size in `schedule`'s order, `run(variant, n)` -> seconds;
+    returns ({variant: [(train images, seconds)]}, {variant: Fit of a full epoch})."""
+    times = {v: [] for v in variants}
+    for r, n, order in schedule(variants, images, repeats):
+        for v in order:
+            times[v].append((n, run(v, n)))
+            log(f"  {label}{v}, repeat {r + 1}/{repeats}, {n:,} train images: {times[v][-1][1]:.2f}s",
+                flush=True)
+    return times, {v: extrapolate(t, full) for v, t in times.items()}
+
+
 def describe_fits(fits: dict, label="fixed per fit") -> str:
     """'fixed per fit: project 0.91 s, bare 0.02 s; plain scaling for ...' of {variant: Fit}."""
     fixed = [f"{v} {f.fixed:.2f} s" for v, f in fits.items() if f.fixed is not None]
@@ -566,13 +578,8 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
         for w in args.workers:
             time_conventional(case, warm, workers=w)
     images = sizes(case.n_train, case.full_train)
-    times = {v: [] for v in variants}  # [(train images, seconds measured)]
-    for r, n, order in schedule(variants, images, args.repeats):
-        for v in order:
-            times[v].append((n, runners[v](n)))
-        log(f"  {model} repeat {r + 1}/{args.repeats}, {n:,} train images: " +
-            "  ".join(f"{v} {times[v][-1][1]:.2f}s" for v in variants), flush=True)
-    fits = {v: extrapolate(t, case.full_train) for v, t in times.items()}
+    times, fits = time_sizes(lambda v, n: runners[v](n), variants, images, args.repeats,
+                             case.full_train, f"{model} ", log)
     row = {"model": model, "n_train": case.n_train, "n_test": case.n_test, "sizes": images,
            "scaled": case.n_train != case.full_train, "repeats": args.repeats, "times": times,
            "fits": {v: f._asdict() for v, f in fits.items()}}

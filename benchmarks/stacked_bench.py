@@ -123,16 +123,13 @@ def main(argv=None) -> dict:
         for model in args.models.split(","):
             full = bench.MODELS[model][1]
             n = min(int(images.get(model, 0)) or args.n_train or full, full)
-            times = {v: [] for v in variants}  # [(train images, seconds measured)]
             # warm-up (first-call costs, cuDNN/CUDA initialization): in no variant's figure
             time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
                          args.members)
-            for _, size, order in bench.schedule(variants, bench.sizes(n, full), args.repeats):
-                for v in order:
-                    t = time_variant(v, model, args.device, work, size, args.override, args.members)
-                    times[v].append((size, t))
-                    print(f"  {model} {v}, {size:,} train images: {t:.2f}s", flush=True)
-            fits = {v: bench.extrapolate(t, full) for v, t in times.items()}
+            times, fits = bench.time_sizes(
+                lambda v, size: time_variant(v, model, args.device, work, size, args.override,
+                                             args.members),
+                variants, bench.sizes(n, full), args.repeats, full, f"{model} ")
             rows.append({"model": model, "n_train": n, "sizes": bench.sizes(n, full),
                          **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
                          "fits": fits, "all": times})
