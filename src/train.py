@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from zeroinit.config import UserError, register_resolvers
-from zeroinit.results import FILENAME
-from zeroinit.run import ddp_worker, train_or_resume
-from zeroinit.signals import RESUME_HINT, STOPPED, interrupt_on_ctrl_c, leave
-from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
-                            started_here, stop_sweep, summary_so_far)
+
+# torch, Lightning and the training code are imported in main(), not here: `--help`, `--cfg`
+# and `--info` only compose the config and should answer in well under the ~4 s those take.
 
 log = logging.getLogger("zeroinit")
 
@@ -35,6 +32,8 @@ register_resolvers()
 
 def _limit_threads_for_parallel_jobs():
     # n joblib workers x all cores each would oversubscribe the CPU: share the cores.
+    import torch
+
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
     if n_jobs:
@@ -59,6 +58,8 @@ def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
     # A sweep's run directory is a function of its config, so the same command finds it; a
     # single run's is new every time (it starts with the date), so it is named.
     if sweeping:
+        from zeroinit.signals import RESUME_HINT
+
         return RESUME_HINT
     if not saved:
         return "nothing was saved yet; rerun the command to start again"
@@ -70,6 +71,12 @@ def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from zeroinit.results import FILENAME
+    from zeroinit.run import ddp_worker, train_or_resume
+    from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
+    from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
+                                started_here, stop_sweep, summary_so_far)
+
     hc = HydraConfig.get()
     out_dir = Path(cfg.paths.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN

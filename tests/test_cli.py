@@ -164,3 +164,20 @@ def test_gpu_speed_options_on_the_cpu_and_a_batch_over_the_split_say_what_they_d
     assert "speed.tf32, speed.cudnn_benchmark, speed.channels_last do nothing" in warnings[0]
     assert warnings[1] == ("warning: batch_size: 5000 is larger than the training split of "
                            "dataset=mnist5k (4000 images): every epoch is one step on all 4000")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["--cfg", "hydra",
+                                                                  "launcher=slurm"]])
+def test_help_and_config_listing_import_neither_torch_nor_lightning(args):
+    # What keeps `--help` under a second: it only composes the config. Checked in a fresh
+    # interpreter, which reports the heavy modules it ended up with.
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['src/train.py', *{args!r}]\n"
+            "try:\n    runpy.run_path('src/train.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'lightning')"
+            " if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Configuration groups" in proc.stdout or "dataset:" in proc.stdout

@@ -91,13 +91,23 @@ def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
                      *([extra] if extra else []), f"s{seed}"])
 
 
+def gpus_for(accelerator) -> int | None:
+    """GPUs per SLURM task for a trainer (conf/launcher/slurm.yaml): none for trainer=cpu,
+    else one (one task = one run on one GPU). trainer=default ("auto": the GPU if there is
+    one) asks for one too: the login node cannot see what the compute nodes have, and a run
+    meant for a GPU that silently fell back to the CPU would take an order of magnitude
+    longer."""
+    return None if str(accelerator).lower() == "cpu" else 1
+
+
 def register_resolvers() -> None:
+    # Light on purpose: train.py registers these before Hydra parses the command line, and
+    # `--help` should not wait for torch.
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("slurm_gpus"):  # conf/launcher/slurm.yaml
-        from zeroinit.slurm import gpus_for
         OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
 
 
 __all__ = ["UserError", "build", "flatten", "validate", "check_device", "run_name",
-           "register_resolvers"]
+           "register_resolvers", "gpus_for"]

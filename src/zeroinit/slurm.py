@@ -1,6 +1,6 @@
 """launcher=slurm: hydra-submitit-launcher's SlurmLauncher, with what a new user hits fixed.
 
-- The GPU request follows the trainer (`gpus_for`, conf/launcher/slurm.yaml): trainer=cpu asks
+- The GPU request follows the trainer (`config.gpus_for`, conf/launcher/slurm.yaml): trainer=cpu asks
   for none, so a sweep runs on partitions and nodes without GPUs.
 - A submission that sbatch rejects ends in one line, `error: ...` with sbatch's reason and the
   key to change, exit 2, instead of submitit's traceback (`rejection`).
@@ -33,22 +33,17 @@ from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from zeroinit.signals import MAX_REQUEUE_ENV
-from zeroinit.sweep import outcome_dir, record_outcome
+# Hydra imports this module at every start (hydra_plugins/zeroinit_slurm.py), `--help`
+# included: what it needs of the training side (zeroinit.signals, zeroinit.sweep, which import
+# Lightning) is imported where a job is submitted or reported.
 
 log = logging.getLogger(__name__)
 
 
-def gpus_for(accelerator) -> int | None:
-    """GPUs per task for a trainer: none for trainer=cpu, else one (one task = one run on one
-    GPU). trainer=default ("auto": the GPU if there is one) asks for one too: the login node
-    cannot see what the compute nodes have, and a run meant for a GPU that silently fell back
-    to the CPU would take an order of magnitude longer."""
-    return None if str(accelerator).lower() == "cpu" else 1
-
-
 def job_setup(params: dict) -> list[str]:
     """Lines of the sbatch script before srun, ahead of the user's own `setup` lines."""
+    from zeroinit.signals import MAX_REQUEUE_ENV
+
     return [
         # torch would start one thread per core of the node, however many CPUs the job has.
         'if [ -n "$SLURM_CPUS_PER_TASK" ]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi',
@@ -250,6 +245,8 @@ class SlurmLauncher(_Base):
             log.warning("SLURM job %s (#%d) ended without a result (%s); its log: %s",
                         job.job_id, idx, state, job.paths.stdout)
             if not _reported(sweep_dir, job.job_id):  # killed before it could say why
+                from zeroinit.sweep import record_outcome
+
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
                 shown = [o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))]
                 label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
@@ -268,6 +265,8 @@ def _fail(line: str):
 
 def _reported(sweep_dir, job_id: str) -> bool:
     """Whether the job recorded its own outcome (e.g. `interrupted`) before it ended."""
+    from zeroinit.sweep import outcome_dir
+
     out = outcome_dir(sweep_dir)
     if out is None or not out.is_dir():
         return False
