@@ -41,3 +41,28 @@ def test_validate_names_the_key_and_what_is_allowed(make_cfg, key, value, allowe
     with pytest.raises(UserError, match=rf"^{key}: .* allowed: {allowed}"):
         validate(cfg)
     validate(make_cfg())  # the defaults pass
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd optimizer.momentum=0.9"])
+def test_the_configured_optimizer_steps_exactly_as_torchs_per_tensor_loop(make_cfg, optimizer):
+    # conf/optimizer sets foreach (it is faster); the experiment's numbers must not move.
+    import torch
+
+    from zeroinit.config import build
+
+    name, *rest = optimizer.split()
+    cfg = make_cfg(f"optimizer={name}", *rest)
+    assert cfg.optimizer.foreach is True
+    results = []
+    for factory in (build(cfg.optimizer), build({**cfg.optimizer, "foreach": False})):
+        torch.manual_seed(0)
+        params = [torch.randn(15, 50, 78, requires_grad=True), torch.randn(15, 50,
+                                                                           requires_grad=True)]
+        opt = factory(params)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
