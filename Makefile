@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-slurm test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked gpu-check tensorboard clean
+.PHONY: help setup train test test-slurm test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked bench-startup gpu-check tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: $(VENV)/.installed  ## seconds/epoch: this project vs a bare loop vs Data
 
 bench-stacked: $(VENV)/.installed  ## the 15-run seed x init sweep: stacked vs one at a time vs 15 bare loops (CPU: ~15 min)
 	$(PY) benchmarks/stacked_bench.py --cli $(ARGS)
+
+bench-startup: $(VENV)/.installed  ## time to first result: --help, a one-epoch run, the README's stacked sweep, the dataset load (~3 min; ARGS="--compare REF")
+	$(PY) benchmarks/startup_bench.py $(ARGS)
 
 gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps, every model fp32/bf16, parallel sweep -> gpu-check.md (~7.5 min on an H200)
 	$(PY) benchmarks/gpu_check.py -o gpu-check.md $(ARGS)

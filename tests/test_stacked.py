@@ -198,11 +198,18 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
 
 
 # ------------------------------------------------------------------ through the command line
-def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here):
+def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, monkeypatch):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed = []  # each job's config is composed once (the sweeper's check), not twice
+    compose = ConfigLoaderImpl.load_sweep_config
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config",
+                        lambda self, *a, **k: composed.append(1) or compose(self, *a, **k))
     args = ["init=zero,pytorch,bias_normal", "seed=0,1", "trainer.max_epochs=2",
             "+trainer.limit_train_batches=5", "callbacks.diagnostics=null"]
     stacked = here("train.py", "-m", *args, "launcher=stacked", f"paths.log_dir={tmp_path / 'a'}")
     assert stacked.returncode == 0, stacked.stderr[-2000:]
+    assert len(composed) == 6
     assert "stacked: 6 runs in one fit" in stacked.stdout
     assert "sweep: 6 runs: 6 completed" in stacked.stdout
     sequential = here("train.py", "-m", *args, f"paths.log_dir={tmp_path / 'b'}")

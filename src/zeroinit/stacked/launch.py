@@ -141,8 +141,8 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i, overrides in enumerate(job_overrides):
-        job_config = launcher.hydra_context.config_loader.load_sweep_config(config,
-                                                                            list(overrides))
+        # composed once: the sweeper's check already did it (stacked_launcher.ComposedOnce)
+        job_config = launcher.hydra_context.config_loader.take(config, list(overrides))
         with open_dict(job_config):
             job_config.hydra.job.id = initial_job_idx + i
             job_config.hydra.job.num = initial_job_idx + i
