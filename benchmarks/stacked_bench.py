@@ -9,7 +9,11 @@ on random uint8 images of the real sizes (MNIST 60,000 + 10,000, CIFAR-10 50,000
 one epoch per run (training + evaluation of the whole test split), default config
 (diagnostics on, results.json, TensorBoard, checkpoints: what a user's run writes):
 
-  stacked     zeroinit.stacked.group.train_group(15 jobs): what `launcher=stacked` calls
+  stacked     zeroinit.stacked.group.train_group(15 jobs): what `launcher=stacked` calls, in
+              stacks of the size its probe chose (zeroinit.stacked.size; the probe itself runs
+              in the warm-up, so its seconds are in no variant's figure)
+  stacked_all the same in one stack of 15 (hydra.launcher.stack_size=15): what it did before
+              the probe
   sequential  zeroinit.run.run(cfg) for each job in turn: what the basic launcher's jobs call
   bare        15 x benchmarks/bench.py's bare loop: the same nets, inits, optimizer and batch
               ops in a plain PyTorch loop, nothing written
@@ -36,10 +40,11 @@ import torch
 import bench  # benchmarks/bench.py
 from zeroinit import data as zdata
 from zeroinit.run import compose, run
+from zeroinit.stacked import size
 from zeroinit.stacked.group import train_group
 
 INITS, SEEDS = ("zero", "pytorch", "bias_normal"), range(5)
-VARIANTS = ("stacked", "sequential", "bare")
+VARIANTS = ("stacked", "stacked_all", "sequential", "bare")
 
 
 def random_loader(shape, n_train, n_test):
@@ -70,8 +75,8 @@ def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -
     with bench.silenced():
         bench.sync(torch.device(device))
         start = time.perf_counter()
-        if variant == "stacked":
-            outcomes = train_group(todo)
+        if variant in ("stacked", "stacked_all"):
+            outcomes = train_group(todo, "auto" if variant == "stacked" else len(todo))
             statuses = {o for o, _, _ in outcomes}
         elif variant == "sequential":
             statuses = {run(cfg, overrides)["status"] for cfg, overrides in todo}
@@ -87,6 +92,15 @@ def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -
     assert statuses <= {"completed", "diverged"}, (variant, statuses)
     shutil.rmtree(out, ignore_errors=True)
     return elapsed
+
+
+def probe_choice(model, device, work_dir, extra, members) -> str:
+    """The stack size launcher=stacked takes for this model here, e.g. '(4 per stack, 1.3x)'
+    (measured here, or read from the probe's cache)."""
+    cfg = jobs(model, device, Path(work_dir), 1024, extra, members)[0][0]
+    cap = max(1, min(members, size.MAX_AUTO_STACK, size.memory_cap(cfg)))
+    choice = size.probe(cfg, cap)
+    return f"({choice['size']} per stack, {choice['gain']:.2f}x)"
 
 
 def time_cli(work_dir) -> dict:
@@ -123,26 +137,31 @@ def main(argv=None) -> dict:
         for model in args.models.split(","):
             full = bench.MODELS[model][1]
             n = min(int(images.get(model, 0)) or args.n_train or full, full)
-            # warm-up (first-call costs, cuDNN/CUDA initialization): in no variant's figure
+            # the stack size probe (cached for the stacked variant) and a warm-up (first-call
+            # costs, cuDNN/CUDA initialization): in no variant's figure
+            choice = probe_choice(model, args.device, work, args.override, args.members)
             time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
                          args.members)
             times, fits = bench.time_sizes(
-                lambda v, size: time_variant(v, model, args.device, work, size, args.override,
-                                             args.members),
+                lambda v, n_images: time_variant(v, model, args.device, work, n_images,
+                                                 args.override, args.members),
                 variants, bench.sizes(n, full), args.repeats, full, f"{model} ")
             rows.append({"model": model, "n_train": n, "sizes": bench.sizes(n, full),
+                         "probe": choice,
                          **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
                          "fits": fits, "all": times})
         cli = time_cli(work) if args.cli else None
     k = args.members
-    print(f"\n| model | {k} runs stacked | {k} runs sequential | {k} x bare loop | "
-          f"sequential / stacked | stacked / bare |\n|---|---|---|---|---|---|")
+    print(f"\n| model | {k} runs stacked (probe's size) | {k} runs in one stack | {k} runs "
+          f"sequential | {k} x bare loop | sequential / stacked | stacked / bare |\n"
+          f"|---|---|---|---|---|---|---|")
     def cell(x, unit):  # a variant not run: "-"
         return "-" if x != x else f"{x:.{1 if unit == 's' else 2}f}{unit}"
 
     for r in rows:
         get = lambda v: r.get(v, float("nan"))  # noqa: E731
-        print(f"| {r['model']} | {cell(get('stacked'), 's')} | {cell(get('sequential'), 's')} | "
+        print(f"| {r['model']} | {cell(get('stacked'), 's')} {r.get('probe', '')} | "
+              f"{cell(get('stacked_all'), 's')} | {cell(get('sequential'), 's')} | "
               f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
               f"{cell(get('stacked') / get('bare'), 'x')} |")
     fitted = [r for r in rows if r["n_train"] < bench.MODELS[r["model"]][1]]

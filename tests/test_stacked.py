@@ -98,7 +98,7 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
              "callbacks.diagnostics=null", "trainer.precision=64-true"]
     members = MEMBERS[:2] if small else MEMBERS
     jobs = member_cfgs(tmp_path, *extra, members=members)
-    outcomes = train_group(jobs)
+    outcomes = train_group(jobs, stack_size=len(jobs))  # one stack, whatever is fastest
     assert [o for o, _, _ in outcomes] == ["completed"] * len(jobs)
     for (init, seed), (cfg, overrides), (_, mine, _) in zip(members, jobs, outcomes):
         separate = member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="separate")[0][0]
@@ -156,7 +156,7 @@ def test_one_member_diverges_alone_and_the_others_equal_their_separate_runs(tmp_
     # a member with PyTorch's weights and N(0, 1) x 1e38 biases: its logits overflow float32
     bad = compose("trainer=cpu", f"paths.output_dir={tmp_path / 'stacked' / 'huge'}",
                   "init=pytorch", "init.bias=normal", "init.bias_scale=1e38", "seed=1", *extra)
-    outcomes = train_group([jobs[0], (bad, ["init.bias_scale=1e38"]), jobs[1]])
+    outcomes = train_group([jobs[0], (bad, ["init.bias_scale=1e38"]), jobs[1]], stack_size=3)
     assert [o for o, _, _ in outcomes] == ["completed", "diverged", "completed"]
     diverged = read_results(tmp_path / "stacked" / "huge")
     assert diverged["status"] == "diverged" and len(diverged["epochs"]) == 1
@@ -173,7 +173,7 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
     """results.json keys, checkpoint, TensorBoard events + HPARAMS, diagnostics per member."""
     extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=4", "batch_size=16"]
     jobs = member_cfgs(tmp_path, *extra, members=[("zero", 0), ("bias_normal", 0)])
-    train_group(jobs)
+    train_group(jobs, stack_size=2)
     alone = run(member_cfgs(tmp_path, *extra, members=[("bias_normal", 0)], sub="sep")[0][0])
     for init in ("zero", "bias_normal"):
         run_dir = tmp_path / "stacked" / f"{init}-s0"
@@ -207,7 +207,8 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
                         lambda self, *a, **k: composed.append(1) or compose(self, *a, **k))
     args = ["init=zero,pytorch,bias_normal", "seed=0,1", "trainer.max_epochs=2",
             "+trainer.limit_train_batches=5", "callbacks.diagnostics=null"]
-    stacked = here("train.py", "-m", *args, "launcher=stacked", f"paths.log_dir={tmp_path / 'a'}")
+    stacked = here("train.py", "-m", *args, "launcher=stacked", "hydra.launcher.stack_size=6",
+                   f"paths.log_dir={tmp_path / 'a'}")
     assert stacked.returncode == 0, stacked.stderr[-2000:]
     assert len(composed) == 6
     assert "stacked: 6 runs in one fit" in stacked.stdout
@@ -239,7 +240,7 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
 
 def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here):
     args = ["seed=0,1,2", "+trainer.limit_train_batches=6", "trainer.max_epochs=4",
-            "launcher=stacked", "callbacks.diagnostics=null"]
+            "hydra.launcher.stack_size=3", "launcher=stacked", "callbacks.diagnostics=null"]
     sweep = tmp_path / "sweeps" / "default"
     proc = subprocess.Popen([sys.executable, "src/train.py", "-m", *args,
                              f"paths.log_dir={tmp_path}"], cwd=ROOT, start_new_session=True,
@@ -262,7 +263,7 @@ def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here
     out = here("train.py", "-m", *args, f"paths.log_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3 of them resumed" in out.stdout
-    ref = here("train.py", "-m", *args[:-2], "callbacks.diagnostics=null",
+    ref = here("train.py", "-m", *args[:-3], "callbacks.diagnostics=null",
                f"paths.log_dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr[-2000:]
     for r in runs:
@@ -279,7 +280,7 @@ def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
     extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "batch_size=32",
              "callbacks.diagnostics=null", "trainer.precision=64-true"]
     jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
-    train_group(jobs)
+    train_group(jobs, stack_size=2)
     more = [e.replace("max_epochs=1", "max_epochs=2") for e in extra]
     cfg = member_cfgs(tmp_path, *more, members=[("bias_normal", 1)])[0][0]
     resumed = run(cfg, ckpt_path=tmp_path / "stacked" / "bias_normal-s1" / "checkpoints" /
@@ -293,7 +294,8 @@ def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
 
 def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun_resumes(
         tmp_path, here):
-    args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked", "trainer=cpu",
+    args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked",
+            "hydra.launcher.stack_size=2", "trainer=cpu",
             "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
     # signal the stack once both members have checkpointed an epoch
     proc, stdout, stderr = terminate_when(

@@ -4,11 +4,10 @@
 one run: finished runs are skipped, runs another process holds are left alone ("busy"),
 interrupted runs resume from their checkpoint, and the rest start from their seed. Runs
 resuming from different epochs cannot share a loop, so they train in separate stacks;
-`stack_size` caps the members of one stack.
+`stack_size` caps the members of one stack (zeroinit.stacked.size: auto measures the fastest).
 """
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
+from zeroinit.stacked.size import resolve
 from zeroinit.sweep import FINISHED, RunLock, is_sweep_wide, previous_status, resume_checkpoint
 
 log = logging.getLogger("zeroinit")
-MAX_AUTO_STACK = 64  # beyond this a stack's first results arrive late for little more speed
 
 
 def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
@@ -72,7 +71,7 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         todo.setdefault(steps, []).append((i, ckpt))
     try:
         for _, members in sorted(todo.items()):
-            size = _stack_size(stack_size, jobs[members[0][0]][0], len(members))
+            size = resolve(stack_size, jobs[members[0][0]][0], len(members))
             for start in range(0, len(members), size):
                 chunk = members[start: start + size]
                 _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
@@ -176,47 +175,3 @@ class _EpochLine(L.Callback):
               f"{accs[len(accs) // 2]:.4f}  max {accs[-1]:.4f}"
               + (f"  ({diverged} diverged)" if diverged else "") + f"  ({seconds:.2f}s)",
               flush=True)
-
-
-def _stack_size(setting, cfg, n: int) -> int:
-    if setting in (None, "auto"):
-        return max(1, min(n, MAX_AUTO_STACK, auto_stack_size(cfg)))
-    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-        raise UserError(f"hydra.launcher.stack_size: {setting!r} is not allowed; "
-                        "allowed: an integer >= 1, or auto")
-    return min(n, setting)
-
-
-def auto_stack_size(cfg) -> int:
-    """How many members fit in half of the free memory of the device the run will use:
-    per member, fp32 weights + gradients + two optimizer moments (16 bytes a parameter) and
-    3x the activations of one training batch (outputs kept for backward and their
-    gradients), measured on the meta device (nothing allocated)."""
-    shape = tuple(cfg.dataset.get("input_shape") or ())
-    classes = cfg.dataset.get("num_classes")
-    if not shape or not classes:
-        return MAX_AUTO_STACK
-    with torch.device("meta"):
-        net = build(cfg.model, ignore=["name"], input_shape=shape, num_classes=classes)
-        sizes = []
-        hooks = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
-                 for m in net.modules() if not list(m.children())]
-        net(torch.empty(int(cfg.batch_size), *shape))
-        for h in hooks:
-            h.remove()
-        params = sum(p.numel() for p in net.parameters())
-    per_member = 16 * params + 4 * 3 * sum(sizes)
-    return max(1, int(0.5 * _free_bytes(cfg) // per_member))
-
-
-def _free_bytes(cfg) -> int:
-    if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

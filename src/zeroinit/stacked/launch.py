@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -22,11 +23,13 @@ from hydra.core.utils import (JobReturn, JobStatus, _save_config, configure_log,
 from omegaconf import OmegaConf, open_dict, read_write
 
 from zeroinit.config import build
+from zeroinit.errors import UserError
 from zeroinit.results import FILENAME
 from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
+from zeroinit.stacked.size import check_setting, resolve
 from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
                             started_here, stop_sweep, stopped, summary_so_far)
 
@@ -40,6 +43,7 @@ class Job:
     def __init__(self, idx: int, config):
         self.idx, self.config = idx, config
         self.cfg = self.key = None  # resolved run config; group key (None: runs alone)
+        self.stack_size = 1
         self.task_cfg = self.hydra_cfg = None
         self.overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
 
@@ -116,8 +120,10 @@ def stackable_model(cfg) -> bool:
     return True
 
 
-def plan(jobs: list[Job]) -> list[list[Job]]:
-    """Jobs in groups, in the order of each group's first job; ungroupable jobs alone."""
+def plan(jobs: list[Job], stack_size="auto") -> list[list[Job]]:
+    """Jobs in groups, in the order of each group's first job; ungroupable jobs alone, and
+    so are the jobs of a group where one at a time measured fastest (stack size 1: see
+    zeroinit.stacked.size). A group's jobs carry its stack size."""
     groups: dict = {}
     for job in jobs:
         key = group_key(job.cfg) if job.cfg is not None else None
@@ -125,15 +131,22 @@ def plan(jobs: list[Job]) -> list[list[Job]]:
     out = []
     for key, members in groups.items():
         if isinstance(key, str) and len(members) > 1 and stackable_model(members[0].cfg):
-            for job in members:
-                job.key = key
-            out.append(members)
-        else:
-            out += [[job] for job in members]
+            size = resolve(stack_size, members[0].cfg, len(members))
+            if size > 1:
+                for job in members:
+                    job.key, job.stack_size = key, size
+                out.append(members)
+                continue
+        out += [[job] for job in members]
     return out
 
 
 def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
+    try:  # before anything is written
+        check_setting(launcher.stack_size)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -151,7 +164,7 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
         jobs.append(job)
     interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
     returns = {}
-    for group in plan(jobs):
+    for group in plan(jobs, launcher.stack_size):
         if group[0].key is not None and position(len(returns), len(group)):
             print(position(len(returns), len(group)), flush=True)  # a lone job prints its own
         if group[0].key is None:  # alone: train.py's job function, as the basic launcher
@@ -162,7 +175,7 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
                                        job_subdir_key="hydra.sweep.subdir")
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         else:
-            returns.update(_launch_group(group, launcher.stack_size, sweep_dir))
+            returns.update(_launch_group(group, group[0].stack_size, sweep_dir))
     return [returns[job.idx] for job in jobs]
 
 

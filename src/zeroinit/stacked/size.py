@@ -1,0 +1,283 @@
+"""How many runs one stack holds: at most what fits in memory, and among that what trains the
+most runs per second on this device, measured.
+
+Stacking is not always faster. On a GPU a stack of conv nets runs grouped convolutions, which
+can be slower than K separate ones; on a CPU, K members' weights and Adam state can outgrow the
+caches so that every step streams them from memory (15 cifar_fnn runs stacked took 1.24x as
+long as one at a time on the 2-core development machine). So `stack_size: auto` (the default)
+times a few optimizer steps of the real model, on random data of the real shape, at stack
+sizes 1, 2, 4, ... up to the cap, twice in turn, and takes the size with the best runs per
+second, 1 included (among sizes within `MIN_GAIN` of the best, the largest: it also pays
+the fewest fit start-ups). One line says what it chose:
+
+    stacked: cifar_fnn on cpu: 4 runs per stack (1.9x one at a time); 15 runs -> 4 stacks
+
+The timings are kept in the user's cache folder (zeroinit.cache), keyed by everything that
+sets the cost of a step (model config, input shape, classes, batch size, precision,
+optimizer, device, torch version, threads): a new model or device measures again, the same
+sweep tomorrow does not. `hydra.launcher.stack_size=N` forces N and measures nothing.
+
+Lightning's loop, a fit's start-up and its epoch ends are paid once per stack, not once per
+run, and the probe times the model's step alone: so it errs towards smaller stacks, never
+towards a stack slower than one at a time. On the 2-core development machine (2026-11-30,
+ms per step and run at sizes 1/2/4/8/15): mnist_fnn 2.5/1.9/1.7/1.9/2.3, cifar_fnn
+13.1/13.1/13.2/16.2/16.3; the README's 15-run sweep took 22.5 s in stacks of 4 and 23.5 s
+as one stack of 15.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zeroinit import cache
+from zeroinit.config import build
+from zeroinit.errors import UserError
+
+log = logging.getLogger("zeroinit")
+MAX_AUTO_STACK = 64  # beyond this a stack's first results arrive late for little more speed
+MIN_GAIN = 1.05      # runs per second this close to the best count as equal (noise)
+BUDGET_S = 8.0       # the probe stops growing the stack after this many seconds
+TIMED_S = 0.25       # each size: steps until this much time has passed (at least 2 steps)
+FILE = "stack-probe.json"
+
+
+def resolve(setting, cfg, n: int, measure: bool = True) -> int:
+    """The number of members per stack for `n` runs of one group: `setting` (an integer >= 1)
+    forces it; `auto` (or None) takes what fits in memory and, with `measure`, what the probe
+    finds fastest within it."""
+    if setting not in (None, "auto"):
+        check_setting(setting)
+        return min(n, setting)
+    cap = max(1, min(n, MAX_AUTO_STACK, memory_cap(cfg)))
+    if cap == 1 or not measure or not cfg.dataset.get("input_shape"):
+        return cap  # (a user's image folder: its shape is known once read)
+    try:
+        choice = probe(cfg, cap)
+    except Exception as e:  # noqa: BLE001 - a bad model config: the run itself says so
+        log.warning("stack probe failed (%s: %s); stacks of up to %d", type(e).__name__, e, cap)
+        return cap
+    size = choice["size"]
+    stacks = -(-n // size)
+    said = (f"{size} runs per stack ({choice['gain']:.1f}x one at a time)" if size > 1 else
+            f"1 run per stack (stacked: {choice['best_stacked']:.2f}x one at a time at best)")
+    print(f"stacked: {cfg.model.name} on {choice['device']}: {said}; {n} runs -> "
+          f"{'one at a time' if size == 1 else f'{stacks} stack' + ('s' if stacks > 1 else '')}"
+          f"{' (measured before)' if choice['cached'] else ''}", flush=True)
+    return size
+
+
+def check_setting(setting) -> None:
+    if setting in (None, "auto"):
+        return
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise UserError(f"hydra.launcher.stack_size: {setting!r} is not allowed; "
+                        "allowed: an integer >= 1, or auto")
+
+
+# ------------------------------------------------------------------------- choosing a size
+def candidate_sizes(cap: int) -> list[int]:
+    """1, 2, 4, ... below `cap`, and `cap` itself."""
+    sizes, k = [], 1
+    while k < cap:
+        sizes.append(k)
+        k *= 2
+    return sizes + [cap]
+
+
+def best_size(seconds: dict[int, float]) -> int:
+    """The largest size whose runs per second (k / seconds per step) are within MIN_GAIN of
+    the best: equal within noise, a larger stack also pays fewer fit start-ups and epoch ends,
+    which the probe does not time."""
+    rate = {k: k / s for k, s in seconds.items()}
+    top = max(rate.values())
+    return max(k for k, r in rate.items() if r * MIN_GAIN >= top)
+
+
+def measure(sizes: list[int], step_seconds, budget_s: float = BUDGET_S,
+            rounds: int = 2) -> dict[int, float]:
+    """{size: seconds per step} for `sizes` in order, from `step_seconds(size)`. The first
+    round stops at a size slower per run than the best so far by more than noise (larger ones
+    would be slower still) or after `budget_s`; later rounds time the same sizes again, in
+    turn, and keep each size's fastest time (a shared machine only ever adds time)."""
+    start, seconds = time.perf_counter(), {}
+    for k in sizes:
+        seconds[k] = step_seconds(k)
+        top = max(j / s for j, s in seconds.items())
+        if k / seconds[k] * MIN_GAIN < top or time.perf_counter() - start > budget_s:
+            break
+    for _ in range(rounds - 1):
+        for k in seconds:
+            if time.perf_counter() - start > budget_s:
+                log.info("stack probe: budget of %.0f s spent", budget_s)
+                return seconds
+            seconds[k] = min(seconds[k], step_seconds(k))
+    return seconds
+
+
+# ------------------------------------------------------------------------ the real step
+def device_for(cfg) -> torch.device:
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def step_timer(cfg, device: torch.device):
+    """step_seconds(k): seconds of one training step (forward, loss, backward, optimizer) of
+    a k-member stack of the run's model, on random data of the run's shape and batch size."""
+    from zeroinit.stacked.layers import stack_nets
+    from zeroinit.stacked.module import StackedClassifier
+
+    shape, classes = tuple(cfg.dataset.input_shape), int(cfg.dataset.num_classes)
+    b = int(cfg.batch_size)
+    precision = str(cfg.trainer.get("precision"))
+    dtype = torch.float64 if precision.startswith("64") else torch.float32
+    autocast = precision.startswith("bf16")
+
+    def step_seconds(k: int) -> float:
+        nets = [build(cfg.init).apply(build(cfg.model, ignore=["name"], input_shape=shape,
+                                            num_classes=classes)) for _ in range(k)]
+        module = StackedClassifier(stack_nets(nets), k, build(cfg.optimizer)).to(device, dtype)
+        optimizer = module.configure_optimizers()
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((k, b, *shape), generator=g).to(device, dtype)
+        y = torch.randint(0, classes, (k, b), generator=g).to(device)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = module.net(x)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
+                                       reduction="none").view(k, b).mean(1).sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+        step()  # warm-up: first-call allocations, cuDNN's choice
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - start < TIMED_S:
+            step()
+            n += 1
+            _sync(device)
+        return (time.perf_counter() - start) / n
+
+    return step_seconds
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    from zeroinit.results import describe_device
+
+    return describe_device(device)
+
+
+def probe_key(cfg, device: torch.device) -> dict:
+    """Everything that sets the cost of a step: a change in any of it measures again."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return {"model": model, "init": cfg.init.get("weight"), "shape": list(cfg.dataset.input_shape),
+            "classes": int(cfg.dataset.num_classes), "batch_size": int(cfg.batch_size),
+            "precision": str(cfg.trainer.get("precision")),
+            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "device": _device_name(device), "torch": torch.__version__}
+
+
+def probe(cfg, cap: int, step_seconds=None) -> dict:
+    """{size, gain (runs per second vs one at a time), seconds: {size: s per step}, device,
+    cached}: the fastest stack size up to `cap`, from the cache when measured before."""
+    device = device_for(cfg)
+    key = probe_key(cfg, device)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache.cache_dir() / FILE
+    entries = _read(path)
+    seconds = _usable(entries.get(digest), cap)
+    cached = seconds is not None
+    if not cached:
+        seconds = measure(candidate_sizes(cap), step_seconds or step_timer(cfg, device))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the probe's stacks, before the real one
+        entries[digest] = {"key": key, "seconds": seconds,
+                           "stopped_early": max(seconds) < cap, "when": time.time()}
+        _write(path, entries)
+    size = best_size(seconds)
+    gain = {k: k * seconds[1] / s for k, s in seconds.items()}  # runs/s vs one at a time
+    log.debug("stack probe %s: seconds per step %s -> %d", cfg.model.name, seconds, size)
+    return {"size": size, "gain": gain[size], "seconds": seconds, "device": device.type,
+            "best_stacked": max((g for k, g in gain.items() if k > 1), default=1.0),
+            "cached": cached}
+
+
+def _usable(entry, cap: int) -> dict[int, float] | None:
+    """The cached {size: seconds} for sizes up to `cap`, if they answer for this cap: the
+    probe went as far, or stopped before it because larger sizes were slower."""
+    try:
+        seconds = {int(k): float(v) for k, v in entry["seconds"].items()}
+        if 1 in seconds and (entry["stopped_early"] or max(seconds) >= cap):
+            return {k: v for k, v in seconds.items() if k <= cap}
+    except (TypeError, KeyError, ValueError, AttributeError):  # none, or not ours: measure
+        pass
+    return None
+
+
+def _read(path: Path) -> dict:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write(path: Path, entries: dict) -> None:
+    from zeroinit.results import write_json_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, entries)
+    except OSError as e:  # a read-only cache only costs the next sweep its probe
+        log.info("stack probe not cached (%s)", e)
+
+
+# ------------------------------------------------------------------------- memory
+def memory_cap(cfg) -> int:
+    """How many members fit in half of the free memory of the device the run will use:
+    per member, fp32 weights + gradients + two optimizer moments (16 bytes a parameter) and
+    3x the activations of one training batch (outputs kept for backward and their
+    gradients), measured on the meta device (nothing allocated)."""
+    shape = tuple(cfg.dataset.get("input_shape") or ())
+    classes = cfg.dataset.get("num_classes")
+    if not shape or not classes:
+        return MAX_AUTO_STACK
+    with torch.device("meta"):
+        net = build(cfg.model, ignore=["name"], input_shape=shape, num_classes=classes)
+        sizes = []
+        hooks = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
+                 for m in net.modules() if not list(m.children())]
+        net(torch.empty(int(cfg.batch_size), *shape))
+        for h in hooks:
+            h.remove()
+        params = sum(p.numel() for p in net.parameters())
+    per_member = 16 * params + 4 * 3 * sum(sizes)
+    return max(1, int(0.5 * _free_bytes(cfg) // per_member))
+
+
+def _free_bytes(cfg) -> int:
+    if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda"):
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -1,0 +1,116 @@
+"""zeroinit.stacked.size: the stack size chosen from measured step times (here a fake cost
+model, so the choice is known), the cache of those times, and the setting's checks."""
+import pytest
+
+from zeroinit.errors import UserError
+from zeroinit.stacked import size
+
+
+def timings(cost, sizes=(1, 2, 4, 8, 15)):
+    return {k: cost(k) for k in sizes}
+
+
+@pytest.mark.parametrize("cost, want", [
+    (lambda k: k ** 1.3, 1),                # stacking loses at every size: one at a time
+    (lambda k: 1 + 0.1 * k, 15),            # every member costs little more: one big stack
+    (lambda k: {1: 2.5, 2: 3.8, 4: 6.8, 8: 15.2, 15: 34.5}[k], 4),  # mnist_fnn on 2 cores
+    (lambda k: 13.1 * k * (1.25 if k >= 8 else 1), 4),  # cifar_fnn: flat, then slower
+    (lambda k: k * 1.0, 15),                # equal per run: the largest (fewest fits)
+])
+def test_best_size_follows_the_timings(cost, want):
+    assert size.best_size(timings(cost)) == want
+
+
+def test_measure_stops_growing_once_a_size_is_slower_and_keeps_the_fastest_of_two_rounds():
+    calls = []
+    noise = iter([0.5, 0, 0, 0, 0, 0, 0, 0])  # the first timing of size 1 was disturbed
+
+    def step_seconds(k):
+        calls.append(k)
+        return k ** 1.5 + next(noise)
+
+    seconds = size.measure([1, 2, 4, 8, 16], step_seconds)
+    # round 1: the disturbed size 1 made 2 look faster; 4 is slower than 2: 8 and 16 are
+    # never built. Round 2 times 1, 2, 4 again and keeps each one's fastest.
+    assert calls == [1, 2, 4, 1, 2, 4]
+    assert seconds == {1: 1.0, 2: 2 ** 1.5, 4: 8.0}
+    assert size.best_size(seconds) == 1
+
+
+def test_measure_keeps_to_its_budget():
+    calls = []
+    seconds = size.measure([1, 2, 4, 8], lambda k: calls.append(k) or 0.01, budget_s=0.0)
+    assert calls == [1] and list(seconds) == [1]
+
+
+@pytest.fixture
+def cached(tmp_path, monkeypatch, make_cfg):
+    monkeypatch.setenv("ZEROINIT_CACHE", str(tmp_path / "cache"))
+    return make_cfg
+
+
+def test_probe_is_cached_per_model_and_device(cached, monkeypatch):
+    calls = []
+
+    def fake(k):
+        calls.append(k)
+        return {1: 2.5, 2: 3.8, 4: 6.8, 8: 15.2}[k]
+
+    cfg = cached("model=mnist_fnn")
+    first = size.probe(cfg, 8, step_seconds=fake)
+    assert first["size"] == 4 and not first["cached"] and calls
+    assert first["gain"] == pytest.approx(4 * 2.5 / 6.8)
+    calls.clear()
+    again = size.probe(cfg, 8, step_seconds=fake)
+    assert again["cached"] and again["size"] == 4 and calls == []
+    assert size.probe(cfg, 4, step_seconds=fake)["cached"]  # a smaller cap: measured already
+    size.probe(cached("model=logreg"), 8, step_seconds=fake)  # another model: measured
+    assert calls
+    calls.clear()
+    size.probe(cached("model=mnist_fnn", "model.hidden=[300]"), 8, step_seconds=fake)
+    assert calls  # another width is another model
+    calls.clear()
+    monkeypatch.setattr(size, "_device_name", lambda device: "cpu: another machine")
+    size.probe(cfg, 8, step_seconds=fake)
+    assert calls  # another device: measured
+
+
+def test_resolve_forces_checks_and_caps(cached, capsys):
+    cfg = cached()
+    assert size.resolve(8, cfg, 15) == 8 and size.resolve(20, cfg, 15) == 15
+    assert size.resolve("auto", cfg, 1) == 1  # nothing to stack: nothing measured
+    for bad in (0, -1, "abc", 2.5, True):
+        with pytest.raises(UserError, match=r"hydra.launcher.stack_size: .* allowed: an "
+                                            r"integer >= 1, or auto"):
+            size.resolve(bad, cfg, 15)
+    capsys.readouterr()
+
+
+def test_resolve_auto_measures_the_real_model_and_says_what_it_chose(cached, capsys):
+    chosen = size.resolve("auto", cached("model=logreg"), 4)
+    line = capsys.readouterr().out
+    assert 1 <= chosen <= 4
+    assert line.startswith("stacked: logreg on cpu: ") and "4 runs -> " in line
+    assert size.resolve("auto", cached("model=logreg"), 4) == chosen  # from the cache
+    assert "(measured before)" in capsys.readouterr().out
+
+
+def test_a_bad_stack_size_stops_the_sweep_in_one_line_before_any_run_folder(tmp_path, here):
+    for bad in ("0", "abc"):
+        out = here("train.py", "-m", "seed=0,1", "launcher=stacked",
+                   f"hydra.launcher.stack_size={bad}", f"paths.log_dir={tmp_path}")
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines()[-1].startswith(
+            "error: hydra.launcher.stack_size: ")
+        assert "Traceback" not in out.stderr
+        assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name.endswith("-s0")]
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"x": {"seconds": "?"}}'])
+def test_a_bad_cache_file_is_measured_again_and_replaced(cached, tmp_path, content):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / size.FILE).write_text(content)
+    calls = []
+    got = size.probe(cached(), 4, step_seconds=lambda k: calls.append(k) or k * 1.0)
+    assert calls and not got["cached"] and got["size"] == 4
+    assert size.probe(cached(), 4, step_seconds=lambda k: 1 / 0)["cached"]
