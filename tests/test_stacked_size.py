@@ -114,3 +114,22 @@ def test_a_bad_cache_file_is_measured_again_and_replaced(cached, tmp_path, conte
     got = size.probe(cached(), 4, step_seconds=lambda k: calls.append(k) or k * 1.0)
     assert calls and not got["cached"] and got["size"] == 4
     assert size.probe(cached(), 4, step_seconds=lambda k: 1 / 0)["cached"]
+
+
+def test_a_stack_of_one_trains_as_the_plain_run(tmp_path, make_cfg):
+    from zeroinit.results import read_results
+    from zeroinit.run import run
+    from zeroinit.stacked.group import train_group
+
+    extra = ["model=logreg", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+             "callbacks.diagnostics=null"]
+    jobs = [(make_cfg(*extra, f"seed={s}", f"paths.output_dir={tmp_path / f's{s}'}"),
+             [f"seed={s}"]) for s in (0, 1)]
+    outcomes = train_group(jobs, stack_size=1)
+    assert [o for o, _, _ in outcomes] == ["completed", "completed"]
+    alone = run(make_cfg(*extra, "seed=1", f"paths.output_dir={tmp_path / 'alone'}"))
+    got = read_results(tmp_path / "s1")
+    assert "stack_size" not in got  # not a member of a stack
+    strip = lambda r: [{k: v for k, v in e.items() if k != "epoch_time_s"}  # noqa: E731
+                       for e in r["epochs"]]
+    assert strip(got) == strip(alone)  # the same path, the same bits

@@ -19,9 +19,9 @@ from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
 from zeroinit.progress import Progress
-from zeroinit.results import ResultsWriter, read_results
+from zeroinit.results import FILENAME, ResultsWriter, read_results
 from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
-                          quiet_lightning)
+                          quiet_lightning, run)
 from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
@@ -74,11 +74,30 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
             size = resolve(stack_size, jobs[members[0][0]][0], len(members))
             for start in range(0, len(members), size):
                 chunk = members[start: start + size]
-                _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
+                if len(chunk) == 1:  # a stack of one is slower than the plain network
+                    _train_alone(*chunk[0], jobs[chunk[0][0]], done)
+                else:
+                    _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
     finally:
         for lock in locks:
             lock.release()
     return outcomes
+
+
+def _train_alone(i, ckpt, job, done) -> None:
+    """Job i as the basic launcher's job would train it (zeroinit.run.run), lock already held."""
+    cfg, overrides = job
+    try:
+        results = run(cfg, overrides, ckpt_path=ckpt)
+    except Exception as e:  # noqa: BLE001 - as a stack's failure: recorded, the group goes on
+        log.exception("run %s failed", Path(cfg.paths.output_dir).name)
+        if is_sweep_wide(e):
+            raise
+        saved = Path(cfg.paths.output_dir) / FILENAME
+        done(i, "failed", read_results(cfg.paths.output_dir) if saved.exists() else None,
+             f"{type(e).__name__}: {e}")
+        return
+    done(i, results["status"], results, results.get("error"))
 
 
 def _train_stack(members, done) -> None:
@@ -125,7 +144,7 @@ def _train_stack(members, done) -> None:
         error = f"{type(e).__name__}: {e}"
         for k, (i, (cfg, _), _) in enumerate(members):
             results = group[k].writer.results if k < len(group) else None
-            if results is None or not (Path(cfg.paths.output_dir) / "results.json").exists():
+            if results is None or not (Path(cfg.paths.output_dir) / FILENAME).exists():
                 done(i, "failed", None, error)
             else:
                 done(i, results["status"], results, results.get("error") or error)

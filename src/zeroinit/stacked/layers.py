@@ -6,7 +6,7 @@ by its stacked twin, so module names stay those of the separate run (`0.weight`,
 `layers.3.conv2.bias`, ...) and member k's parameters are `p[k]` for every tensor `p` of the
 stacked net (`member_state_dict`). Activations flow as (K, B, ...) tensors:
 
-  Linear       batched matmul: (K, B, in) x (K, in, out) + bias (K, 1, out)
+  Linear       batched matmul: (K, out, in) x (K, in, B) + bias (K, out, 1), seen as (K, B, out)
   Conv2d       one grouped convolution over (B, K*C, H, W) with groups = K
   BatchNorm2d  one BatchNorm over K*C channels: batch statistics and running statistics are
                per channel, so per member, exactly as K separate BatchNorms
@@ -51,11 +51,16 @@ class StackedLinear(nn.Module):
         self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
                      if layers[0].bias is not None else None)
 
-    def forward(self, x):  # (K, B, in) -> (K, B, out)
-        w = self.weight.transpose(1, 2)
+    def forward(self, x):  # (K, B, in) -> (K, B, out), a transposed view of (K, out, B)
+        # W @ x^T, not x @ W^T: autograd then computes the weight's gradient (gy^T @ x)
+        # straight into the weight's own (K, out, in) layout, where x @ W^T has it written
+        # transposed, which on the CPU made the backward of cifar_fnn's 3072->512 layer 2.8x
+        # that of the plain layer (4 members: 38.2 ms vs 13.8 ms now, plain 14.9 ms). The
+        # next layer's x^T is then contiguous again.
+        xt = x.transpose(1, 2)
         if self.bias is None:
-            return torch.bmm(x, w)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, w)
+            return torch.bmm(self.weight, xt).transpose(1, 2)
+        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, xt).transpose(1, 2)
 
 
 class StackedConv2d(nn.Module):

@@ -129,9 +129,9 @@ def device_for(cfg) -> torch.device:
 
 def step_timer(cfg, device: torch.device):
     """step_seconds(k): seconds of one training step (forward, loss, backward, optimizer) of
-    a k-member stack of the run's model, on random data of the run's shape and batch size."""
+    a k-member stack of the run's model (k = 1: the plain network, one run alone), on random
+    data of the run's shape and batch size."""
     from zeroinit.stacked.layers import stack_nets
-    from zeroinit.stacked.module import StackedClassifier
 
     shape, classes = tuple(cfg.dataset.input_shape), int(cfg.dataset.num_classes)
     b = int(cfg.batch_size)
@@ -142,17 +142,19 @@ def step_timer(cfg, device: torch.device):
     def step_seconds(k: int) -> float:
         nets = [build(cfg.init).apply(build(cfg.model, ignore=["name"], input_shape=shape,
                                             num_classes=classes)) for _ in range(k)]
-        module = StackedClassifier(stack_nets(nets), k, build(cfg.optimizer)).to(device, dtype)
-        optimizer = module.configure_optimizers()
+        # Size 1 is one run alone: the plain network, as a run trains it, not a stack of one.
+        net = (nets[0] if k == 1 else stack_nets(nets)).to(device, dtype)
+        optimizer = build(cfg.optimizer)(net.parameters())
         g = torch.Generator().manual_seed(0)
-        x = torch.rand((k, b, *shape), generator=g).to(device, dtype)
-        y = torch.randint(0, classes, (k, b), generator=g).to(device)
+        lead = (b,) if k == 1 else (k, b)
+        x = torch.rand((*lead, *shape), generator=g).to(device, dtype)
+        y = torch.randint(0, classes, lead, generator=g).to(device)
 
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = module.net(x)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
-                                       reduction="none").view(k, b).mean(1).sum()
+                logits = net(x)  # each member's own mean loss, summed (StackedClassifier)
+                loss = F.cross_entropy(logits.reshape(-1, classes).float(), y.reshape(-1),
+                                       reduction="none").view(-1, b).mean(1).sum()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
