@@ -10,7 +10,7 @@ evaluation of the whole test split, which every run of this project does after e
 The images are uniform random uint8 of the real shapes (MNIST: 60,000 + 10,000 of 1x28x28;
 CIFAR-10: 50,000 + 10,000 of 3x32x32); random pixels cost the same arithmetic as real ones.
 
-  project       src/train.py's own objects: `train.setup(cfg)` builds the ImageDataModule
+  project       src/train.py's own objects: `zeroinit.run.build_run(cfg)` builds the ImageDataModule
                 (DeviceBatches), the Classifier (torchmetrics), the callbacks (results.json,
                 checkpoint, the default extra callbacks), the TensorBoard logger and the Trainer
                 from conf/ exactly as `python src/train.py` does; timed: `trainer.fit` of one
