@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: ~10-15 min)
 
 1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
-   cifar_fnn, mnist_cnn, cifar_cnn trained stacked vs one run at a time
+   cifar_fnn, mnist_cnn, cifar_cnn trained stacked (in stacks of the size the probe chooses
+   on this GPU, printed beside the time) vs one run at a time
    (benchmarks/stacked_bench.py), and ResNet-50 with 3 members, to decide whether
    stacking pays there;
 2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
@@ -74,6 +75,7 @@ def main(argv=None):
         print(bench.machine().replace("\n", "; "))
         section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
                 lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
+                                            "--variants", "stacked,sequential,bare",
                                             *members, *img_args]), log)
         section("The README's sweep through the command line, stacked vs one at a time "
                 "(mnist5k, 15 runs x 10 epochs)", lambda: cli(args.tiny), log)
