@@ -13,9 +13,12 @@ from hydra.plugins.launcher import Launcher
 @dataclass
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.zeroinit_stacked.stacked_launcher.StackedLauncher"
-    # Members per stack: an integer >= 1, or auto (as many as fit in half the free memory
-    # of the device, at most 64).
+    # Members per stack: an integer >= 1, or auto (the fastest size the probe measured, up to
+    # what fits in half the free memory of the device, at most 64: zeroinit.stacked.size).
     stack_size: Any = "auto"
+    # Places that train stacks at once: an integer >= 1, or auto (one per GPU torch sees when
+    # the runs use a GPU, else 1). On a CPU, N workers split the cores.
+    workers: Any = "auto"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf,
@@ -46,12 +49,14 @@ class ComposedOnce:
         return self._loader.load_sweep_config(master_config, list(sweep_overrides))
 
     def __getattr__(self, name):
+        if name in ("_loader", "_composed"):  # not set yet: being unpickled in a worker
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, stack_size: Any = "auto") -> None:
-        self.stack_size = stack_size
+    def __init__(self, stack_size: Any = "auto", workers: Any = "auto") -> None:
+        self.stack_size, self.workers = stack_size, workers
         self.config = self.hydra_context = self.task_function = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:

@@ -29,6 +29,7 @@ from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
+from zeroinit.stacked.plan import assign, split, spread
 from zeroinit.stacked.size import check_setting, resolve
 from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
                             started_here, stop_sweep, stopped, summary_so_far)
@@ -120,30 +121,50 @@ def stackable_model(cfg) -> bool:
     return True
 
 
-def plan(jobs: list[Job], stack_size="auto") -> list[list[Job]]:
-    """Jobs in groups, in the order of each group's first job; ungroupable jobs alone, and
-    so are the jobs of a group where one at a time measured fastest (stack size 1: see
-    zeroinit.stacked.size). A group's jobs carry its stack size."""
+def plan(jobs: list[Job], stack_size="auto", places: int = 1) -> list[list[list[Job]]]:
+    """The stacks each place trains, in order (zeroinit.stacked.plan). Jobs group as
+    group_key says; a group is cut at its stack size (zeroinit.stacked.size: 1 where one at a
+    time measured fastest); a stack of one job is a job alone (key None), trained as the
+    basic launcher would."""
     groups: dict = {}
     for job in jobs:
         key = group_key(job.cfg) if job.cfg is not None else None
         groups.setdefault(key if key is not None else ("alone", job.idx), []).append(job)
-    out = []
+    stacks = []
     for key, members in groups.items():
         if isinstance(key, str) and len(members) > 1 and stackable_model(members[0].cfg):
-            size = resolve(stack_size, members[0].cfg, len(members))
-            if size > 1:
-                for job in members:
-                    job.key, job.stack_size = key, size
-                out.append(members)
-                continue
-        out += [[job] for job in members]
-    return out
+            for job in members:
+                job.key = key
+            stacks += split(members, resolve(stack_size, members[0].cfg, len(members)))
+        else:
+            stacks += [[job] for job in members]
+    schedule = assign(spread(stacks, places), places)
+    for stack in (s for place in schedule for s in place):
+        for job in stack:
+            job.stack_size = len(stack)
+            if len(stack) == 1:
+                job.key = None
+    return schedule
+
+
+def places_for(setting, jobs: list[Job]) -> int:
+    """How many places train at once: `hydra.launcher.workers`, else one per GPU that torch
+    sees when the runs ask for a GPU (trainer=default or gpu), else 1."""
+    if setting not in (None, "auto"):
+        if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+            raise UserError(f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
+                            "an integer >= 1, or auto (one per GPU, else 1)")
+        return setting
+    wants_gpu = any(job.cfg is not None and str(job.cfg.trainer.get("accelerator"))
+                    in ("auto", "gpu", "cuda") for job in jobs)
+    return max(1, torch.cuda.device_count()) if wants_gpu and torch.cuda.is_available() else 1
 
 
 def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
     try:  # before anything is written
         check_setting(launcher.stack_size)
+        if launcher.workers not in (None, "auto"):
+            places_for(launcher.workers, [])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -163,20 +184,68 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
         job.prepare()
         jobs.append(job)
     interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
-    returns = {}
-    for group in plan(jobs, launcher.stack_size):
-        if group[0].key is not None and position(len(returns), len(group)):
-            print(position(len(returns), len(group)), flush=True)  # a lone job prints its own
-        if group[0].key is None:  # alone: train.py's job function, as the basic launcher
-            job = group[0]
-            returns[job.idx] = run_job(hydra_context=launcher.hydra_context,
-                                       task_function=launcher.task_function,
+    places = places_for(launcher.workers, jobs)
+    schedule = [stacks for stacks in plan(jobs, launcher.stack_size, places) if stacks]
+    if len(schedule) == 1:
+        returns = train_place(schedule[0], launcher.hydra_context, launcher.task_function,
+                              config, count=True)
+    else:
+        returns = _train_places(schedule, launcher, config)
+    return [returns[job.idx] for job in jobs]
+
+
+def train_place(stacks: list[list[Job]], hydra_context, task_function, config,
+                count: bool = False) -> dict:
+    """One place's stacks, one after another: {job index: JobReturn}. `count`: print each
+    stack's position in the sweep and the ETA (one place trains the whole sweep)."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    returns: dict = {}
+    for stack in stacks:
+        if stack[0].key is None:  # alone: train.py's job function, as the basic launcher
+            job = stack[0]
+            returns[job.idx] = run_job(hydra_context=hydra_context, task_function=task_function,
                                        config=job.config, job_dir_key="hydra.sweep.dir",
                                        job_subdir_key="hydra.sweep.subdir")
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-        else:
-            returns.update(_launch_group(group, group[0].stack_size, sweep_dir))
-    return [returns[job.idx] for job in jobs]
+            continue
+        if count and position(len(returns), len(stack)):
+            print(position(len(returns), len(stack)), flush=True)  # a lone job prints its own
+        returns.update(_launch_group(stack, len(stack), sweep_dir))
+    return returns
+
+
+def _train_places(schedule, launcher, config) -> dict:
+    """Every place in a process of its own (joblib's loky workers, as launcher=parallel),
+    all at once; the cores are split between them, and each stack claims a GPU slot of its
+    own when it starts (zeroinit.run.claim_gpu), so the places spread over the GPUs."""
+    from hydra.core.singleton import Singleton
+    from joblib import Parallel, delayed
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("ZEROINIT_")}
+    threads = max(1, (os.cpu_count() or 1) // len(schedule))
+    print(f"stacked: {sum(len(s) for p in schedule for s in p)} runs on {len(schedule)} "
+          f"places at once: " + ", ".join(
+              "/".join(str(len(s)) for s in stacks) for stacks in schedule), flush=True)
+    parts = Parallel(n_jobs=len(schedule), backend="loky")(
+        delayed(_place_worker)(stacks, launcher.hydra_context, launcher.task_function, config,
+                               Singleton.get_state(), env, threads)
+        for stacks in schedule)
+    return {idx: ret for part in parts for idx, ret in part.items()}
+
+
+def _place_worker(stacks, hydra_context, task_function, config, singleton_state, env,
+                  threads) -> dict:
+    """A place's process: the sweep's environment (loky reuses workers, so it is set, not
+    inherited), Hydra's global state, its share of the cores; then its stacks."""
+    from hydra.core.singleton import Singleton
+
+    os.environ.update(env)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    torch.set_num_threads(threads)
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    interrupt_on_ctrl_c()
+    return train_place(stacks, hydra_context, task_function, config)
 
 
 def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
