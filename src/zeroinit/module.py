@@ -32,7 +32,11 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.metrics[f"{split}_loss"].update(loss.detach(), len(y))
+        # The batch's mean, once per image: the epoch's loss is the mean over its images, as
+        # the stacked members' is. (MeanMetric's `weight` argument is ignored with
+        # nan_strategy="disable" in torchmetrics 1.9: the last, smaller batch counted as
+        # much as a full one and train_loss differed from a stacked member's by ~1%.)
+        self.metrics[f"{split}_loss"].update(loss.detach().expand(len(y)))
         self.metrics[f"{split}_acc"].update(logits.detach(), y)
         return loss
 
