@@ -152,3 +152,69 @@ def test_a_stopped_sweep_leaves_finished_runs_alone(tmp_path, monkeypatch):
                 for p in (tmp_path / ".outcomes" / "test").glob("*.json")]
     text, failed = summarize(outcomes, said="the data went away")
     assert text == "sweep: 3 runs: 1 failed, 2 not started" and failed
+
+
+# ------------------------------------------------------------ bad values: one line, exit 2
+@pytest.mark.parametrize("args, says", [
+    (["model.hidden=100"], "error: model.hidden: 100 is not allowed; allowed: a list of layer "
+                           "widths"),
+    (["+lr=0.01"], "error: lr: not a key of this config, so nothing would read it (did you "
+                   "mean optimizer.lr?)"),
+    (["+model.hiden=[100]"], "error: model.hiden: zeroinit.models.FNN takes no argument "
+                             "'hiden', so nothing would read it (did you mean model.hidden?)"),
+    (["+optimizer.lrr=0.1"], "(did you mean optimizer.lr?)"),
+    (["+speed.compil=true"], "(did you mean speed.compile?)"),
+    (["trainer.precision=7"], "error: trainer.precision: 7 is not allowed; allowed: 32-true"),
+    (["optimizer=sgd", "optimizer.momentum=-1"],
+     "error: optimizer: torch.optim.SGD rejects these settings: ValueError: Invalid momentum"),
+])
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_a_value_the_run_would_reject_is_one_line_before_any_folder(tmp_path, here, args, says,
+                                                                     sweep):
+    out = here("train.py", *(["-m", "seed=0,1"] if sweep else []), *args,
+               f"paths.log_dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert says in out.stderr and "Traceback" not in out.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name.endswith("-s0")]
+
+
+def test_notes_and_tags_are_recorded_and_read_by_nothing(tmp_path, here):
+    out = here("train.py", "+notes.why=probe", "+tags.batch=3", "trainer.max_epochs=1",
+               "+trainer.limit_train_batches=1", "callbacks.diagnostics=null",
+               f"paths.log_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (results,) = tmp_path.rglob("results.json")
+    config = json.loads(results.read_text())["config"]
+    assert config["notes"] == {"why": "probe"} and config["tags"] == {"batch": 3}
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="no /proc on this system")
+def test_a_folder_that_permissions_allow_but_writes_fail_in_is_named(tmp_path, here):
+    out = here("train.py", "paths.log_dir=/proc/zeroinit-test")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: paths.log_dir: the run writes to /proc/zeroinit-test/")
+
+
+def test_image_folder_with_an_empty_class_or_two_image_sizes_is_one_line(tmp_path, here):
+    from fakedata import write_image_folder
+
+    empty = tmp_path / "empty"
+    write_image_folder(empty)
+    (empty / "train" / "fox").mkdir()
+    (empty / "test" / "fox").mkdir()
+    sizes = tmp_path / "sizes"
+    write_image_folder(sizes / "a", size=(8, 8))
+    write_image_folder(sizes / "b", size=(16, 16))
+    (sizes / "a" / "train").rename(sizes / "train")
+    (sizes / "b" / "test").rename(sizes / "test")
+    for root, says in ((empty, "Found no valid file for the classes fox"),
+                       (sizes, "the train images are (3, 8, 8) (C, H, W) but the test images "
+                               "(3, 16, 16)")):
+        out = here("train.py", "dataset=image_folder", f"dataset.data_dir={root}",
+                   f"paths.log_dir={tmp_path / 'logs'}")
+        assert out.returncode == 2, out.stderr[-2000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: dataset.data_dir: ") and says in last
+        assert not (tmp_path / "logs").exists()

@@ -85,3 +85,15 @@ def test_cli_writes_figures_tables_and_lists_unfinished_runs(tmp_path, capsys):
 def test_cli_fails_clearly_without_runs(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_a_results_json_of_the_wrong_shape_is_skipped_and_named(tmp_path, capsys):
+    from zeroinit.report import find_runs
+
+    for name, text in (("list", "[1, 2]"), ("bare", '{"status": "completed"}'),
+                       ("epochs", '{"status": "completed", "config": {}, "epochs": [1]}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    runs = find_runs([tmp_path])
+    assert sorted(r.status for r in runs) == ["unreadable"] * 3
+    assert all("not a run's results.json" in r.results["error"] for r in runs)

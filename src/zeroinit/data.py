@@ -98,8 +98,12 @@ def load_image_folder(data_dir, download=False):
         check((root / split).is_dir(),
               f"dataset.data_dir: {root / split} is not a folder; image_folder expects "
               f"<data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...")
-    train_folder = ImageFolder(root / "train", loader=lambda p: p)
-    test_folder = ImageFolder(root / "test", loader=lambda p: p)
+    try:
+        train_folder = ImageFolder(root / "train", loader=lambda p: p)
+        test_folder = ImageFolder(root / "test", loader=lambda p: p)
+    except FileNotFoundError as e:  # a class folder without images (torchvision's words)
+        raise UserError(f"dataset.data_dir: {str(e).split('. ')[0]} under {root}; every "
+                        "<split>/<class>/ folder needs at least one image") from None
     check(test_folder.classes == train_folder.classes,
           f"dataset.data_dir: test classes {test_folder.classes} differ from train classes "
           f"{train_folder.classes} in {root}")
@@ -127,6 +131,11 @@ def load_image_folder(data_dir, download=False):
             images.append(img)
         check(len(images) > 0, f"dataset.data_dir: no images in {folder.root}")
         splits.append((torch.stack(images), torch.tensor(folder.targets, dtype=torch.int64)))
+    (train_x, _), (test_x, _) = splits
+    check(train_x.shape[1:] == test_x.shape[1:],
+          f"dataset.data_dir: the train images are {tuple(train_x.shape[1:])} (C, H, W) but "
+          f"the test images {tuple(test_x.shape[1:])} in {root}; one model sees both: give "
+          "them one size")
     return (*splits, list(train_folder.classes))
 
 

@@ -10,8 +10,11 @@ with nothing created. A dataset whose files are missing is downloaded here, once
 sweep, if its config allows it (`dataset.download`); the runs themselves never download
 (data.NO_DOWNLOAD_ENV).
 """
+import difflib
+import inspect
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra.errors import HydraException
@@ -97,39 +100,175 @@ def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
 
 
 def check_writable(out_dir, what: str = "the sweep writes its runs to") -> None:
-    """The output folder can be created (or is there) and written, without creating it."""
+    """The output folder can be created (or is there) and written, without creating it: a
+    file is written and removed in the nearest folder that exists (permissions alone say
+    yes to root in /proc)."""
     path = Path(out_dir).absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    problem = ("not a folder" if not probe.is_dir()
-               else "not writable" if not os.access(probe, os.W_OK | os.X_OK) else None)
+    problem = "not a folder" if not probe.is_dir() else None
+    if problem is None:
+        try:
+            with tempfile.TemporaryFile(dir=probe, prefix=".zeroinit-write-check-"):
+                pass
+        except OSError as e:
+            problem = f"not writable ({e.strerror or type(e).__name__})"
     check(problem is None, f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "
                            "set paths.log_dir to a folder you can write")
+
+
+# Keys of a user's own, recorded with the run's config and read by nothing:
+#   python src/train.py +notes.why="lr probe" +tags.batch=3
+FREE_KEYS = ("notes", "tags")
+
+
+def check_added_keys(config: DictConfig) -> None:
+    """A key added on the command line (`+key=value`) that no part of the run would read is
+    an error, not a silent no-op: `+lr=0.01` would train with the default learning rate in a
+    folder named after 0.01. A key under a node built from a `_target_` (trainer, optimizer,
+    model, dataset, ...) must be one of that class's arguments; elsewhere nothing reads a key
+    the config did not have. `notes.` and `tags.` are free."""
+    for line in config.hydra.overrides.task:
+        if not line.startswith("+"):
+            continue
+        key = line.lstrip("+").split("=", 1)[0]
+        if key.split(".")[0] in (*FREE_KEYS, "hydra", "callbacks"):  # callbacks: new nodes
+            continue
+        problem = _unread(config, key)
+        if problem:
+            raise UserError(problem)
+
+
+def _unread(config: DictConfig, key: str) -> str | None:
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            break
+        if "_target_" in node:
+            params = _arguments(node)
+            if params is None or parts[i + 1] in params:
+                return None
+            prefix = ".".join(parts[: i + 1])
+            near = _nearest(key, [f"{prefix}.{p}" for p in params])
+            return (f"{key}: {node._target_} takes no argument {parts[i + 1]!r}, so nothing "
+                    f"would read it{near}")
+    near = _nearest(key, _known_keys(config))
+    return (f"{key}: not a key of this config, so nothing would read it{near}; a label of "
+            f"your own goes under notes. or tags.: +notes.{parts[-1]}=...")
+
+
+def _arguments(node: DictConfig) -> list[str] | None:
+    """The keyword arguments of the class a node builds; None if it takes any (**kwargs) or
+    cannot be found."""
+    from hydra.utils import get_class, get_method
+
+    target = str(node._target_)
+    try:
+        obj = get_class(target)
+    except Exception:  # noqa: BLE001 - a function (a partial's target), or not found
+        try:
+            obj = get_method(target)
+        except Exception:  # noqa: BLE001 - not found: the run itself says so
+            return None
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _known_keys(config: DictConfig) -> list[str]:
+    from zeroinit.config import flatten
+
+    plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items()
+             if k != "hydra"}
+    keys = list(flatten(plain))
+    for name in ("trainer", "optimizer", "model", "dataset"):
+        node = config.get(name)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            keys += [f"{name}.{p}" for p in _arguments(node) or []]
+    return sorted(set(keys))
+
+
+def _nearest(key: str, candidates: list[str]) -> str:
+    candidates = [c for c in candidates if c != key]  # the config holds the added key itself
+    last = key.split(".")[-1]
+    same = [c for c in candidates if c.split(".")[-1] == last]
+    found = same[:1] or difflib.get_close_matches(key, candidates, n=1, cutoff=0.8)
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
+def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
+    """What the run builds from the config, built here first so that a value torch or
+    Lightning rejects is one line naming the key: Lightning's precision, and the model with
+    its optimizer (on the meta device: nothing allocated). Without a shape (a dataset read
+    only by the run) only the precision."""
+    import torch
+
+    from zeroinit.config import build
+
+    precision = config.trainer.get("precision")
+    try:
+        from lightning.fabric.connector import _convert_precision_to_unified_args
+    except ImportError:  # another Lightning: the trainer says so itself
+        _convert_precision_to_unified_args = None
+    if _convert_precision_to_unified_args is not None and precision is not None:
+        try:
+            _convert_precision_to_unified_args(precision)
+        except ValueError:
+            raise UserError(f"trainer.precision: {precision!r} is not allowed; allowed: "
+                            "32-true (the default), 64-true, bf16-mixed, 16-mixed, bf16-true, "
+                            "16-true") from None
+    build(config.init)  # InitScheme checks its values when built
+    if not input_shape or not num_classes:
+        return
+    with torch.device("meta"):
+        try:
+            net = build(config.model, ignore=["name"], input_shape=tuple(input_shape),
+                        num_classes=int(num_classes))
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the constructor says, as one line
+            raise UserError(f"model: {config.model.get('name')} cannot be built from these "
+                            f"settings: {_reason(e)}") from None
+        try:
+            build(config.optimizer)(net.parameters())
+        except Exception as e:  # noqa: BLE001 - torch.optim's own checks (momentum < 0, ...)
+            target = str(config.optimizer.get("_target_", "the optimizer"))
+            raise UserError(f"optimizer: {target} rejects these settings: {_reason(e)}") \
+                from None
+
+
+def _reason(e: BaseException) -> str:
+    while e.__cause__ is not None:  # Hydra's InstantiationException wraps the real one
+        e = e.__cause__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def check_run(config: DictConfig) -> None:
     """What a single run (no -m) needs, checked before Hydra makes its folder, so a bad
     command line leaves nothing behind: the config's values, the device, the output folder,
     the dataset, read as the run reads it (and kept in memory for it: data.read), and the
-    model and init scheme, built on the meta device (nothing allocated)."""
-    import torch
-
-    from zeroinit.config import build
-
+    model, its optimizer and init scheme, built on the meta device (nothing allocated), and
+    no key that nothing reads."""
     validate(config)
+    check_added_keys(config)
     check_device(config)
     check_writable(config.hydra.run.dir, what="the run writes to")
     found = dataset_of(config)
     if found is None:
+        check_parts(config)
         return
     source, data_dir, download = found
     train, _, classes = data.read(source, data_dir,
                                   download and not os.environ.get(data.NO_DOWNLOAD_ENV))
-    build(config.init)  # InitScheme checks its values when built
-    with torch.device("meta"):
-        build(config.model, ignore=["name"], input_shape=tuple(train[0].shape[1:]),
-              num_classes=len(classes))
+    check_parts(config, train[0].shape[1:], len(classes))
 
 
 def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
@@ -137,7 +276,10 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
     validate(config)  # the values every job shares (swept ones are checked per run)
+    check_added_keys(config)
     check_writable(config.hydra.sweep.dir)
+    dataset = config.get("dataset") or {}
+    check_parts(config, dataset.get("input_shape"), dataset.get("num_classes"))
     try:
         configs = job_configs(config)
     except (HydraException, OmegaConfBaseException):

@@ -106,10 +106,26 @@ def find_runs(paths) -> list[Run]:
                 continue
             seen.add(f.resolve())
             try:
-                runs.append(Run(f.parent, json.loads(f.read_text())))
+                results = json.loads(f.read_text())
+                problem = shape_problem(results)
+                if problem:
+                    raise ValueError(f"not a run's results.json: {problem}")
+                runs.append(Run(f.parent, results))
             except (OSError, ValueError) as e:
                 runs.append(Run(f.parent, {"status": "unreadable", "error": str(e)}))
     return runs
+
+
+def shape_problem(results) -> str | None:
+    """Why valid JSON is not a results.json the report can read (zeroinit.results), or None."""
+    if not isinstance(results, dict):
+        return f"a JSON {type(results).__name__}, not an object"
+    for key, kind in (("status", str), ("config", dict), ("epochs", list)):
+        if not isinstance(results.get(key), kind):
+            return f"no {key!r} ({kind.__name__})"
+    if not all(isinstance(e, dict) and "epoch" in e for e in results["epochs"]):
+        return "an entry of 'epochs' without its epoch"
+    return None
 
 
 def figure_key(run: Run) -> str:

@@ -12,6 +12,7 @@ behind zero-weight convs cancels their random biases).
 from torch import nn
 
 from zeroinit.models.activation import make_activation
+from zeroinit.models.fnn import layer_widths
 
 
 class CNN(nn.Sequential):
@@ -19,8 +20,9 @@ class CNN(nn.Sequential):
                  pool_bn: bool = False, hidden=(), activation: str = "elu",
                  batchnorm: bool = True):
         channels, height, width = input_shape
+        hidden = layer_widths(hidden)
         layers = []
-        for stage in stages:
+        for stage in (layer_widths(stage, "model.stages[i]") for stage in stages):
             for out in stage:
                 layers += [nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2),
                            make_activation(activation)]
