@@ -1,7 +1,7 @@
 """launcher=slurm: hydra-submitit-launcher's SlurmLauncher, with what a new user hits fixed.
 
-- The GPU request follows the trainer (`config.gpus_for`, conf/launcher/slurm.yaml): trainer=cpu asks
-  for none, so a sweep runs on partitions and nodes without GPUs.
+- The GPU request follows the trainer (`config.gpus_for`, conf/launcher/slurm.yaml):
+  trainer=cpu asks for none, so a sweep runs on partitions and nodes without GPUs.
 - A submission that sbatch rejects ends in one line, `error: ...` with sbatch's reason and the
   key to change, exit 2, instead of submitit's traceback (`rejection`).
 - Job states come from squeue while SLURM holds the jobs, then from sacct where the cluster
