@@ -171,3 +171,86 @@ def test_a_job_slurm_will_never_start_is_one_line_not_a_wait(slurm_cluster, tmp_
     assert len(lines) == 1 and "PartitionConfig" in lines[0], out.stderr
     assert "hydra.launcher.cpus_per_task" in lines[0]
     assert not [j for j, s in slurm_cluster.jobs().items() if s in ("PENDING", "RUNNING")]
+
+
+# ------------------------------------------------------------------ launcher=slurm_stacked
+STACKED = ["launcher=slurm_stacked", "hydra.launcher.stack_size=2", "seed=0,1,2,3"]
+
+
+def stacked_cmd(log_dir, *args):
+    # RUN's launcher and seeds replaced: 4 runs in 2 stacks of 2, one array task each
+    run = [a for a in RUN if not a.startswith(("launcher=", "seed="))]
+    return [sys.executable, "src/train.py", "-m", *run, *STACKED, *args,
+            f"paths.log_dir={log_dir}"]
+
+
+@pytest.fixture(scope="module")
+def stacked_reference(slurm_cluster, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("slurm_stacked_ref")
+    out = subprocess.run(stacked_cmd(log_dir, "sweep_name=sref"), cwd=ROOT,
+                         env=slurm_cluster.env, capture_output=True, text=True, timeout=400)
+    return log_dir, out
+
+
+def test_stacks_go_to_slurm_as_one_array_task_each(slurm_cluster, stacked_reference):
+    log_dir, out = stacked_reference
+    assert out.returncode == 0, explain(out, slurm_cluster)
+    assert "stacked: 4 runs -> 2 SLURM array tasks: 2/2" in out.stdout
+    assert "sweep: 4 runs: 4 completed" in out.stdout
+    tasks = list((log_dir / "sweeps" / "sref" / ".submitit").glob("*_[0-9]"))
+    assert len(tasks) == 2, tasks  # not one job per run
+    done = runs(log_dir, "sref")
+    assert sorted(done) == [0, 1, 2, 3]
+    for seed, run_dir in done.items():
+        r = results(run_dir)
+        assert r["status"] == "completed" and len(r["epochs"]) == EPOCHS
+        assert r["stack_size"] == 2 and r["config"]["seed"] == seed
+        assert (run_dir / "checkpoints" / "last.ckpt").exists()
+        assert (run_dir / ".hydra" / "config.yaml").exists()
+    report = subprocess.run([sys.executable, "src/report.py", str(log_dir / "sweeps" / "sref"),
+                             "-o", str(log_dir / "report")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+
+
+def test_a_preempted_stack_resumes_every_member_to_the_uninterrupted_curves(
+        slurm_cluster, stacked_reference, tmp_path):
+    ref_dir, ref_out = stacked_reference
+    assert ref_out.returncode == 0, explain(ref_out, slurm_cluster)
+    ref = {seed: curve(results(d)) for seed, d in runs(ref_dir, "sref").items()}
+    proc = subprocess.Popen(stacked_cmd(tmp_path, "sweep_name=spre"), cwd=ROOT,
+                            env=slurm_cluster.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    sent, deadline = None, time.time() + 300
+    try:  # TERM the first stack (seeds 0, 1) once both members have checkpointed an epoch
+        while sent is None and time.time() < deadline and proc.poll() is None:
+            done = runs(tmp_path, "spre")
+            if all(s in done and (done[s] / "checkpoints" / "last.ckpt").exists()
+                   and results(done[s])["status"] == "running" for s in (0, 1)):
+                sent = submitted_job(tmp_path / "sweeps" / "spre", 0)
+                slurm_cluster.run("scancel", "--signal=TERM", sent, check=True)
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=max(1, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert sent, "never signalled\n" + explain(out, slurm_cluster)
+    assert proc.returncode == 1, explain(out, slurm_cluster)
+    assert "sweep: 4 runs: 2 completed, 2 interrupted" in stdout, explain(out, slurm_cluster)
+    done = runs(tmp_path, "spre")
+    for seed in (0, 1):
+        r = results(done[seed])
+        assert r["status"] == "interrupted" and r["stopped_by"] == "SIGTERM"
+        assert 1 <= len(r["epochs"]) < EPOCHS
+    again = subprocess.run(stacked_cmd(tmp_path, "sweep_name=spre"), cwd=ROOT,
+                           env=slurm_cluster.env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, explain(again, slurm_cluster)
+    assert "2 skipped (already finished)" in again.stdout
+    for seed in (0, 1):
+        resumed = results(done[seed])
+        assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1
+        for a, b in zip(curve(resumed), ref[seed], strict=True):
+            for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (seed, key)

@@ -29,9 +29,11 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _Base
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher
+
+from zeroinit.errors import UserError
 
 # Hydra imports this module at every start (hydra_plugins/zeroinit_slurm.py), `--help`
 # included: what it needs of the training side (zeroinit.signals, zeroinit.sweep, which import
@@ -235,7 +237,7 @@ class SlurmLauncher(_Base):
         params["setup"] = [*job_setup(params), *(params.get("setup") or [])]
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         return {k if k in shared else f"slurm_{k}": v for k, v in params.items()
-                if k not in ("submitit_folder", "max_num_timeout")}
+                if k not in ("submitit_folder", "max_num_timeout", "stack_size")}
 
     def _result(self, job, overrides, idx, sweep_dir) -> JobReturn:
         try:
@@ -277,3 +279,112 @@ def _reported(sweep_dir, job_id: str) -> bool:
         except (OSError, ValueError):
             continue
     return False
+
+
+# ---------------------------------------------------------------- stacks as array tasks
+class StackedSlurmLauncher(SlurmLauncher):
+    """launcher=slurm_stacked: the sweep's stacks (zeroinit.stacked: the jobs that may share
+    a stack, cut at `stack_size`) as one array task each, submitted and waited for as
+    launcher=slurm's runs are. Each task composes its members' configs and trains them as
+    launcher=stacked would (zeroinit.stacked.launch.train_place): the same folders, files
+    and numbers as a run trained alone. A stop signal (preemption, the time-limit warning)
+    stops the whole stack at a batch boundary with every member `interrupted`; a requeued
+    task or a rerun of the command resumes every member from its own checkpoint.
+
+    The login node cannot time the compute nodes' devices, so the stack size is a number
+    (hydra.launcher.stack_size, 8 by default), never measured here."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        from zeroinit.stacked.launch import Job, plan
+        from zeroinit.stacked.size import check_setting
+
+        size = self.params.get("stack_size")
+        try:
+            check_setting(size)
+            if not isinstance(size, int):
+                raise UserError(f"hydra.launcher.stack_size: {size!r} is not allowed with "
+                                "launcher=slurm_stacked; allowed: an integer >= 1 (the login "
+                                "node cannot measure the compute nodes)")
+        except UserError as e:
+            _fail(f"error: {e}")
+        jobs, sweep_overrides = [], {}
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            sweep_overrides[idx] = list(overrides)  # what a task composes its member from
+            config = self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                        list(overrides))
+            with open_dict(config.hydra.job):
+                config.hydra.job.num = idx
+            job = Job(idx, config)
+            job.prepare()
+            jobs.append(job)
+        stacks = [s for place in plan(jobs, size, places=1) for s in place]
+        calls = [([sweep_overrides[job.idx] for job in stack], [job.idx for job in stack])
+                 for stack in stacks]
+        log.info("%d runs in %d stacks: %s", len(jobs), len(stacks),
+                 "/".join(str(len(s)) for s in stacks))
+        print(f"stacked: {len(jobs)} runs -> {len(stacks)} SLURM array tasks: "
+              + "/".join(str(len(s)) for s in stacks), flush=True)
+        returns = {}
+        for (overrides, nums), ret in zip(calls, self._submit(calls)):
+            returns.update(ret)
+        return [returns[idx] for idx in range(initial_job_idx, initial_job_idx + len(jobs))]
+
+    def _submit(self, calls) -> list[dict]:
+        """One array task per call (a stack); [{job number: JobReturn}] per stack."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        executor.update_parameters(**self._executor_params())
+        state = Singleton.get_state()
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr
+                tasks = executor.map_array(self.train_stack, [o for o, _ in calls],
+                                           [n for _, n in calls], [state] * len(calls))
+        except FailedJobError as e:  # sbatch said no: nothing was submitted
+            trainer = self.config.get("trainer") or {}
+            _fail(rejection(str(e), self.params.get("gpus_per_task"), trainer.get("accelerator")))
+        except FileNotFoundError:
+            _fail("error: launcher=slurm_stacked: sbatch is not installed here; submit from a "
+                  "SLURM login node, or use launcher=stacked on this machine")
+        states = JobStates()
+        for task in tasks:
+            task.watcher = states
+            states.register_job(task.job_id)
+        self._wait(tasks, states)
+        out = []
+        for task, (overrides, nums) in zip(tasks, calls):
+            try:
+                out.append(task.results()[0])
+                continue
+            except (UncompletedJobError, FailedJobError):
+                pass
+            # ended without its stack's results: _result records it for the sweep summary
+            self._result(task, [o for ov in overrides for o in ov], nums[0], sweep_dir)
+            out.append({n: JobReturn(overrides=list(o), status=JobStatus.COMPLETED,
+                                     _return_value=None) for o, n in zip(overrides, nums)})
+        return out
+
+    def train_stack(self, overrides: list, nums: list, singleton_state) -> dict:
+        """In the array task: the stack's members composed as launcher=stacked composes them,
+        then trained as one stack (a single job as the basic launcher would)."""
+        from hydra.core.utils import setup_globals
+
+        from zeroinit.stacked.launch import Job, group_key, train_place
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        jobs = []
+        for job_overrides, num in zip(overrides, nums):
+            config = self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                        list(job_overrides))
+            with open_dict(config.hydra.job):
+                config.hydra.job.id = submitit.JobEnvironment().job_id
+                config.hydra.job.num = num
+            job = Job(num, config)
+            job.prepare()
+            jobs.append(job)
+        if len(jobs) > 1:
+            for job in jobs:
+                job.key, job.stack_size = group_key(job.cfg), len(jobs)
+        return train_place([jobs], self.hydra_context, self.task_function, self.config)
