@@ -13,7 +13,9 @@
    extrapolated to a full one (fixed + per image x images, bench.extrapolate);
 3. the README's default sweep through the command line, stacked vs one at a time;
 4. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
-   one by one.
+   one by one;
+5. two stacks of the README's sweep sharing the GPU (2 workers, runs_per_gpu=2) vs one after
+   another.
 Every table goes to stdout and to the Markdown file given with -o, with the machine line.
 """
 import argparse
@@ -91,6 +93,8 @@ def main(argv=None):
                                     "--also", "speed=bf16 callbacks.diagnostics=null"]), log)
         section("launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
                 lambda: parallel(args.tiny), log)
+        section("Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
+                "(mnist5k, command line)", lambda: two_places(args.tiny), log)
 
 
 def cli(tiny):
@@ -102,6 +106,24 @@ def cli(tiny):
     with tempfile.TemporaryDirectory() as work:
         rows = [(name, bench.time_sweep(sweep + extra, Path(work) / name))
                 for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))]
+    print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+              f"{s['runs_per_min']:.1f} |")
+
+
+def two_places(tiny):
+    """The README's 15-run sweep in 2 stacks (8 + 7), with 2 workers sharing one GPU vs 1
+    worker training them one after another: whether two stacks on one card pay."""
+    import tempfile
+
+    sweep = bench.DEFAULT_SWEEP + " launcher=stacked hydra.launcher.stack_size=8" + (
+        " trainer.max_epochs=1" if tiny else "")
+    with tempfile.TemporaryDirectory() as work:
+        rows = [(name, bench.time_sweep(sweep + extra, Path(work) / f"sweep{i}"))
+                for i, (name, extra) in enumerate((
+                    ("1 worker", " hydra.launcher.workers=1"),
+                    ("2 workers, one GPU", " hydra.launcher.workers=2 runs_per_gpu=2")))]
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
         print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "

@@ -5,7 +5,8 @@ resume, diagnostics, benchmarks). Extend it; don't fork it.
   config      the resolved config;  overrides: the command-line overrides
   epochs      [{epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s}], epoch from 1
   final       {test_acc, test_loss} of the last epoch
-  wall_time_s, device, versions {python, torch, lightning}, error (failed runs only),
+  wall_time_s, device (e.g. 'cuda:1: NVIDIA H200', 'cpu: <model>, 2 threads'), versions
+  {python, torch, lightning}, error (failed runs only),
   stopped_by (interrupted runs only: the signal, e.g. SIGTERM)
   resumed_from_epoch (resumed runs);  stack_size (runs trained as a member of a stack)
   diagnostics (when the Diagnostics callback is on; what each metric means: diagnostics.py
@@ -70,7 +71,8 @@ def versions() -> dict:
 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
+        # the index too: which GPU of the node a run (a stack's place) trained on
+        return f"cuda:{device.index or 0}: {torch.cuda.get_device_name(device)}"
     return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
