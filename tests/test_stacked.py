@@ -330,3 +330,21 @@ def test_a_members_four_metrics_are_its_separate_runs(tmp_path, model):
             # (the separate run's torchmetrics means accumulate in float32)
             assert math.isclose(got[key], want[key], rel_tol=1e-6), (model, init, key, got[key],
                                                                      want[key])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_stacked_batches_are_the_members_own_batches_gathered_at_once(augment):
+    from zeroinit.data import DeviceBatches
+    from zeroinit.stacked.module import StackedBatches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (50,), generator=g)
+    members = [DeviceBatches(x, y, 16, lambda: 2, seed=s, shuffle=True, augment=augment,
+                             mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]) for s in (0, 7, 9)]
+    stacked = list(StackedBatches(members))
+    separate = list(zip(*members))
+    assert len(stacked) == len(separate) == 4  # 16, 16, 16, 2
+    for (sx, sy), parts in zip(stacked, separate):
+        assert torch.equal(sx, torch.stack([px for px, _ in parts]))  # bit for bit
+        assert torch.equal(sy, torch.stack([py for _, py in parts]))

@@ -203,9 +203,10 @@ class DeviceBatches:
     def __len__(self):
         return math.ceil(self.shard_size / self.batch_size)
 
-    def __iter__(self):
-        # The epoch is part of the seed, so a run resumed from a checkpoint sees the same
-        # batches as an uninterrupted one.
+    def indices(self):
+        """Per batch: (row indices, crop offsets, flips), the last two None without
+        augmentation. The epoch is part of the seed, so a run resumed from a checkpoint sees
+        the same batches as an uninterrupted one."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
         n = len(self.x)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -216,14 +217,25 @@ class DeviceBatches:
         first = self.start_fn() * self.batch_size if self.start_fn else 0
         for start in range(first, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
-            # index_select, not x[idx]: the same rows, without advanced indexing's overhead
-            # (a batch of 128 MNIST images on a 2-core CPU: 5 us instead of 31).
-            x = self.x.index_select(0, idx).to(self.dtype).div_(255)
-            if self.augment:
-                x = random_crop_flip(x, offsets[idx], flips[idx])
-            if self.mean is not None:
-                x = (x - self.mean) / self.std
-            yield x, self.y.index_select(0, idx)
+            yield (idx, offsets[idx], flips[idx]) if self.augment else (idx, None, None)
+
+    def __iter__(self):
+        for idx, offsets, flips in self.indices():
+            yield self.take(idx, offsets, flips)
+
+    def take(self, idx, offsets=None, flips=None):
+        """The images and labels at `idx`, converted, augmented and normalized: idx of any
+        shape, e.g. (K, B) for K stacked members' batches at once (zeroinit.stacked: one
+        gather and one conversion for the whole stack instead of K)."""
+        flat = idx.reshape(-1)
+        # index_select, not x[idx]: the same rows, without advanced indexing's overhead
+        # (a batch of 128 MNIST images on a 2-core CPU: 5 us instead of 31).
+        x = self.x.index_select(0, flat).to(self.dtype).div_(255)
+        if self.augment:
+            x = random_crop_flip(x, offsets.reshape(-1, 2), flips.reshape(-1))
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.view(*idx.shape, *x.shape[1:]), self.y.index_select(0, flat).view(idx.shape)
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -71,7 +71,8 @@ class StackedClassifier(L.LightningModule):
 
 
 class StackedBatches:
-    """K DeviceBatches in lockstep -> (x (K, B, ...), y (K, B)) per step."""
+    """K DeviceBatches in lockstep -> (x (K, B, ...), y (K, B)) per step: each member's own
+    indices (and augmentation draws), gathered, converted and normalized for all K at once."""
 
     def __init__(self, members: list[DeviceBatches]):
         self.members = members
@@ -80,8 +81,11 @@ class StackedBatches:
         return len(self.members[0])
 
     def __iter__(self):
-        for batches in zip(*self.members):
-            yield (torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches]))
+        first = self.members[0]  # the members share the data and how it is prepared
+        for parts in zip(*(m.indices() for m in self.members)):
+            idx, offsets, flips = (None if p[0] is None else torch.stack(p)
+                                   for p in zip(*parts))
+            yield first.take(idx, offsets, flips)
 
 
 class RepeatedBatches:
