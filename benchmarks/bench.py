@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from zeroinit import speed
-from zeroinit.config import build
+from zeroinit.config import build, build_model
 from zeroinit.run import build_run, compose
 from zeroinit.data import random_crop_flip
 from zeroinit.results import cpu_model
@@ -222,8 +222,7 @@ class Case:
 
     def net(self):
         torch.manual_seed(self.cfg.seed)
-        net = build(self.cfg.model, ignore=["name"], input_shape=tuple(self.cfg.dataset.input_shape),
-                    num_classes=10)
+        net = build_model(self.cfg, self.cfg.dataset.input_shape, 10)
         return build(self.cfg.init).apply(net)
 
 

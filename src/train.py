@@ -71,10 +71,11 @@ def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from zeroinit.lifecycle import outcome_line, record
     from zeroinit.results import FILENAME
     from zeroinit.run import ddp_worker, train_or_resume
     from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
-    from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
+    from zeroinit.sweep import (is_sweep_wide, position, skip_if_stopped,
                                 started_here, stop_sweep, summary_so_far)
 
     hc = HydraConfig.get()
@@ -93,14 +94,14 @@ def main(cfg: DictConfig) -> float | None:
         if not saved:  # stopped before training: nothing to resume, nothing left behind
             _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
-            record_outcome(hc.sweep.dir, out_dir, "interrupted", str(stop))
+            record(hc.sweep.dir, out_dir, "interrupted", error=str(stop))
         leave(stop, out_dir, _resume_hint(sweeping, saved, out_dir),
               then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None)
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
             _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
-            record_outcome(hc.sweep.dir, out_dir, "failed", f"{type(e).__name__}: {e}")
+            record(hc.sweep.dir, out_dir, "failed", error=f"{type(e).__name__}: {e}")
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
             stop_sweep(hc.sweep.dir, e)
             return None
@@ -114,23 +115,18 @@ def main(cfg: DictConfig) -> float | None:
             raise
         return None
     if sweeping:
-        record_outcome(hc.sweep.dir, out_dir, outcome, (results or {}).get("error"),
-                       resumed=outcome not in ("skipped", "busy")
-                       and "resumed_from_epoch" in (results or {}))
+        record(hc.sweep.dir, out_dir, outcome, results, (results or {}).get("error"))
     if ddp_worker():  # rank 0 reports for the run
         return None
-    if outcome == "busy":
-        print(f"busy: {out_dir} is being trained by another process; left alone", flush=True)
+    where = "" if results is None else (
+        f"({results['wall_time_s']:.1f}s on {results['device']})\n"
+        f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})")
+    print(outcome_line(outcome, results, out_dir, where), flush=True)
+    if results is None:  # busy
         return None
-    final = results.get("final") or {}
-    print(f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
-          f"test_acc {final.get('test_acc', float('nan')):.4f}  "
-          f"test_loss {final.get('test_loss', float('nan')):.4f}  "
-          f"({results['wall_time_s']:.1f}s on {results['device']})\n"
-          f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})", flush=True)
     if results["status"] == "failed" and not sweeping:
         sys.exit(1)
-    return final.get("test_acc")
+    return (results.get("final") or {}).get("test_acc")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ def build(node: DictConfig, ignore=(), **kwargs):
         raise
 
 
+def build_model(cfg: DictConfig, input_shape, num_classes):
+    """The run's network (conf/model) for a dataset of `input_shape` (C, H, W) and
+    `num_classes`: how every part of the project builds a model (the model's `name` is a
+    label, not an argument)."""
+    return build(cfg.model, ignore=["name"], input_shape=tuple(input_shape),
+                 num_classes=int(num_classes))
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}: a resolved config as dotted keys."""
     out = {}
@@ -109,5 +117,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
 
 
-__all__ = ["UserError", "build", "flatten", "validate", "check_device", "run_name",
+__all__ = ["UserError", "build", "build_model", "flatten", "validate", "check_device", "run_name",
            "register_resolvers", "gpus_for"]

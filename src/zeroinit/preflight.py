@@ -210,7 +210,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
     only by the run) only the precision."""
     import torch
 
-    from zeroinit.config import build
+    from zeroinit.config import build, build_model
 
     precision = config.trainer.get("precision")
     try:
@@ -229,8 +229,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
         return
     with torch.device("meta"):
         try:
-            net = build(config.model, ignore=["name"], input_shape=tuple(input_shape),
-                        num_classes=int(num_classes))
+            net = build_model(config, input_shape, num_classes)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the constructor says, as one line

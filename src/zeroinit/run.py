@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
-from zeroinit.config import build, check_device, register_resolvers, validate
+from zeroinit.config import build, build_model, check_device, register_resolvers, validate
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
-from zeroinit.results import ResultsWriter, read_results
+from zeroinit.lifecycle import claim
+from zeroinit.results import ResultsWriter
 from zeroinit.signals import StopOnSignal
-from zeroinit.sweep import FINISHED, GpuSlot, RunLock, previous_status, resume_checkpoint
+from zeroinit.sweep import GpuSlot
 
 log = logging.getLogger("zeroinit")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
@@ -66,8 +67,7 @@ def build_data(cfg: DictConfig):
 def build_net(cfg: DictConfig, data) -> torch.nn.Module:
     """The run's network with its init scheme applied, drawn after seeding with cfg.seed."""
     L.seed_everything(cfg.seed, workers=False, verbose=False)
-    net = build(cfg.model, ignore=["name"], input_shape=data.input_shape,
-                num_classes=data.num_classes)
+    net = build_model(cfg, data.input_shape, data.num_classes)
     return build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
 
 
@@ -203,19 +203,12 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
     if ddp_worker():  # DDP re-launched this script for rank > 0: follow rank 0's decision
         results = run(cfg, overrides, ckpt_path=os.environ.get(RESUME_ENV) or None)
         return results["status"], results
-    status = previous_status(out_dir)
-    if status in FINISHED:
-        return "skipped", read_results(out_dir)
-    lock = RunLock(out_dir)
-    if not lock.acquire():
-        return "busy", None
+    claimed = claim(out_dir)
+    if claimed.outcome is not None:  # skipped or busy
+        return claimed.outcome, claimed.results
     try:
-        ckpt = resume_checkpoint(out_dir)
-        os.environ[RESUME_ENV] = str(ckpt or "")  # inherited by DDP's rank > 0 processes
-        if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
-                  flush=True)
-        results = run(cfg, overrides, ckpt_path=ckpt)
+        os.environ[RESUME_ENV] = str(claimed.checkpoint or "")  # inherited by DDP's ranks > 0
+        results = run(cfg, overrides, ckpt_path=claimed.checkpoint)
         return results["status"], results
     finally:
-        lock.release()
+        claimed.release()

@@ -192,30 +192,35 @@ class SlurmLauncher(_Base):
     def launch(self, job_overrides, initial_job_idx):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params["max_num_timeout"])
-        executor.update_parameters(**self._executor_params())
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
         calls = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             calls.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                           Singleton.get_state()))
+        jobs = self._run_array(self, *zip(*calls))
+        return [self._result(job, call[0], call[2], sweep_dir) for job, call in zip(jobs, calls)]
+
+    def _run_array(self, fn, *arguments) -> list:
+        """fn(*arguments[i]) as array task i; returns submitit's jobs once all are done."""
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        executor.update_parameters(**self._executor_params())
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr
-                jobs = executor.map_array(self, *zip(*calls))
+                jobs = executor.map_array(fn, *arguments)
         except FailedJobError as e:  # sbatch said no: nothing was submitted
             trainer = self.config.get("trainer") or {}
             _fail(rejection(str(e), self.params.get("gpus_per_task"), trainer.get("accelerator")))
         except FileNotFoundError:
             _fail("error: launcher=slurm: sbatch is not installed here; submit from a SLURM "
-                  "login node, or use launcher=parallel or launcher=slurm_local on this machine")
+                  "login node, or use launcher=parallel, stacked or slurm_local on this machine")
         states = JobStates()
         for job in jobs:
             job.watcher = states  # this instance only: submitit's class-wide watcher stays
             states.register_job(job.job_id)
         self._wait(jobs, states)
-        return [self._result(job, call[0], call[2], sweep_dir) for job, call in zip(jobs, calls)]
+        return jobs
 
     def _wait(self, jobs, states: "JobStates", poll_s: float = 1.0):
         """Until every job is done. A job SLURM will never start (it asks for more than the
@@ -333,25 +338,9 @@ class StackedSlurmLauncher(SlurmLauncher):
         """One array task per call (a stack); [{job number: JobReturn}] per stack."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params["max_num_timeout"])
-        executor.update_parameters(**self._executor_params())
         state = Singleton.get_state()
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr
-                tasks = executor.map_array(self.train_stack, [o for o, _ in calls],
-                                           [n for _, n in calls], [state] * len(calls))
-        except FailedJobError as e:  # sbatch said no: nothing was submitted
-            trainer = self.config.get("trainer") or {}
-            _fail(rejection(str(e), self.params.get("gpus_per_task"), trainer.get("accelerator")))
-        except FileNotFoundError:
-            _fail("error: launcher=slurm_stacked: sbatch is not installed here; submit from a "
-                  "SLURM login node, or use launcher=stacked on this machine")
-        states = JobStates()
-        for task in tasks:
-            task.watcher = states
-            states.register_job(task.job_id)
-        self._wait(tasks, states)
+        tasks = self._run_array(self.train_stack, [o for o, _ in calls], [n for _, n in calls],
+                                [state] * len(calls))
         out = []
         for task, (overrides, nums) in zip(tasks, calls):
             try:

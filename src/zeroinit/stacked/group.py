@@ -1,8 +1,9 @@
 """Train the runs of one group (same data, model, optimizer, schedule) as stacked members.
 
 `train_group(jobs, stack_size)` does for a group what `zeroinit.run.train_or_resume` does for
-one run: finished runs are skipped, runs another process holds are left alone ("busy"),
-interrupted runs resume from their checkpoint, and the rest start from their seed. Runs
+one run, through the same `zeroinit.lifecycle.claim`: finished runs are skipped, runs another
+process holds are left alone ("busy"), interrupted runs resume from their checkpoint, and the
+rest start from their seed. Runs
 resuming from different epochs cannot share a loop, so they train in separate stacks;
 `stack_size` caps the members of one stack (zeroinit.stacked.size: auto measures the fastest).
 """
@@ -27,7 +28,8 @@ from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
 from zeroinit.stacked.size import resolve
-from zeroinit.sweep import FINISHED, RunLock, is_sweep_wide, previous_status, resume_checkpoint
+from zeroinit.lifecycle import claim
+from zeroinit.sweep import is_sweep_wide
 
 log = logging.getLogger("zeroinit")
 
@@ -44,7 +46,7 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         if on_outcome:
             on_outcome(i, outcome, results, error)
 
-    todo, locks = {}, []  # optimizer steps done -> [(job index, checkpoint)]
+    todo, claims = {}, []  # optimizer steps done -> [(job index, checkpoint)]
     for i, (cfg, _) in enumerate(jobs):
         out_dir = Path(cfg.paths.output_dir)
         try:
@@ -53,20 +55,13 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         except UserError as e:
             done(i, "failed", None, f"UserError: {e}")
             continue
-        status = previous_status(out_dir)
-        if status in FINISHED:
-            done(i, "skipped", read_results(out_dir))
+        claimed = claim(out_dir)
+        if claimed.outcome is not None:  # skipped or busy
+            done(i, claimed.outcome, claimed.results)
             continue
-        lock = RunLock(out_dir)
-        if not lock.acquire():
-            done(i, "busy")
-            continue
-        locks.append(lock)
-        ckpt = resume_checkpoint(out_dir)
-        steps = 0
+        claims.append(claimed)
+        ckpt, steps = claimed.checkpoint, 0
         if ckpt is not None:
-            print(f"resuming {out_dir.name} from {ckpt} (was {status or 'unknown'})",
-                  flush=True)
             steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
         todo.setdefault(steps, []).append((i, ckpt))
     try:
@@ -79,8 +74,8 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
                 else:
                     _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
     finally:
-        for lock in locks:
-            lock.release()
+        for claimed in claims:
+            claimed.release()
     return outcomes
 
 

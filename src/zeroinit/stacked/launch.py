@@ -22,8 +22,9 @@ from hydra.core.utils import (JobReturn, JobStatus, _save_config, configure_log,
                               setup_globals)
 from omegaconf import OmegaConf, open_dict, read_write
 
-from zeroinit.config import build
+from zeroinit.config import build_model
 from zeroinit.errors import UserError
+from zeroinit.lifecycle import outcome_line, record
 from zeroinit.results import FILENAME
 from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
@@ -31,7 +32,7 @@ from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
 from zeroinit.stacked.plan import assign, split, spread
 from zeroinit.stacked.size import check_setting, resolve
-from zeroinit.sweep import (is_sweep_wide, position, record_outcome, skip_if_stopped,
+from zeroinit.sweep import (is_sweep_wide, position, skip_if_stopped,
                             started_here, stop_sweep, stopped, summary_so_far)
 
 log = logging.getLogger("zeroinit")
@@ -109,8 +110,7 @@ def stackable_model(cfg) -> bool:
         return True  # unknown until the data is read; stack_nets says so then
     try:
         with torch.device("meta"):
-            nets = [build(cfg.model, ignore=["name"], input_shape=tuple(shape),
-                          num_classes=classes) for _ in range(2)]
+            nets = [build_model(cfg, shape, classes) for _ in range(2)]
             stack_nets(nets)
     except StackError as e:
         log.info("not stacked: %s", e)
@@ -265,25 +265,18 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-written
             if error and error.startswith("UserError: "):
                 print(f"error: {error[len('UserError: '):]}", flush=True)
-        record_outcome(sweep_dir, out_dir, outcome, error,
-                       resumed=outcome not in ("skipped", "busy")
-                       and "resumed_from_epoch" in (results or {}))
-        final = (results or {}).get("final") or {}
-        if outcome == "busy":
-            print(f"busy: {out_dir} is being trained by another process; left alone", flush=True)
-        elif results is not None:
-            print(f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
-                  f"test_acc {final.get('test_acc', float('nan')):.4f}  "
-                  f"test_loss {final.get('test_loss', float('nan')):.4f}  {out_dir.name}",
-                  flush=True)
-        returns[job.idx] = job.job_return(final.get("test_acc"))
+        record(sweep_dir, out_dir, outcome, results, error)
+        line = outcome_line(outcome, results, out_dir, out_dir.name)
+        if line:
+            print(line, flush=True)
+        returns[job.idx] = job.job_return(((results or {}).get("final") or {}).get("test_acc"))
 
     try:
         train_group([(job.cfg, job.overrides) for job in group], stack_size, on_outcome=report)
     except STOPPED as stop:  # SIGTERM & co.: each member saved its last epoch; say so, leave
         for job in group:
             if job.idx not in returns:
-                record_outcome(sweep_dir, job.cfg.paths.output_dir, "interrupted", str(stop))
+                record(sweep_dir, job.cfg.paths.output_dir, "interrupted", error=str(stop))
         leave(stop, f"{len(group)} stacked runs in {sweep_dir}",
               then=summary_so_far(sweep_dir) if started_here() else None)
     except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroinit import cache
-from zeroinit.config import build
+from zeroinit.config import build, build_model
 from zeroinit.errors import UserError
 
 log = logging.getLogger("zeroinit")
@@ -140,8 +140,7 @@ def step_timer(cfg, device: torch.device):
     autocast = precision.startswith("bf16")
 
     def step_seconds(k: int) -> float:
-        nets = [build(cfg.init).apply(build(cfg.model, ignore=["name"], input_shape=shape,
-                                            num_classes=classes)) for _ in range(k)]
+        nets = [build(cfg.init).apply(build_model(cfg, shape, classes)) for _ in range(k)]
         # Size 1 is one run alone: the plain network, as a run trains it, not a stack of one.
         net = (nets[0] if k == 1 else stack_nets(nets)).to(device, dtype)
         optimizer = build(cfg.optimizer)(net.parameters())
@@ -260,7 +259,7 @@ def memory_cap(cfg) -> int:
     if not shape or not classes:
         return MAX_AUTO_STACK
     with torch.device("meta"):
-        net = build(cfg.model, ignore=["name"], input_shape=shape, num_classes=classes)
+        net = build_model(cfg, shape, classes)
         sizes = []
         hooks = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
                  for m in net.modules() if not list(m.children())]
