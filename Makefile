@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: help setup train test test-slurm test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked bench-startup gpu-check tensorboard clean
+.PHONY: help setup train lint test test-slurm test-all data sweep-mnist sweep-cifar sweep-resnet paper report bench bench-stacked bench-startup gpu-check tensorboard clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ setup: $(VENV)/.installed  ## create .venv and install the project (torch 2.14.1
 
 train: $(VENV)/.installed  ## the main job: train mnist_fnn on the embedded MNIST subset
 	$(PY) src/train.py $(ARGS)
+
+lint: $(VENV)/.installed  ## ruff check (pycodestyle, pyflakes, import order; pyproject.toml [tool.ruff])
+	$(PY) -m ruff check src tests benchmarks
 
 test: $(VENV)/.installed  ## the default test suite (minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)

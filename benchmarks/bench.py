@@ -70,9 +70,9 @@ from torchvision import transforms
 
 from zeroinit import speed
 from zeroinit.config import build, build_model
-from zeroinit.run import build_run, compose
 from zeroinit.data import random_crop_flip
 from zeroinit.results import cpu_model
+from zeroinit.run import build_run, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,8 +189,8 @@ def time_sizes(run, variants, images, repeats: int, full: int, label="", log=pri
     for r, n, order in schedule(variants, images, repeats):
         for v in order:
             times[v].append((n, run(v, n)))
-            log(f"  {label}{v}, repeat {r + 1}/{repeats}, {n:,} train images: {times[v][-1][1]:.2f}s",
-                flush=True)
+            log(f"  {label}{v}, repeat {r + 1}/{repeats}, {n:,} train images: "
+                f"{times[v][-1][1]:.2f}s", flush=True)
     return times, {v: extrapolate(t, full) for v, t in times.items()}
 
 
@@ -303,7 +303,8 @@ def time_bare(case: Case, n_train=None) -> float:
     net.eval()
     with torch.no_grad():
         for i in range(0, len(xt), cfg.dataset.eval_batch_size):
-            xb, yb = prepare(xt[i: i + cfg.dataset.eval_batch_size]), yt[i: i + cfg.dataset.eval_batch_size]
+            end = i + cfg.dataset.eval_batch_size
+            xb, yb = prepare(xt[i:end]), yt[i:end]
             logits = net(xb)
             sums[2] += F.cross_entropy(logits, yb, reduction="sum")
             sums[3] += (logits.argmax(1) == yb).sum()
@@ -372,7 +373,8 @@ def conventional_transform(cfg):
     if cfg.dataset.normalize is not None:
         ops.append(transforms.Normalize(list(cfg.dataset.normalize.mean),
                                         list(cfg.dataset.normalize.std)))
-    return transforms.Compose(ops), transforms.Compose(ops[-2:] if cfg.dataset.normalize else ops[-1:])
+    test_ops = ops[-2:] if cfg.dataset.normalize else ops[-1:]
+    return transforms.Compose(ops), transforms.Compose(test_ops)
 
 
 def time_conventional(case: Case, n_train=None, workers=0) -> float:
@@ -383,7 +385,8 @@ def time_conventional(case: Case, n_train=None, workers=0) -> float:
     n = n_train or case.n_train
     train_tf, test_tf = conventional_transform(cfg)
     train_set = PILImages(*(t[:n] for t in case.train), train_tf)
-    test_set = PILImages(*(t[: max(1, n * case.n_test // case.n_train)] for t in case.test), test_tf)
+    n_test = max(1, n * case.n_test // case.n_train)
+    test_set = PILImages(*(t[:n_test] for t in case.test), test_tf)
     pin = case.device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
                               num_workers=workers, pin_memory=pin, persistent_workers=False)
@@ -564,7 +567,8 @@ def bench_model(model, args, work_dir, flops_per_s, log=print) -> dict:
     for w in args.workers[1:]:  # the conventional pipeline with other DataLoader workers
         runners[f"conventional workers={w}"] = lambda n, w=w: time_conventional(case, n, workers=w)
     for extra in args.also:  # the project path with other settings, e.g. speed=fast
-        runners[f"project {extra}"] = lambda n, extra=extra: time_project(case, n, shlex.split(extra))
+        runners[f"project {extra}"] = lambda n, extra=extra: time_project(case, n,
+                                                                          shlex.split(extra))
     variants = [v for v in runners if v in args.variants or v.startswith("project ")
                 or (v.startswith("conventional ") and "conventional" in args.variants)]
     # Warm-up: first calls build kernels, caches and lazy imports; not timed.
@@ -654,7 +658,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", metavar="MODEL", help="also print torch.profiler tables of one "
                    "bare and one project epoch of MODEL")
     p.add_argument("--json", help="write every measurement to this file")
-    p.add_argument("override", nargs="*", help="config overrides for the project path, e.g. speed=fast")
+    p.add_argument("override", nargs="*",
+                   help="config overrides for the project path, e.g. speed=fast")
     args = p.parse_args(argv)
     images = dict(CPU_IMAGES) if args.device == "cpu" else {}
     for item in args.images:
@@ -666,7 +671,8 @@ def parse_args(argv=None):
     args.workers = [int(w) for w in str(args.workers).split(",")]
     args.models = [m for m in args.models.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = [m for m in args.models + [args.profile or "mnist_fnn"] if m not in MODELS] + [v for v in args.variants if v not in VARIANTS]
+    unknown = ([m for m in args.models + [args.profile or "mnist_fnn"] if m not in MODELS]
+               + [v for v in args.variants if v not in VARIANTS])
     if unknown:
         p.error(f"unknown: {', '.join(unknown)}")
     return args
@@ -674,7 +680,8 @@ def parse_args(argv=None):
 
 def main(argv=None, command=None) -> dict:
     args = parse_args(argv)
-    command = command or "python benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command or "python benchmarks/bench.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
     print(f"# {command}\n# {machine()}", flush=True)
     out = {"command": command, "machine": machine(), "models": []}
     with tempfile.TemporaryDirectory(prefix="zeroinit-bench-") as work_dir:
@@ -692,7 +699,8 @@ def main(argv=None, command=None) -> dict:
         if args.floor:
             out["floor_us_per_step"] = f = loop_floor()
             print(f"\nthe loop alone (no-op model, 469 steps, CPU): bare {f['bare']:.0f} us/step, "
-                  f"Lightning Trainer {f['lightning']:.0f} us/step (+{f['lightning'] - f['bare']:.0f})",
+                  f"Lightning Trainer {f['lightning']:.0f} us/step "
+                  f"(+{f['lightning'] - f['bare']:.0f})",
                   flush=True)
         if args.profile:
             case = Case(args.profile, args.device, args.n_train or args.images.get(args.profile),
@@ -704,7 +712,8 @@ def main(argv=None, command=None) -> dict:
             out["sweep"] = s = time_sweep(args.sweep, work_dir)
             print(f"\nsweep: {s['command']}\n  {s['runs']} runs ({', '.join(s['statuses'])}) in "
                   f"{s['wall_s']:.1f}s wall = {s['runs_per_min']:.1f} runs/min; runs "
-                  f"{min(s['run_s'])}-{max(s['run_s'])}s, median {s['median_run_s']:.2f}s; outside the runs (imports, Hydra, start-up, paid "
+                  f"{min(s['run_s'])}-{max(s['run_s'])}s, median {s['median_run_s']:.2f}s; "
+                  f"outside the runs (imports, Hydra, start-up, paid "
                   f"once) {s['outside_runs_s']:.1f}s; a fresh `import train` costs "
                   f"{out['import_s']:.1f}s", flush=True)
     if args.json:

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from zeroinit import data
-from zeroinit.run import compose, run
 from zeroinit.results import cpu_model
+from zeroinit.run import compose, run
 
 
 def random_loader(n_train, n_test=10_000):

@@ -95,7 +95,8 @@ def main(argv=None):
         print("# --tiny: a dry run of the code paths; its figures mean nothing", flush=True)
         bench_args += ["--n-train", "32", "batch_size=16"]
     runs = paper_runs()
-    out = bench.main(bench_args, command="python benchmarks/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    out = bench.main(bench_args, command="python benchmarks/gpu_bench.py "
+                     + " ".join(sys.argv[1:] if argv is None else argv))
     rows = {r["model"]: r for r in out["models"]}
     missing = sorted({bench_key(m, d) for _, m, d, _ in runs} - set(rows))
 

@@ -64,7 +64,8 @@ def section(title, fn, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", default="gpu-check.md")
-    p.add_argument("--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless")
+    p.add_argument("--tiny", action="store_true",
+                   help="a dry run: tiny epochs, figures meaningless")
     args = p.parse_args(argv)
     # --tiny: 32 images, timed at 32 and 16: on a CPU ResNet-50 costs ~0.6 s an image, so the
     # two sizes take about what one size of 64 did

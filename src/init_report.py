@@ -29,7 +29,8 @@ def layer_rows(net: torch.nn.Module) -> list[dict]:
                "w_zero": (w == 0).float().mean().item(), "b_mean": None, "b_std": None}
         if isinstance(bias, torch.Tensor):
             b = bias.detach().float()
-            row["b_mean"], row["b_std"] = b.mean().item(), (b.std().item() if b.numel() > 1 else 0.0)
+            row["b_mean"] = b.mean().item()
+            row["b_std"] = b.std().item() if b.numel() > 1 else 0.0
         rows.append(row)
     return rows
 

@@ -14,8 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from zeroinit.report import find_runs, gradient_flow, group_runs, not_averaged, plot_figure, \
-    table_rows, write_tables
+from zeroinit.report import (
+    find_runs,
+    gradient_flow,
+    group_runs,
+    not_averaged,
+    plot_figure,
+    table_rows,
+    write_tables,
+)
 
 
 def main(argv=None) -> int:

@@ -75,8 +75,14 @@ def main(cfg: DictConfig) -> float | None:
     from zeroinit.results import FILENAME
     from zeroinit.run import ddp_worker, train_or_resume
     from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
-    from zeroinit.sweep import (is_sweep_wide, position, skip_if_stopped,
-                                started_here, stop_sweep, summary_so_far)
+    from zeroinit.sweep import (
+        is_sweep_wide,
+        position,
+        skip_if_stopped,
+        started_here,
+        stop_sweep,
+        summary_so_far,
+    )
 
     hc = HydraConfig.get()
     out_dir = Path(cfg.paths.output_dir)

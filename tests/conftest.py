@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # the scripts (train.py, report.py, ...) live in src/
 
 from zeroinit.run import compose  # noqa: E402
+
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 

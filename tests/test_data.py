@@ -6,11 +6,23 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.datasets import CIFAR10
 
-from fakedata import (CIFAR_CLASSES, patch_cifar10_md5s, write_cifar10, write_image_folder,
-                      write_mnist)
+from fakedata import (
+    CIFAR_CLASSES,
+    patch_cifar10_md5s,
+    write_cifar10,
+    write_image_folder,
+    write_mnist,
+)
 from zeroinit.config import build
-from zeroinit.data import (DeviceBatches, ImageDataModule, load_cifar10, load_image_folder,
-                           load_mnist, load_mnist5k, random_crop_flip)
+from zeroinit.data import (
+    DeviceBatches,
+    ImageDataModule,
+    load_cifar10,
+    load_image_folder,
+    load_mnist,
+    load_mnist5k,
+    random_crop_flip,
+)
 from zeroinit.errors import UserError
 
 # ----------------------------------------------------------------------------- MNIST (IDX)

@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 from zeroinit.config import build
-from zeroinit.findings import (CONDITIONS, MODELS, batchnorm_outputs, first_steps, overrides,
-                               runs_of)
+from zeroinit.findings import CONDITIONS, MODELS, batchnorm_outputs, first_steps, overrides, runs_of
 from zeroinit.init import InitScheme
 
 

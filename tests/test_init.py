@@ -1,7 +1,8 @@
 """Every model x every init scheme, built as train.py builds them: compose the real configs,
-`build(cfg.model, ...)`, then `build(cfg.init).apply(net)`. Before each init every parameter is poisoned with a
-sentinel, so a layer the init function misses (a nested bottleneck or shortcut conv, the
-output layer, a BatchNorm) shows up as a failure instead of passing on leftover values."""
+`build_model(cfg, ...)`, then `build(cfg.init).apply(net)`. Before each init every parameter
+is poisoned with a sentinel, so a layer the init function misses (a nested bottleneck or
+shortcut conv, the output layer, a BatchNorm) shows up as a failure instead of passing on
+leftover values."""
 import math
 
 import pytest

@@ -15,8 +15,15 @@ from fakedata import patch_cifar10_md5s, write_cifar10, write_mnist
 from zeroinit import data
 from zeroinit.errors import SweepError, UserError
 from zeroinit.preflight import check_sweep, check_writable, job_configs
-from zeroinit.sweep import (SWEEP_ID_ENV, is_sweep_wide, record_outcome, skip_if_stopped,
-                            stop_sweep, stopped, summarize)
+from zeroinit.sweep import (
+    SWEEP_ID_ENV,
+    is_sweep_wide,
+    record_outcome,
+    skip_if_stopped,
+    stop_sweep,
+    stopped,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

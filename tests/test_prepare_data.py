@@ -15,7 +15,7 @@ import fakenet
 import prepare_data
 from fakedata import MNIST_FILES, patch_cifar10_md5s, write_cifar10, write_mnist
 from zeroinit import datafiles
-from zeroinit.data import ImageDataModule, NO_DOWNLOAD_ENV, load_cifar10
+from zeroinit.data import NO_DOWNLOAD_ENV, ImageDataModule, load_cifar10
 from zeroinit.errors import SweepError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
-from zeroinit.run import build_run, run
 from zeroinit.results import read_results
+from zeroinit.run import build_run, run
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
          "+trainer.limit_val_batches=1", "batch_size=8"]

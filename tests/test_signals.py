@@ -14,8 +14,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from zeroinit.run import run
 from zeroinit.results import read_results
+from zeroinit.run import run
 from zeroinit.signals import Interrupted, StopOnSignal, should_requeue
 from zeroinit.sweep import resume_checkpoint
 

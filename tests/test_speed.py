@@ -1,11 +1,11 @@
 """conf/speed: the opt-in speed switches compose, are checked, set what they say, and run."""
 import pytest
 import torch
-from zeroinit.run import run
 
 from zeroinit import speed
 from zeroinit.errors import UserError
 from zeroinit.models import CNN
+from zeroinit.run import run
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
+from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
 from test_signals import terminate_when
 from test_sweep import ROOT, results
-from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
 from zeroinit.results import read_results
 from zeroinit.run import compose, run
 from zeroinit.stacked.group import train_group
@@ -91,8 +91,8 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
     and member and separate run agree to 1e-7 of each tensor's scale, every entry (measured:
     1e-16 for the FNNs, 1e-8 for ResNet-50, whose BatchNorms meet the same cancellations)."""
     small = model.startswith("resnet50")  # ~4 GFLOP per 32x32 image and step: keep it tiny
-    extra = [f"model={model.split('-')[0]}", *MODELS[model], *fake_data(tmp_path, monkeypatch, MODELS[model],
-                                                          small),
+    extra = [f"model={model.split('-')[0]}", *MODELS[model],
+             *fake_data(tmp_path, monkeypatch, MODELS[model], small),
              "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
              "+trainer.limit_val_batches=1", "batch_size=4" if small else "batch_size=8",
              "callbacks.diagnostics=null", "trainer.precision=64-true"]

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from zeroinit import slurm
 
 

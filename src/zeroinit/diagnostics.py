@@ -16,7 +16,8 @@ Linear/Conv layer (module names as init_report.py prints them, input to output) 
   Spread over the run rather than at fixed steps 1, 2, 4, ... or every epoch end: one
   measurement of mnist_fnn costs about as much as ten of its training steps on a CPU (float64
   eigenvalues, see layer_metrics.py), so a short run pays for few and a long one still sees
-  its beginning. (The first steps are covered densely by the gradient statistics above.) The probe pass runs in eval mode (BatchNorm uses its running
+  its beginning. (The first steps are covered densely by the gradient statistics above.)
+  The probe pass runs in eval mode (BatchNorm uses its running
   statistics, nothing is updated) with hooks attached only for that pass: training is
   bit-identical with or without this callback.
 
@@ -37,8 +38,15 @@ import torch
 from torch import nn
 
 from zeroinit.init import INIT_LAYERS
-from zeroinit.layer_metrics import (METRICS, gradient_stats, probe_metrics, round_json,
-                                    single_threaded, weight_metrics, widened)
+from zeroinit.layer_metrics import (
+    METRICS,
+    gradient_stats,
+    probe_metrics,
+    round_json,
+    single_threaded,
+    weight_metrics,
+    widened,
+)
 from zeroinit.results import ResultsWriter
 
 

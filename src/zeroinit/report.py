@@ -18,8 +18,8 @@ from scipy import stats
 from zeroinit.config import flatten
 from zeroinit.init import bias_is_scaled
 from zeroinit.paper import paper_accuracy
-from zeroinit.results import FILENAME
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
+from zeroinit.results import FILENAME
 
 # Config keys that do not define the experiment (where it ran, how it was logged): runs that
 # differ only in these are averaged together. Unlike Hydra's exclude_keys (conf/hydra/

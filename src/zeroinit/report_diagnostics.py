@@ -3,6 +3,7 @@ callback in diagnostics.py): a few summary columns per run for the report's tabl
 paper's Figure 12 (gradient flow over the first steps)."""
 import numpy as np
 
+
 def summary_columns(results: dict) -> dict[str, float]:
     """A few scalars of a run's diagnostics for a report table (NaN where not measured):
 

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
+from zeroinit.lifecycle import claim
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
-from zeroinit.lifecycle import claim
 from zeroinit.results import ResultsWriter
 from zeroinit.signals import StopOnSignal
 from zeroinit.sweep import GpuSlot
@@ -38,7 +38,8 @@ RESUME_ENV = "ZEROINIT_RESUME_CKPT"
 def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """conf/train.yaml composed with `overrides`, as `python src/train.py <overrides>` sees it
     (without Hydra's run directory: set paths.output_dir yourself)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register_resolvers()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -27,12 +27,12 @@ from pathlib import Path
 import submitit
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _Base
 from omegaconf import OmegaConf, open_dict
 from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher
 
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _Base
 from zeroinit.errors import UserError
 
 # Hydra imports this module at every start (hydra_plugins/zeroinit_slurm.py), `--help`
@@ -255,7 +255,8 @@ class SlurmLauncher(_Base):
                 from zeroinit.sweep import record_outcome
 
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
-                shown = [o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))]
+                shown = [o for o in overrides
+                         if not o.startswith(("paths.", "hydra.", "launcher="))]
                 label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
                 record_outcome(sweep_dir, label, "failed",
                                f"SLURM job {job.job_id} ended ({state}) without a result"

@@ -43,12 +43,14 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def _settings(speed) -> dict:
     settings = {**DEFAULTS, **dict(speed or {})}
     unknown = sorted(set(settings) - set(DEFAULTS))
-    check(not unknown, f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
+    check(not unknown,
+          f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
     for key in ("tf32", "cudnn_benchmark", "channels_last", "compile"):
         check(isinstance(settings[key], bool),
               f"speed.{key}: {settings[key]!r} is not allowed; allowed: true, false")
     check(settings["compile_mode"] in COMPILE_MODES,
-          f"speed.compile_mode: {settings['compile_mode']!r} is not one of {', '.join(COMPILE_MODES)}")
+          f"speed.compile_mode: {settings['compile_mode']!r} is not one of "
+          f"{', '.join(COMPILE_MODES)}")
     return settings
 
 

@@ -19,16 +19,23 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
+from zeroinit.lifecycle import claim
 from zeroinit.progress import Progress
 from zeroinit.results import FILENAME, ResultsWriter, read_results
-from zeroinit.run import (build_callbacks, build_data, build_logger, build_net, claim_gpu,
-                          quiet_lightning, run)
+from zeroinit.run import (
+    build_callbacks,
+    build_data,
+    build_logger,
+    build_net,
+    claim_gpu,
+    quiet_lightning,
+    run,
+)
 from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
 from zeroinit.stacked.size import resolve
-from zeroinit.lifecycle import claim
 from zeroinit.sweep import is_sweep_wide
 
 log = logging.getLogger("zeroinit")

@@ -18,8 +18,14 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import (JobReturn, JobStatus, _save_config, configure_log, run_job,
-                              setup_globals)
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    _save_config,
+    configure_log,
+    run_job,
+    setup_globals,
+)
 from omegaconf import OmegaConf, open_dict, read_write
 
 from zeroinit.config import build_model
@@ -32,8 +38,15 @@ from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
 from zeroinit.stacked.plan import assign, split, spread
 from zeroinit.stacked.size import check_setting, resolve
-from zeroinit.sweep import (is_sweep_wide, position, skip_if_stopped,
-                            started_here, stop_sweep, stopped, summary_so_far)
+from zeroinit.sweep import (
+    is_sweep_wide,
+    position,
+    skip_if_stopped,
+    started_here,
+    stop_sweep,
+    stopped,
+    summary_so_far,
+)
 
 log = logging.getLogger("zeroinit")
 MEMBER_KEYS = ("seed", "init", "paths.output_dir")
