@@ -76,10 +76,12 @@ def main(cfg: DictConfig) -> float | None:
     from zeroinit.run import ddp_worker, train_or_resume
     from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
     from zeroinit.sweep import (
+        is_disk_error,
         is_sweep_wide,
         position,
         skip_if_stopped,
         started_here,
+        stop_on_disk_error,
         stop_sweep,
         summary_so_far,
     )
@@ -108,6 +110,15 @@ def main(cfg: DictConfig) -> float | None:
             _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record(hc.sweep.dir, out_dir, "failed", error=f"{type(e).__name__}: {e}")
+        if is_disk_error(e):  # nothing later could be written: stop here, in one line
+            if not sweeping:
+                hint = _resume_hint(False, (out_dir / FILENAME).exists(), out_dir)
+                print(f"error: {e.strerror} writing {out_dir}; free space (or fix "
+                      f"the folder), then: {hint}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            if started_here():
+                stop_on_disk_error(hc.sweep.dir, out_dir, e, {out_dir.name: {
+                    "status": "failed", "error": f"{type(e).__name__}: {e}"}})
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
             stop_sweep(hc.sweep.dir, e)
             return None

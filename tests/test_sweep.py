@@ -333,3 +333,54 @@ def test_position_says_which_run_of_how_many_and_the_sweeps_eta(monkeypatch):
     assert position(0) == "run 1/30"
     assert position(6) == "run 7/30  (sweep: 6 done in 2m00s, ETA 8m00s)"
     assert position(15, 15) == "runs 16-30/30  (sweep: 15 done in 2m00s, ETA 2m00s)"
+
+
+# ------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB tmpfs (root only): a run's first checkpoint (~5 MB for mnist_fnn) fills it."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("launcher", [[], ["launcher=stacked", "hydra.launcher.stack_size=3"]],
+                         ids=["basic", "stacked"])
+def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(small_disk, here,
+                                                                            launcher):
+    args = ["-m", "seed=0,1,2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "callbacks.diagnostics=null", *launcher, f"paths.log_dir={small_disk}"]
+    out = here("train.py", *args)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: No space left on device writing ")
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "sweep: 3 runs: " in out.stdout
+    files = [p for p in small_disk.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.endswith(".tmp")]  # nothing half-written
+    assert not [p for p in files if p.suffix == ".json" and p.stat().st_size == 0]
+    for r in small_disk.rglob("results.json"):
+        assert json.loads(r.read_text())["status"] in ("running", "failed")  # resumable
+    subprocess.run(["mount", "-o", "remount,size=100m", str(small_disk)], check=True)
+    again = here("train.py", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "sweep: 3 runs: 3 completed" in again.stdout
+
+
+def test_a_full_disk_ends_a_single_run_in_one_line(small_disk, here):
+    out = here("train.py", "trainer.max_epochs=1", "callbacks.diagnostics=null",
+               f"paths.log_dir={small_disk}")
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: No space left on device writing ") and "Traceback" not in \
+        out.stderr

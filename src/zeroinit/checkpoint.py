@@ -37,9 +37,13 @@ class LastCheckpoint(Checkpoint):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)  # collective under DDP; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves the previous checkpoint, no torn copy
+            raise
         self._last_save = time.monotonic()
 
     def on_train_start(self, trainer, pl_module):

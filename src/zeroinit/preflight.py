@@ -110,8 +110,10 @@ def check_writable(out_dir, what: str = "the sweep writes its runs to") -> None:
     problem = "not a folder" if not probe.is_dir() else None
     if problem is None:
         try:
-            with tempfile.TemporaryFile(dir=probe, prefix=".zeroinit-write-check-"):
-                pass
+            with tempfile.TemporaryFile(dir=probe, prefix=".zeroinit-write-check-") as f:
+                f.write(b"x")  # a byte: a full disk still creates empty files
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as e:
             problem = f"not writable ({e.strerror or type(e).__name__})"
     check(problem is None, f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "

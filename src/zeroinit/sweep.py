@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 
 from zeroinit.checkpoint import set_aside, unreadable
 from zeroinit.errors import SweepError
-from zeroinit.results import FILENAME, read_results
+from zeroinit.results import FILENAME, read_results, write_json_atomic
 from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
@@ -169,10 +169,14 @@ def record_outcome(sweep_dir, run_dir, status: str, error: str | None = None,
     out = outcome_dir(sweep_dir)
     if out is None:
         return
-    out.mkdir(parents=True, exist_ok=True)
     entry = {"run": Path(run_dir).name, "status": status, "error": error, "resumed": resumed,
              "slurm_job": slurm_job_id()}  # lets the launcher tell which jobs reported
-    (out / f"{Path(run_dir).name}.json").write_text(json.dumps(entry))
+    try:  # whole or not at all: a full disk leaves no empty record behind
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / f"{Path(run_dir).name}.json", entry)
+    except OSError:
+        if status != "failed" or not is_disk_error(error):
+            raise
 
 
 def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]:
@@ -227,13 +231,16 @@ def position(done: int, count: int = 1) -> str | None:
             f"ETA {_duration(elapsed / done * (total - done))})")
 
 
-def summary_so_far(sweep_dir) -> str:
-    """The sweep's summary when a stop signal ends it early: what each run that started
-    became, and how many did not start."""
+def summary_so_far(sweep_dir, current: dict | None = None) -> str:
+    """The sweep's summary when a stop signal or a full disk ends it early: what each run
+    that started became (`current`: {run name: outcome} of runs whose records could not be
+    written), and how many did not start."""
     out = outcome_dir(sweep_dir)
     outcomes = []
     if out is not None and out.is_dir():
         outcomes = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    written = {o["run"] for o in outcomes}
+    outcomes += [{"run": run, **o} for run, o in (current or {}).items() if run not in written]
     total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
     outcomes += [{"run": "", "status": "not started"}] * max(0, total - len(outcomes))
     return summarize(outcomes)[0]
@@ -246,8 +253,26 @@ STOPPED = "stopped.txt"  # in the sweep's outcome folder: the message that stopp
 
 
 def is_sweep_wide(e: BaseException) -> bool:
-    return isinstance(e, SweepError) or (isinstance(e, OSError)
-                                         and e.errno in SWEEP_WIDE_ERRNOS)
+    return isinstance(e, SweepError) or is_disk_error(e)
+
+
+def is_disk_error(e) -> bool:
+    """A full disk, an exhausted quota, a read-only file system (an exception, or the text a
+    run recorded of one)."""
+    if isinstance(e, str):
+        return any(os.strerror(n) in e for n in SWEEP_WIDE_ERRNOS)
+    return isinstance(e, OSError) and e.errno in SWEEP_WIDE_ERRNOS
+
+
+def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = None) -> None:
+    """A disk error in a sweep run by this process: nothing later could be written (Hydra's
+    own files for the next run would fail first), so the sweep stops here, in one line and
+    its summary so far; exit 2. The runs that were training keep their last complete
+    results.json and checkpoint: the same command resumes them once there is room."""
+    print(f"error: {e.strerror or e} writing {run_dir}: the sweep stops here; free space (or "
+          "fix the folder) and run the same command to resume", file=sys.stderr, flush=True)
+    print(summary_so_far(sweep_dir, current), flush=True)
+    raise SystemExit(2)
 
 
 def stop_sweep(sweep_dir, e: BaseException) -> None:

@@ -36,7 +36,7 @@ from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
 from zeroinit.stacked.size import resolve
-from zeroinit.sweep import is_sweep_wide
+from zeroinit.sweep import is_disk_error, is_sweep_wide
 
 log = logging.getLogger("zeroinit")
 
@@ -92,7 +92,8 @@ def _train_alone(i, ckpt, job, done) -> None:
     try:
         results = run(cfg, overrides, ckpt_path=ckpt)
     except Exception as e:  # noqa: BLE001 - as a stack's failure: recorded, the group goes on
-        log.exception("run %s failed", Path(cfg.paths.output_dir).name)
+        if not is_disk_error(e):  # a full disk: the launcher says it, in one line
+            log.exception("run %s failed", Path(cfg.paths.output_dir).name)
         if is_sweep_wide(e):
             raise
         saved = Path(cfg.paths.output_dir) / FILENAME
@@ -139,7 +140,8 @@ def _train_stack(members, done) -> None:
             if ckpt_path:
                 Path(ckpt_path).unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - the group failed: every member records it
-        log.exception("stacked group failed")
+        if not is_disk_error(e):  # a full disk: the launcher says it, in one line
+            log.exception("stacked group failed")
         for k, (i, (cfg, _), _) in enumerate(members):
             if k < len(group) and group[k].writer.results["status"] == "running":
                 group[k].writer.write("failed", error=f"{type(e).__name__}: {e}")

@@ -39,10 +39,12 @@ from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
 from zeroinit.stacked.plan import assign, split, spread
 from zeroinit.stacked.size import check_setting, resolve
 from zeroinit.sweep import (
+    is_disk_error,
     is_sweep_wide,
     position,
     skip_if_stopped,
     started_here,
+    stop_on_disk_error,
     stop_sweep,
     stopped,
     summary_so_far,
@@ -295,5 +297,9 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
     except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures
         if not is_sweep_wide(e):
             raise
+        if is_disk_error(e) and started_here():  # nothing later could be written: stop here
+            failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            stop_on_disk_error(sweep_dir, f"{len(group)} stacked runs in {sweep_dir}", e,
+                               {Path(job.cfg.paths.output_dir).name: failed for job in group})
         stop_sweep(sweep_dir, e)
     return {job.idx: returns.get(job.idx) or job.job_return(None) for job in group}
