@@ -5,7 +5,8 @@ SLURM's array tasks. A change to how runs are skipped, locked, resumed or report
 edit here.
 
   claim(run_dir)     a finished run is skipped; one another process holds is left alone
-                     (busy); else it is locked and its checkpoint found (resume, said once)
+                     (busy); else it is locked, its checkpoint found (resume, said once) and
+                     its TensorBoard events made to match it (zeroinit.events)
   record(...)        what became of it, for the sweep's summary (zeroinit.sweep)
   outcome_line(...)  what became of it, as the one line a user reads
 """
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from zeroinit import events
 from zeroinit.results import read_results
 from zeroinit.sweep import FINISHED, RunLock, previous_status, record_outcome, resume_checkpoint
 
@@ -41,6 +43,7 @@ def claim(run_dir) -> Claim:
     if checkpoint is not None:
         print(f"resuming {run_dir.name} from {checkpoint} (was {status or 'unknown'})",
               flush=True)
+    events.tidy(run_dir, checkpoint)  # TensorBoard: each step once, from here on too
     return Claim(lock=lock, checkpoint=checkpoint)
 
 
