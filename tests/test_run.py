@@ -149,3 +149,19 @@ def test_default_run_trains_and_writes_results(make_cfg, tmp_path):
     assert results["final"]["test_acc"] > 0.8  # 2 epochs of mnist_fnn on the 4,000 digits
     assert (tmp_path / "results.json").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_notebook_composes_and_runs_without_naming_a_folder(tmp_path, monkeypatch):
+    # the docstring's example as written: the run goes where train.py would put it
+    from zeroinit.run import compose, run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("model=logreg", "trainer=cpu", "trainer.max_epochs=1",
+                  "+trainer.limit_train_batches=2", "callbacks.diagnostics=null")
+    out = Path(cfg.paths.output_dir)
+    assert out.parent == tmp_path / "outputs" / "runs"
+    assert out.name.endswith("_mnist5k-logreg-pytorch-x1-+trainer.limit_train_batches=2,"
+                             "callbacks.diagnostics=null,trainer.max_epochs=1-s0")  # train.py's
+    assert "hydra" not in cfg
+    assert run(cfg)["status"] == "completed"
+    assert (out / "results.json").exists()

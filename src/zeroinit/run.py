@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
@@ -36,15 +36,24 @@ RESUME_ENV = "ZEROINIT_RESUME_CKPT"
 
 
 def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
-    """conf/train.yaml composed with `overrides`, as `python src/train.py <overrides>` sees it
-    (without Hydra's run directory: set paths.output_dir yourself)."""
+    """conf/train.yaml composed with `overrides`, as `python src/train.py <overrides>` sees it.
+    The run's folder is the one train.py would make (outputs/runs/<time>_<run name>), unless
+    `paths.output_dir=...` says another: a notebook can `run(compose(...))` as it is."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
 
     register_resolvers()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides),
-                             return_hydra_config=return_hydra_config)
+        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    if not any(o.startswith(("paths.output_dir=", "++paths.output_dir=")) for o in overrides):
+        HydraConfig.instance().set_config(cfg)  # what the run folder's name reads
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(OmegaConf.select(cfg, "hydra.run.dir")).absolute())
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def quiet_lightning():
