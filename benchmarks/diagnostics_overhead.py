@@ -35,7 +35,7 @@ from zeroinit.run import compose, run
 
 
 def random_loader(n_train, n_test=10_000):
-    """A loader (see zeroinit.data.LOADERS) of uniform random uint8 images and labels."""
+    """A loader (see zeroinit.data.DATASETS) of uniform random uint8 images and labels."""
     def split(n, g):
         return (torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
                 torch.randint(0, 10, (n,), generator=g))
@@ -60,7 +60,7 @@ def main():
         torch.set_num_threads(args.threads)
     overrides = [f"trainer.max_epochs={args.epochs}", *args.overrides]
     if args.random:
-        data.LOADERS["random"] = random_loader(args.random)
+        data.DATASETS["random"] = data.Dataset(random_loader(args.random))
         overrides += ["dataset.source=random", f"dataset.name=random{args.random}"]
 
     def one(diagnostics: bool, out: Path) -> tuple[float, float, float]:

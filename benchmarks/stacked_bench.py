@@ -19,7 +19,7 @@ one epoch per run (training + evaluation of the whole test split), default confi
               ops in a plain PyTorch loop, nothing written
 
 The data are read through the project's own loader path (a `random` source registered in
-zeroinit.data.LOADERS), once per process as a sweep does. Variants are interleaved, their
+zeroinit.data.DATASETS), once per process as a sweep does. Variants are interleaved, their
 order rotating every repeat; each time is the median over repeats. `--images MODEL=N` or
 `--n-train N` below a full epoch times each variant at N and at N/2 train images and
 extrapolates seconds = fixed + per image x images to a full epoch (bench.extrapolate): the
@@ -60,8 +60,8 @@ def random_loader(shape, n_train, n_test):
 def jobs(model, device, out_dir, n_train, extra=(), members=15):
     dataset, full_train, full_test, overrides = bench.MODELS[model]
     n_test = max(1, round(full_test * n_train / full_train))
-    zdata.LOADERS["random"] = random_loader(
-        tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test)
+    zdata.DATASETS["random"] = zdata.Dataset(random_loader(
+        tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test))
     return [(compose(*overrides, f"dataset={dataset}", "dataset.source=random",
                      f"dataset.name=random_{dataset}", "trainer.max_epochs=1",
                      f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",

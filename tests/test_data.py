@@ -332,3 +332,25 @@ def test_device_batches_are_the_indexed_rows():
     y = torch.arange(50)
     for xb, yb in DeviceBatches(x, y, 16, lambda: 3, seed=1, shuffle=True):
         assert torch.equal(xb, x[yb].float().div_(255))  # labels = row numbers
+
+
+def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch, here):
+    # DATASETS["<name>"] = Dataset(loader) + conf/dataset/<name>.yaml (`source: <name>`; here
+    # its keys are given on the command line): read, checked by the preflight, trained on
+    from zeroinit import data
+
+    def load_tiny(data_dir=None, download=False):
+        g = torch.Generator().manual_seed(0)
+        split = lambda n: (torch.randint(0, 256, (n, 1, 6, 6), generator=g,  # noqa: E731
+                                         dtype=torch.uint8), torch.randint(0, 3, (n,), generator=g))
+        return split(60), split(20), ["a", "b", "c"]
+
+    monkeypatch.setitem(data.DATASETS, "tiny", data.Dataset(load_tiny))
+    out = here("train.py", "dataset.source=tiny", "dataset.name=tiny", "dataset.input_shape=null",
+               "dataset.num_classes=null", "model=logreg", "trainer.max_epochs=1",
+               "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (results,) = tmp_path.rglob("results.json")
+    assert results.parent.name.startswith("2") and "_tiny-logreg-" in results.parent.name
+    bad = here("train.py", "dataset.source=nope", f"paths.log_dir={tmp_path / 'b'}")
+    assert bad.returncode == 2 and "dataset.source: 'nope' is not one of mnist5k" in bad.stderr

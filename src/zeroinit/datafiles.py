@@ -1,4 +1,5 @@
-"""The files behind dataset=mnist and dataset=cifar10: which are expected where, which are
+"""The files behind a downloaded dataset (`Files`: dataset=mnist, dataset=cifar10; the
+registry in zeroinit.data says which dataset has which): which are expected where, which are
 missing, and downloading them through torchvision, once, with a bounded wait.
 
 A download goes to a temporary folder inside the data folder; files are moved into place only
@@ -32,41 +33,35 @@ class Files:
     url: str          # where they come from (the first mirror)
 
 
-def files(source: str) -> Files | None:
-    """What `source` reads from disk; None for datasets that are not downloaded (mnist5k is
-    embedded, image_folder is the user's own)."""
-    if source == "mnist":
-        from torchvision.datasets import MNIST
+def mnist_files() -> Files:
+    from torchvision.datasets import MNIST
 
-        return Files("mnist", MNIST, os.path.join("MNIST", "raw"),
-                     tuple(os.path.splitext(name)[0] for name, _ in MNIST.resources),
-                     MNIST.mirrors[0])
-    if source == "cifar10":
-        from torchvision.datasets import CIFAR10
-
-        return Files("cifar10", CIFAR10, CIFAR10.base_folder,
-                     tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
-                     + (CIFAR10.meta["filename"],), CIFAR10.url)
-    return None
+    return Files("mnist", MNIST, os.path.join("MNIST", "raw"),
+                 tuple(os.path.splitext(name)[0] for name, _ in MNIST.resources),
+                 MNIST.mirrors[0])
 
 
-def folder(source: str, data_dir) -> Path:
-    return Path(data_dir) / files(source).folder
+def cifar10_files() -> Files:
+    from torchvision.datasets import CIFAR10
+
+    return Files("cifar10", CIFAR10, CIFAR10.base_folder,
+                 tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
+                 + (CIFAR10.meta["filename"],), CIFAR10.url)
 
 
-def missing(source: str, data_dir) -> list[str]:
-    """The files of `source` that are not in `data_dir` (empty when all are there)."""
-    spec = files(source)
-    if spec is None:
-        return []
+def folder(spec: Files, data_dir) -> Path:
+    return Path(data_dir) / spec.folder
+
+
+def missing(spec: Files, data_dir) -> list[str]:
+    """The files of `spec` that are not in `data_dir` (empty when all are there)."""
     return [name for name in spec.names if not (Path(data_dir) / spec.folder / name).is_file()]
 
 
-def how_to_get(source: str, data_dir, failed: bool = False) -> str:
+def how_to_get(spec: Files, data_dir, failed: bool = False) -> str:
     """The ways out, for the end of an error message: `make data`, the key that points to
     files one already has, the offline dataset."""
-    spec = files(source)
-    command = f"python src/prepare_data.py dataset={source}"
+    command = f"python src/prepare_data.py dataset={spec.source}"
     if os.path.normpath(str(data_dir)) != "data":
         command += f" paths.data_dir={data_dir}"
     where = "on a machine with internet" if failed else f"from {spec.url}"
@@ -75,9 +70,9 @@ def how_to_get(source: str, data_dir, failed: bool = False) -> str:
             f"{spec.folder}/> dataset.download=false; offline: {OFFLINE_HINT}")
 
 
-def missing_message(source: str, data_dir, names, why: str = "") -> str:
-    return (f"dataset={source}: missing in {folder(source, data_dir)}: {', '.join(names)}"
-            f"{'; ' + why if why else ''}. {how_to_get(source, data_dir, failed=bool(why))}")
+def missing_message(spec: Files, data_dir, names, why: str = "") -> str:
+    return (f"dataset={spec.source}: missing in {folder(spec, data_dir)}: {', '.join(names)}"
+            f"{'; ' + why if why else ''}. {how_to_get(spec, data_dir, failed=bool(why))}")
 
 
 @contextmanager
@@ -100,12 +95,11 @@ def _reason(e: BaseException, timeout_s: float) -> str:
     return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
 
 
-def fetch(source: str, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> float:
-    """Download `source` into `data_dir` through torchvision (which checks the checksums);
-    returns the seconds it took. Raises SweepError, one line, if it fails."""
-    spec = files(source)
+def fetch(spec: Files, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> float:
+    """Download `spec`'s files into `data_dir` through torchvision (which checks the
+    checksums); returns the seconds it took. Raises SweepError, one line, if it fails."""
     root = Path(data_dir)
-    print(f"{source}: downloading from {spec.url} into {root / spec.folder} "
+    print(f"{spec.source}: downloading from {spec.url} into {root / spec.folder} "
           f"(a wait of over {timeout_s:g} s fails)", flush=True)
     start = time.monotonic()
     created = [p for p in (root, *root.parents) if not p.exists()]
@@ -123,7 +117,7 @@ def fetch(source: str, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> float
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
         raise SweepError(missing_message(
-            source, data_dir, missing(source, data_dir) or spec.names,
+            spec, data_dir, missing(spec, data_dir) or spec.names,
             f"the download from {spec.url} failed ({_reason(e, timeout_s)})")) from None
     finally:
         if tmp is not None:
@@ -140,26 +134,25 @@ def _move_in(src: Path, dst: Path) -> None:
             os.replace(path, dst / path.name)
 
 
-def archive_checksums(source: str, data_dir) -> str:
+def archive_checksums(spec: Files, data_dir) -> str:
     """What torchvision's checksums say about the downloaded archives kept beside the files
     (MNIST keeps its .gz files; CIFAR-10's batches are checked on every load instead)."""
-    if source != "mnist":
-        return "checksums match torchvision's" if source == "cifar10" else ""
+    if not hasattr(spec.cls, "resources"):  # checked by torchvision whenever it reads them
+        return "checksums match torchvision's"
     from torchvision.datasets.utils import check_integrity
 
-    spec = files(source)
     archives = [(Path(data_dir) / spec.folder / name, md5) for name, md5 in spec.cls.resources]
     present = [(path, md5) for path, md5 in archives if path.is_file()]
     if not present:
         return "no .gz archives to checksum (files read and parsed)"
     bad = [path.name for path, md5 in present if not check_integrity(str(path), md5)]
     if bad:
-        raise SweepError(f"dataset={source}: {', '.join(bad)} in {folder(source, data_dir)} "
-                         f"do not match torchvision's checksums. {how_to_get(source, data_dir)}")
+        raise SweepError(f"dataset={spec.source}: {', '.join(bad)} in {folder(spec, data_dir)} "
+                         f"do not match torchvision's checksums. {how_to_get(spec, data_dir)}")
     return f"{len(present)} archives match torchvision's checksums"
 
 
-def size(source: str, data_dir) -> tuple[int, int]:
+def size(spec: Files, data_dir) -> tuple[int, int]:
     """(files, bytes) in the dataset's folder."""
-    paths = [p for p in folder(source, data_dir).iterdir() if p.is_file()]
+    paths = [p for p in folder(spec, data_dir).iterdir() if p.is_file()]
     return len(paths), sum(p.stat().st_size for p in paths)

