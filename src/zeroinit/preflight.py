@@ -25,13 +25,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from zeroinit import data
 from zeroinit.config import check_device, validate
 from zeroinit.errors import UserError, check
+from zeroinit.keys import NOT_DATA
 
-# Swept keys that cannot change which files a run reads: these config groups write only into
-# their own part of the config (conf/model -> model, ...), and seeds or learning rates are not
-# paths. Any other swept key (dataset, paths, experiment, a new group) gets one composed config
-# per value, so a sweep over dataset=mnist,cifar10 checks both.
-NOT_DATA = {"seed", "model", "init", "bias_scale", "optimizer", "trainer", "speed", "logger",
-            "callbacks", "batch_size", "sweep_name", "runs_per_gpu", "checkpoint_every_min"}
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 

@@ -17,25 +17,13 @@ from scipy import stats
 
 from zeroinit.config import flatten
 from zeroinit.init import bias_is_scaled
+from zeroinit.keys import ignored_by_report
 from zeroinit.paper import paper_accuracy
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
 from zeroinit.results import FILENAME
 
-# Config keys that do not define the experiment (where it ran, how it was logged): runs that
-# differ only in these are averaged together. Unlike Hydra's exclude_keys (conf/hydra/
-# default.yaml: what leaves the run directory's name), this also ignores the callbacks
-# (logging and measuring) while the run names keep them, so no two runs share a folder.
-IGNORED_KEYS = ("seed", "paths", "sweep_name", "runs_per_gpu", "report", "logger", "callbacks",
-                "trainer.accelerator", "trainer.devices", "trainer.strategy",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                "trainer.log_every_n_steps", "dataset.data_dir", "dataset.download",
-                "dataset.eval_batch_size", "hydra", "launcher")
 # Friendly names for the keys that usually tell the lines of a figure apart.
 SHORT = {"model.name": "model", "init.name": "init", "init.bias_scale": "x"}
-
-
-def _ignored(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
 
 
 @dataclass
@@ -52,7 +40,7 @@ class Run:
         return flatten(self.results.get("config") or {})
 
     def group_key(self) -> str:
-        return json.dumps({k: v for k, v in self.config.items() if not _ignored(k)},
+        return json.dumps({k: v for k, v in self.config.items() if not ignored_by_report(k)},
                           sort_keys=True, default=str)
 
 
@@ -145,7 +133,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
     out = {}
     for fig, groups in sorted(figures.items()):
         groups = list(groups.values())
-        configs = [{k: v for k, v in g.config.items() if not _ignored(k)} for g in groups]
+        configs = [{k: v for k, v in g.config.items() if not ignored_by_report(k)} for g in groups]
         keys = sorted({k for c in configs for k in c})
         varying = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1
                    and not k.endswith("._target_")]

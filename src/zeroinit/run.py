@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
+from zeroinit.keys import NAME_KEYS
 from zeroinit.lifecycle import claim
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
@@ -110,9 +111,6 @@ def build_logger(cfg: DictConfig, config: dict):
     text = OmegaConf.to_yaml(OmegaConf.create(config))
     logger.experiment.add_text("config", "    " + text.replace("\n", "\n    "))  # Markdown code
     return logger
-
-
-NAME_KEYS = ("dataset", "model", "init", "init.bias_scale", "seed")
 
 
 def experiment_hparams(cfg: DictConfig) -> dict:

@@ -3,10 +3,11 @@ that can train as one stacked model, train each group with `train_group`, and ru
 one by one through train.py's own job function (exactly as Hydra's basic launcher would).
 
 Jobs form a group when their resolved configs are equal except for the keys a member may
-have of its own (MEMBER_KEYS: seed, the init scheme with its bias scale, and the run's output
-directory). A group also needs what stacking assumes: a network made of layers with stacked
-twins (zeroinit.stacked.layers), an elementwise optimizer, one device, and no fp16 loss
-scaler (one scaler would skip a step for every member when one member overflows).
+have of its own (zeroinit.keys.MEMBER_KEYS: seed, the init scheme with its bias scale, and
+the run's output directory). A group also needs what stacking assumes: a network made of
+layers with stacked twins (zeroinit.stacked.layers), an elementwise optimizer, one device,
+and no fp16 loss scaler (one scaler would skip a step for every member when one member
+overflows).
 """
 import copy
 import json
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from zeroinit.config import build_model
 from zeroinit.errors import UserError
+from zeroinit.keys import MEMBER_KEYS
 from zeroinit.lifecycle import outcome_line, record
 from zeroinit.results import FILENAME
 from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
@@ -51,7 +53,6 @@ from zeroinit.sweep import (
 )
 
 log = logging.getLogger("zeroinit")
-MEMBER_KEYS = ("seed", "init", "paths.output_dir")
 
 
 class Job:
