@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-import bench  # benchmarks/bench.py
+import bench
+import timing  # benchmarks/timing.py
 from zeroinit.run import compose
 
 PAPER_MODELS = ["mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50",
@@ -42,7 +43,7 @@ def paper_runs():
     """[(figure, model, dataset, epochs)] for every run of every conf/experiment/fig*.yaml."""
     parser = OverridesParser.create()
     runs = []
-    for path in sorted((bench.ROOT / "conf" / "experiment").glob("fig*.yaml")):
+    for path in sorted((timing.ROOT / "conf" / "experiment").glob("fig*.yaml")):
         cfg = compose(f"experiment={path.stem}", return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.params or {})
         sweeps = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])

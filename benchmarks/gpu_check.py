@@ -10,7 +10,7 @@
    stacking pays there;
 2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
    (benchmarks/bench.py), part of an epoch each, timed at N and N/2 train images and
-   extrapolated to a full one (fixed + per image x images, bench.extrapolate);
+   extrapolated to a full one (fixed + per image x images, timing.extrapolate);
 3. the README's default sweep through the command line, stacked vs one at a time;
 4. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
    one by one;
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import bench
 import stacked_bench
+import timing
 
 STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
 # train images per model (a part of an epoch, timed at N and N/2 and extrapolated to a full
@@ -75,7 +76,7 @@ def main(argv=None):
     with open(args.output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
         print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
         print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
-        print(bench.machine().replace("\n", "; "))
+        print(timing.machine().replace("\n", "; "))
         section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
                 lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
                                             "--variants", "stacked,sequential,bare",
@@ -103,9 +104,9 @@ def cli(tiny):
     as the user types it (imports and Hydra included)."""
     import tempfile
 
-    sweep = bench.DEFAULT_SWEEP + (" trainer.max_epochs=1" if tiny else "")
+    sweep = timing.DEFAULT_SWEEP + (" trainer.max_epochs=1" if tiny else "")
     with tempfile.TemporaryDirectory() as work:
-        rows = [(name, bench.time_sweep(sweep + extra, Path(work) / name))
+        rows = [(name, timing.time_sweep(sweep + extra, Path(work) / name))
                 for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))]
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
@@ -118,10 +119,10 @@ def two_places(tiny):
     worker training them one after another: whether two stacks on one card pay."""
     import tempfile
 
-    sweep = bench.DEFAULT_SWEEP + " launcher=stacked hydra.launcher.stack_size=8" + (
+    sweep = timing.DEFAULT_SWEEP + " launcher=stacked hydra.launcher.stack_size=8" + (
         " trainer.max_epochs=1" if tiny else "")
     with tempfile.TemporaryDirectory() as work:
-        rows = [(name, bench.time_sweep(sweep + extra, Path(work) / f"sweep{i}"))
+        rows = [(name, timing.time_sweep(sweep + extra, Path(work) / f"sweep{i}"))
                 for i, (name, extra) in enumerate((
                     ("1 worker", " hydra.launcher.workers=1"),
                     ("2 workers, one GPU", " hydra.launcher.workers=2 runs_per_gpu=2")))]
@@ -141,7 +142,7 @@ def parallel(tiny):
                             ("parallel, 2 per GPU",
                              " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2")):
             # (a folder name without commas: Hydra would read one as a sweep over paths)
-            s = bench.time_sweep(sweep + extra, Path(work) / f"sweep{len(rows)}")
+            s = timing.time_sweep(sweep + extra, Path(work) / f"sweep{len(rows)}")
             rows.append((name, s))
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:

@@ -15,14 +15,14 @@ one epoch per run (training + evaluation of the whole test split), default confi
   stacked_all the same in one stack of 15 (hydra.launcher.stack_size=15): what it did before
               the probe
   sequential  zeroinit.run.run(cfg) for each job in turn: what the basic launcher's jobs call
-  bare        15 x benchmarks/bench.py's bare loop: the same nets, inits, optimizer and batch
+  bare        15 x the bare loop of benchmarks/timing.py: the same nets, inits, optimizer and batch
               ops in a plain PyTorch loop, nothing written
 
 The data are read through the project's own loader path (a `random` source registered in
 zeroinit.data.DATASETS), once per process as a sweep does. Variants are interleaved, their
 order rotating every repeat; each time is the median over repeats. `--images MODEL=N` or
 `--n-train N` below a full epoch times each variant at N and at N/2 train images and
-extrapolates seconds = fixed + per image x images to a full epoch (bench.extrapolate): the
+extrapolates seconds = fixed + per image x images to a full epoch (timing.extrapolate): the
 one-at-a-time variant pays 15 fit start-ups, checkpoints and results files, which scaling by
 full/N would multiply too and so overstate what stacking saves. `--cli` also times the
 default sweep on the embedded digits through the command line (imports and Hydra included),
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-import bench  # benchmarks/bench.py
+import timing  # benchmarks/bench.py
 from zeroinit import data as zdata
 from zeroinit.run import compose, run
 from zeroinit.stacked import size
@@ -58,7 +58,7 @@ def random_loader(shape, n_train, n_test):
 
 
 def jobs(model, device, out_dir, n_train, extra=(), members=15):
-    dataset, full_train, full_test, overrides = bench.MODELS[model]
+    dataset, full_train, full_test, overrides = timing.MODELS[model]
     n_test = max(1, round(full_test * n_train / full_train))
     zdata.DATASETS["random"] = zdata.Dataset(random_loader(
         tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test))
@@ -73,8 +73,8 @@ def jobs(model, device, out_dir, n_train, extra=(), members=15):
 def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -> float:
     out = Path(tempfile.mkdtemp(dir=work_dir))
     todo = jobs(model, device, out, n_train, extra, members)
-    with bench.silenced():
-        bench.sync(torch.device(device))
+    with timing.silenced():
+        timing.sync(torch.device(device))
         start = time.perf_counter()
         if variant in ("stacked", "stacked_all"):
             outcomes = train_group(todo, "auto" if variant == "stacked" else len(todo))
@@ -82,13 +82,13 @@ def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -
         elif variant == "sequential":
             statuses = {run(cfg, overrides)["status"] for cfg, overrides in todo}
         else:
-            case = bench.Case(model, device, n_train, out)
+            case = timing.Case(model, device, n_train, out)
             start = time.perf_counter()  # (the Case's random tensors are not part of it)
             for cfg, _ in todo:
                 case.cfg = cfg  # this run's init scheme and seed (zero init costs more on a
-                bench.time_bare(case)  # CPU: its tiny Adam moments are denormal floats)
+                timing.time_bare(case)  # CPU: its tiny Adam moments are denormal floats)
             statuses = {"completed"}
-        bench.sync(torch.device(device))
+        timing.sync(torch.device(device))
         elapsed = time.perf_counter() - start
     assert statuses <= {"completed", "diverged"}, (variant, statuses)
     shutil.rmtree(out, ignore_errors=True)
@@ -107,7 +107,7 @@ def probe_choice(model, device, work_dir, extra, members) -> str:
 def time_cli(work_dir) -> dict:
     out = {}
     for name, extra in (("sequential", ""), ("stacked", " launcher=stacked")):
-        sweep = bench.time_sweep(bench.DEFAULT_SWEEP + extra, Path(work_dir) / name)
+        sweep = timing.time_sweep(timing.DEFAULT_SWEEP + extra, Path(work_dir) / name)
         out[name] = sweep
     return out
 
@@ -129,25 +129,25 @@ def main(argv=None) -> dict:
     p.add_argument("override", nargs="*", help="config overrides for the project variants")
     args = p.parse_args(argv)
     variants = args.variants.split(",")
-    print(f"# {bench.machine()}; {args.members} runs "
+    print(f"# {timing.machine()}; {args.members} runs "
           f"x 1 epoch; {args.repeats} repeats, interleaved; "
           f"overrides: {' '.join(args.override) or '-'}", flush=True)
     rows = []
     images = dict(x.split("=") for x in args.images)
     with tempfile.TemporaryDirectory() as work:
         for model in args.models.split(","):
-            full = bench.MODELS[model][1]
+            full = timing.MODELS[model][1]
             n = min(int(images.get(model, 0)) or args.n_train or full, full)
             # the stack size probe (cached for the stacked variant) and a warm-up (first-call
             # costs, cuDNN/CUDA initialization): in no variant's figure
             choice = probe_choice(model, args.device, work, args.override, args.members)
             time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
                          args.members)
-            times, fits = bench.time_sizes(
+            times, fits = timing.time_sizes(
                 lambda v, n_images: time_variant(v, model, args.device, work, n_images,
                                                  args.override, args.members),
-                variants, bench.sizes(n, full), args.repeats, full, f"{model} ")
-            rows.append({"model": model, "n_train": n, "sizes": bench.sizes(n, full),
+                variants, timing.sizes(n, full), args.repeats, full, f"{model} ")
+            rows.append({"model": model, "n_train": n, "sizes": timing.sizes(n, full),
                          "probe": choice,
                          **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
                          "fits": fits, "all": times})
@@ -165,20 +165,20 @@ def main(argv=None) -> dict:
               f"{cell(get('stacked_all'), 's')} | {cell(get('sequential'), 's')} | "
               f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
               f"{cell(get('stacked') / get('bare'), 'x')} |")
-    fitted = [r for r in rows if r["n_train"] < bench.MODELS[r["model"]][1]]
+    fitted = [r for r in rows if r["n_train"] < timing.MODELS[r["model"]][1]]
     if fitted:  # the fixed part: 1 fit's start-up, checkpoint, results stacked, k of each not
         print(f"(seconds extrapolated to a full epoch: seconds = fixed + per image x images, fit "
               f"to the times at N and N/2 train images; fixed = what the {k} runs pay whatever "
               f"the epoch's size)")
         for r in fitted:
             print(f"- {r['model']}, timed on {' and '.join(f'{s:,}' for s in r['sizes'])} train "
-                  f"images: {bench.describe_fits(r['fits'], label=f'fixed per {k} runs')}")
+                  f"images: {timing.describe_fits(r['fits'], label=f'fixed per {k} runs')}")
     if cli:
-        print("\n| `python src/train.py -m " + bench.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
+        print("\n| `python src/train.py -m " + timing.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
               "| wall, imports included | runs/min |\n|---|---|---|")
         for name, s in cli.items():
             print(f"| {name} | {s['wall_s']:.1f}s | {s['runs_per_min']:.1f} |")
-    out = {"machine": bench.machine(), "cli": cli,
+    out = {"machine": timing.machine(), "cli": cli,
            "rows": [{**r, "fits": {v: f._asdict() for v, f in r["fits"].items()}} for r in rows]}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

@@ -9,8 +9,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench  # noqa: E402
+import bench
 import gpu_bench  # noqa: E402
+import timing  # noqa: E402
 
 
 def test_bench_times_every_variant_on_tiny_sizes(tmp_path):
@@ -65,13 +66,13 @@ def test_gpu_bench_dry_run_of_every_model(tmp_path):
 def test_extrapolation_separates_the_once_per_fit_cost_from_the_per_image_cost():
     # 2 s paid once per fit + 1 ms per image, timed at 5,000 and 2,500 of 50,000 images (the
     # medians: 7.0 and 4.5 s; 9.9 is an outlier): 2 + 50 = 52 s, not 7.0 x 10 = 70 s
-    fit = bench.extrapolate([(5000, 7.0), (2500, 4.5), (5000, 6.9), (2500, 4.4), (2500, 4.6),
+    fit = timing.extrapolate([(5000, 7.0), (2500, 4.5), (5000, 6.9), (2500, 4.4), (2500, 4.6),
                              (5000, 9.9)], 50_000)
     assert fit.fallback is None
     assert fit.fixed == pytest.approx(2.0) and fit.per_image == pytest.approx(1e-3)
     assert fit.estimate == pytest.approx(52.0)
     # a full epoch: its one size, unscaled, no fixed cost separated
-    assert bench.extrapolate([(50_000, 26.5), (50_000, 26.7)], 50_000) == (None, 26.6 / 50_000,
+    assert timing.extrapolate([(50_000, 26.5), (50_000, 26.7)], 50_000) == (None, 26.6 / 50_000,
                                                                            26.6, None)
 
 
@@ -81,14 +82,14 @@ def test_extrapolation_separates_the_once_per_fit_cost_from_the_per_image_cost()
     ([(1000, 3.0), (500, 1.0)], "negative fixed"),  # the line would cross below zero
 ])
 def test_extrapolation_falls_back_to_plain_scaling_on_noise(points, reason):
-    fit = bench.extrapolate(points, 10_000)
+    fit = timing.extrapolate(points, 10_000)
     assert reason in fit.fallback and fit.fixed is None
     assert fit.estimate == pytest.approx(30.0)  # 3.0 s x 10,000 / 1,000
-    assert reason in bench.describe_fits({"project": fit})
+    assert reason in timing.describe_fits({"project": fit})
 
 
 def test_part_epochs_are_timed_at_two_sizes_interleaved():
-    assert bench.sizes(5000, 50_000) == (5000, 2500) and bench.sizes(50_000, 50_000) == (50_000,)
-    order = [(r, n, tuple(v)) for r, n, v in bench.schedule(["a", "b"], (8, 4), 2)]
+    assert timing.sizes(5000, 50_000) == (5000, 2500) and timing.sizes(50_000, 50_000) == (50_000,)
+    order = [(r, n, tuple(v)) for r, n, v in timing.schedule(["a", "b"], (8, 4), 2)]
     assert order == [(0, 8, ("a", "b")), (0, 4, ("a", "b")), (1, 4, ("b", "a")),
                      (1, 8, ("b", "a"))]
