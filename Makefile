@@ -21,8 +21,9 @@ setup: $(VENV)/.installed  ## create .venv and install the project (torch 2.14.1
 train: $(VENV)/.installed  ## the main job: train mnist_fnn on the embedded MNIST subset
 	$(PY) src/train.py $(ARGS)
 
-lint: $(VENV)/.installed  ## ruff check (pycodestyle, pyflakes, import order; pyproject.toml [tool.ruff])
+lint: $(VENV)/.installed  ## ruff check + ruff format --check (settings: pyproject.toml [tool.ruff]); `ruff format src tests benchmarks` fixes the format
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 test: $(VENV)/.installed  ## the default test suite (minutes on 2 cores)
 	$(PY) -m pytest $(ARGS)

@@ -21,6 +21,7 @@ load average 3.4 from other jobs: CPU 3.91 s vs 3.64 s: +7.4% (pairs +2.9%).
 A symmetry measurement of mnist_fnn costs ~20 ms on a quiet core (mostly the float64 Gram
 matrix and eigenvalues of the 500x784 weight), about ten training steps.
 """
+
 import argparse
 import statistics
 import tempfile
@@ -36,13 +37,17 @@ from zeroinit.run import compose, run
 
 def random_loader(n_train, n_test=10_000):
     """A loader (see zeroinit.data.DATASETS) of uniform random uint8 images and labels."""
+
     def split(n, g):
-        return (torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
-                torch.randint(0, 10, (n,), generator=g))
+        return (
+            torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g),
+        )
 
     def load(data_dir=None, download=False):
         g = torch.Generator().manual_seed(0)
         return split(n_train, g), split(n_test, g), [str(c) for c in range(10)]
+
     return load
 
 
@@ -50,10 +55,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--random", type=int, default=0, metavar="N",
-                        help="train on N random 28x28 images (10,000 test) instead of mnist5k")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument(
+        "--random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N random 28x28 images (10,000 test) instead of mnist5k",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's own choice)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
     if args.threads:
@@ -64,8 +78,12 @@ def main():
         overrides += ["dataset.source=random", f"dataset.name=random{args.random}"]
 
     def one(diagnostics: bool, out: Path) -> tuple[float, float, float]:
-        cfg = compose(f"paths.output_dir={out}", f"paths.log_dir={out}", *overrides,
-                      *([] if diagnostics else ["callbacks.diagnostics=null"]))
+        cfg = compose(
+            f"paths.output_dir={out}",
+            f"paths.log_dir={out}",
+            *overrides,
+            *([] if diagnostics else ["callbacks.diagnostics=null"]),
+        )
         wall, cpu = time.perf_counter(), time.process_time()
         results = run(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -75,21 +93,28 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         one(False, Path(tmp) / "warm-up")  # imports, first-call costs: in neither side
         for i in range(args.repeats):
-            for flag in ((True, False) if i % 2 == 0 else (False, True)):
+            for flag in (True, False) if i % 2 == 0 else (False, True):
                 runs[flag].append(one(flag, Path(tmp) / f"{i}-{flag}"))
             (w1, c1, own), (w0, c0, _) = runs[True][-1], runs[False][-1]
-            print(f"pair {i + 1}: with {w1:.2f}s wall {c1:.2f}s cpu (own {own:.2f}s)  "
-                  f"without {w0:.2f}s wall {c0:.2f}s cpu", flush=True)
-    print(f"\n{' '.join(overrides)}  on {cpu_model()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {args.repeats} pairs, interleaved")
+            print(
+                f"pair {i + 1}: with {w1:.2f}s wall {c1:.2f}s cpu (own {own:.2f}s)  "
+                f"without {w0:.2f}s wall {c0:.2f}s cpu",
+                flush=True,
+            )
+    print(
+        f"\n{' '.join(overrides)}  on {cpu_model()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {args.repeats} pairs, interleaved"
+    )
     for k, what in ((0, "wall"), (1, "cpu ")):
         on = [r[k] for r in runs[True]]
         off = [r[k] for r in runs[False]]
         pairs = statistics.median(a / b - 1 for a, b in zip(on, off))
-        print(f"{what}: median with {statistics.median(on):.2f}s, without "
-              f"{statistics.median(off):.2f}s -> overhead "
-              f"{100 * (statistics.median(on) / statistics.median(off) - 1):+.1f}% "
-              f"(median of pairs {100 * pairs:+.1f}%)")
+        print(
+            f"{what}: median with {statistics.median(on):.2f}s, without "
+            f"{statistics.median(off):.2f}s -> overhead "
+            f"{100 * (statistics.median(on) / statistics.median(off) - 1):+.1f}% "
+            f"(median of pairs {100 * pairs:+.1f}%)"
+        )
     own = statistics.median(r[2] for r in runs[True])
     print(f"callback's own time: median {own:.2f}s")
 

@@ -20,6 +20,7 @@ as benchmarks/bench.py does), every other model on a full one.
 The conventional pipeline here uses DataLoader(num_workers=4, pin_memory=True), as people do
 on a GPU machine (--workers to change).
 """
+
 import argparse
 import itertools
 import json
@@ -33,8 +34,15 @@ import bench
 import timing  # benchmarks/timing.py
 from zeroinit.run import compose
 
-PAPER_MODELS = ["mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50",
-                "logreg_mnist", "logreg_cifar"]
+PAPER_MODELS = [
+    "mnist_fnn",
+    "mnist_cnn",
+    "cifar_fnn",
+    "cifar_cnn",
+    "resnet50",
+    "logreg_mnist",
+    "logreg_cifar",
+]
 NO_DIAGNOSTICS = "callbacks.diagnostics=null"
 FAST = "speed=bf16 callbacks.diagnostics=null"
 
@@ -47,8 +55,10 @@ def paper_runs():
         cfg = compose(f"experiment={path.stem}", return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.params or {})
         sweeps = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-        axes = {o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])
-                for o in sweeps}
+        axes = {
+            o.key_or_group: (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])
+            for o in sweeps
+        }
         for values in itertools.product(*axes.values()):
             choice = dict(zip(axes, values))
             model = str(choice.get("model", cfg.model.name))
@@ -75,20 +85,36 @@ def estimate(runs, seconds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true",
-                   help="a dry run in seconds: 32 images, batch 16, 1 repeat (figures meaningless)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a dry run in seconds: 32 images, batch 16, 1 repeat (figures meaningless)",
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=4, help="conventional DataLoader num_workers")
     p.add_argument("--models", default=",".join(PAPER_MODELS))
     p.add_argument("--no-fast", action="store_true", help=f"skip the `{FAST}` variant")
-    p.add_argument("--also", action="append", default=[], metavar="OVERRIDES",
-                   help="time the project path with these overrides too (repeatable), e.g. "
-                        "--also callbacks.diagnostics=null")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="time the project path with these overrides too (repeatable), e.g. "
+        "--also callbacks.diagnostics=null",
+    )
     p.add_argument("--json", help="write every measurement to this file")
     args = p.parse_args(argv)
 
-    bench_args = ["--models", args.models, "--repeats", str(1 if args.tiny else args.repeats),
-                  "--workers", str(args.workers), "--images", "resnet50=25000"]
+    bench_args = [
+        "--models",
+        args.models,
+        "--repeats",
+        str(1 if args.tiny else args.repeats),
+        "--workers",
+        str(args.workers),
+        "--images",
+        "resnet50=25000",
+    ]
     variants = [NO_DIAGNOSTICS] + ([] if args.no_fast else [FAST]) + args.also
     for extra in variants:
         bench_args += ["--also", extra]
@@ -96,8 +122,11 @@ def main(argv=None):
         print("# --tiny: a dry run of the code paths; its figures mean nothing", flush=True)
         bench_args += ["--n-train", "32", "batch_size=16"]
     runs = paper_runs()
-    out = bench.main(bench_args, command="python benchmarks/gpu_bench.py "
-                     + " ".join(sys.argv[1:] if argv is None else argv))
+    out = bench.main(
+        bench_args,
+        command="python benchmarks/gpu_bench.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     rows = {r["model"]: r for r in out["models"]}
     missing = sorted({bench_key(m, d) for _, m, d, _ in runs} - set(rows))
 
@@ -106,20 +135,30 @@ def main(argv=None):
     if missing:
         lines.append(f"(not estimated: no timing for {', '.join(missing)})")
     else:
-        columns = ([("project", "project")] + [(f"project {v}", f"project {v}") for v in variants]
-                   + [("conventional", "conventional")])
-        lines += ["| figure | runs | epochs | " + " | ".join(f"{c} h" for c, _ in columns) + " |",
-                  "|---|---|---|" + "---|" * len(columns)]
+        columns = (
+            [("project", "project")]
+            + [(f"project {v}", f"project {v}") for v in variants]
+            + [("conventional", "conventional")]
+        )
+        lines += [
+            "| figure | runs | epochs | " + " | ".join(f"{c} h" for c, _ in columns) + " |",
+            "|---|---|---|" + "---|" * len(columns),
+        ]
         totals = {}
         for _, key in columns:
             totals[key] = estimate(runs, {m: r[key] for m, r in rows.items()})
         for fig in totals["project"]:
             n, e, _ = totals["project"][fig]
-            lines.append(f"| {fig} | {n} | {e} | " +
-                         " | ".join(f"{totals[k][fig][2] / 3600:.2f}" for _, k in columns) + " |")
-        lines.append(f"| all | {len(runs)} | {sum(r[3] for r in runs)} | " +
-                     " | ".join(f"{sum(v[2] for v in totals[k].values()) / 3600:.2f}"
-                                for _, k in columns) + " |")
+            lines.append(
+                f"| {fig} | {n} | {e} | "
+                + " | ".join(f"{totals[k][fig][2] / 3600:.2f}" for _, k in columns)
+                + " |"
+            )
+        lines.append(
+            f"| all | {len(runs)} | {sum(r[3] for r in runs)} | "
+            + " | ".join(f"{sum(v[2] for v in totals[k].values()) / 3600:.2f}" for _, k in columns)
+            + " |"
+        )
         out["paper_hours"] = {k: sum(v[2] for v in t.values()) / 3600 for k, t in totals.items()}
     print("\n".join(lines), flush=True)
     out["paper_runs"] = runs

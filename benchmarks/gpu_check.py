@@ -18,6 +18,7 @@
    another.
 Every table goes to stdout and to the Markdown file given with -o, with the machine line.
 """
+
 import argparse
 import contextlib
 import io
@@ -35,8 +36,15 @@ STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
 # minutes. ResNet-50 stays at 2,560: a full epoch in "Every paper model" (H200: 26.6 s fp32 +
 # 23.4 s bare + 19.4 s bf16) would add about a minute to a check that the second size
 # already brings from 378 s to an estimated 7.5 min there.
-IMAGES = {"mnist_fnn": 25_600, "cifar_fnn": 25_600, "mnist_cnn": 12_800, "cifar_cnn": 12_800,
-          "resnet50": 2_560, "logreg_mnist": 60_000, "logreg_cifar": 50_000}
+IMAGES = {
+    "mnist_fnn": 25_600,
+    "cifar_fnn": 25_600,
+    "mnist_cnn": 12_800,
+    "cifar_cnn": 12_800,
+    "resnet50": 2_560,
+    "logreg_mnist": 60_000,
+    "logreg_cifar": 50_000,
+}
 PARALLEL = "init=zero,pytorch seed=0,1 trainer.max_epochs=3"
 
 
@@ -65,8 +73,9 @@ def section(title, fn, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", default="gpu-check.md")
-    p.add_argument("--tiny", action="store_true",
-                   help="a dry run: tiny epochs, figures meaningless")
+    p.add_argument(
+        "--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless"
+    )
     args = p.parse_args(argv)
     # --tiny: 32 images, timed at 32 and 16: on a CPU ResNet-50 costs ~0.6 s an image, so the
     # two sizes take about what one size of 64 did
@@ -77,26 +86,74 @@ def main(argv=None):
         print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
         print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
         print(timing.machine().replace("\n", "; "))
-        section("Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
-                lambda: stacked_bench.main(["--models", STACKED_MODELS, "--repeats", "1",
-                                            "--variants", "stacked,sequential,bare",
-                                            *members, *img_args]), log)
-        section("The README's sweep through the command line, stacked vs one at a time "
-                "(mnist5k, 15 runs x 10 epochs)", lambda: cli(args.tiny), log)
-        section("ResNet-50: 3 runs stacked vs one at a time (decides whether it stacks)",
-                lambda: stacked_bench.main(["--models", "resnet50", "--repeats", "1",
-                                            "--variants", "stacked,sequential", "--members",
-                                            "2" if args.tiny else "3", *img_args,
-                                            "callbacks.diagnostics=null"]), log)
-        section("Every paper model, project path fp32 and bf16, seconds per epoch",
-                lambda: bench.main(["--models", "mnist_fnn,resnet50" if args.tiny
-                                    else ",".join(IMAGES), "--repeats", "1",
-                                    "--variants", "project,bare", *img_args,
-                                    "--also", "speed=bf16 callbacks.diagnostics=null"]), log)
-        section("launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
-                lambda: parallel(args.tiny), log)
-        section("Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
-                "(mnist5k, command line)", lambda: two_places(args.tiny), log)
+        section(
+            "Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
+            lambda: stacked_bench.main(
+                [
+                    "--models",
+                    STACKED_MODELS,
+                    "--repeats",
+                    "1",
+                    "--variants",
+                    "stacked,sequential,bare",
+                    *members,
+                    *img_args,
+                ]
+            ),
+            log,
+        )
+        section(
+            "The README's sweep through the command line, stacked vs one at a time "
+            "(mnist5k, 15 runs x 10 epochs)",
+            lambda: cli(args.tiny),
+            log,
+        )
+        section(
+            "ResNet-50: 3 runs stacked vs one at a time (decides whether it stacks)",
+            lambda: stacked_bench.main(
+                [
+                    "--models",
+                    "resnet50",
+                    "--repeats",
+                    "1",
+                    "--variants",
+                    "stacked,sequential",
+                    "--members",
+                    "2" if args.tiny else "3",
+                    *img_args,
+                    "callbacks.diagnostics=null",
+                ]
+            ),
+            log,
+        )
+        section(
+            "Every paper model, project path fp32 and bf16, seconds per epoch",
+            lambda: bench.main(
+                [
+                    "--models",
+                    "mnist_fnn,resnet50" if args.tiny else ",".join(IMAGES),
+                    "--repeats",
+                    "1",
+                    "--variants",
+                    "project,bare",
+                    *img_args,
+                    "--also",
+                    "speed=bf16 callbacks.diagnostics=null",
+                ]
+            ),
+            log,
+        )
+        section(
+            "launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
+            lambda: parallel(args.tiny),
+            log,
+        )
+        section(
+            "Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
+            "(mnist5k, command line)",
+            lambda: two_places(args.tiny),
+            log,
+        )
 
 
 def cli(tiny):
@@ -106,12 +163,16 @@ def cli(tiny):
 
     sweep = timing.DEFAULT_SWEEP + (" trainer.max_epochs=1" if tiny else "")
     with tempfile.TemporaryDirectory() as work:
-        rows = [(name, timing.time_sweep(sweep + extra, Path(work) / name))
-                for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))]
+        rows = [
+            (name, timing.time_sweep(sweep + extra, Path(work) / name))
+            for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))
+        ]
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
-              f"{s['runs_per_min']:.1f} |")
+        print(
+            f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+            f"{s['runs_per_min']:.1f} |"
+        )
 
 
 def two_places(tiny):
@@ -119,17 +180,27 @@ def two_places(tiny):
     worker training them one after another: whether two stacks on one card pay."""
     import tempfile
 
-    sweep = timing.DEFAULT_SWEEP + " launcher=stacked hydra.launcher.stack_size=8" + (
-        " trainer.max_epochs=1" if tiny else "")
+    sweep = (
+        timing.DEFAULT_SWEEP
+        + " launcher=stacked hydra.launcher.stack_size=8"
+        + (" trainer.max_epochs=1" if tiny else "")
+    )
     with tempfile.TemporaryDirectory() as work:
-        rows = [(name, timing.time_sweep(sweep + extra, Path(work) / f"sweep{i}"))
-                for i, (name, extra) in enumerate((
+        rows = [
+            (name, timing.time_sweep(sweep + extra, Path(work) / f"sweep{i}"))
+            for i, (name, extra) in enumerate(
+                (
                     ("1 worker", " hydra.launcher.workers=1"),
-                    ("2 workers, one GPU", " hydra.launcher.workers=2 runs_per_gpu=2")))]
+                    ("2 workers, one GPU", " hydra.launcher.workers=2 runs_per_gpu=2"),
+                )
+            )
+        ]
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
-              f"{s['runs_per_min']:.1f} |")
+        print(
+            f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+            f"{s['runs_per_min']:.1f} |"
+        )
 
 
 def parallel(tiny):
@@ -138,16 +209,19 @@ def parallel(tiny):
     sweep = PARALLEL.replace("max_epochs=3", "max_epochs=1") if tiny else PARALLEL
     with tempfile.TemporaryDirectory() as work:
         rows = []
-        for name, extra in (("one by one", ""),
-                            ("parallel, 2 per GPU",
-                             " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2")):
+        for name, extra in (
+            ("one by one", ""),
+            ("parallel, 2 per GPU", " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2"),
+        ):
             # (a folder name without commas: Hydra would read one as a sweep over paths)
             s = timing.time_sweep(sweep + extra, Path(work) / f"sweep{len(rows)}")
             rows.append((name, s))
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
-              f"{s['runs_per_min']:.1f} |")
+        print(
+            f"| {name} | {s['runs']} | {', '.join(s['statuses'])} | {s['wall_s']:.1f}s | "
+            f"{s['runs_per_min']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ full/N would multiply too and so overstate what stacking saves. `--cli` also tim
 default sweep on the embedded digits through the command line (imports and Hydra included),
 with and without launcher=stacked.
 """
+
 import argparse
 import json
 import shutil
@@ -50,24 +51,44 @@ VARIANTS = ("stacked", "stacked_all", "sequential", "bare")
 def random_loader(shape, n_train, n_test):
     def load(data_dir=None, download=False):
         g = torch.Generator().manual_seed(0)
+
         def split(n):
-            return (torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                    torch.randint(0, 10, (n,), generator=g))
+            return (
+                torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
+                torch.randint(0, 10, (n,), generator=g),
+            )
+
         return split(n_train), split(n_test), [str(c) for c in range(10)]
+
     return load
 
 
 def jobs(model, device, out_dir, n_train, extra=(), members=15):
     dataset, full_train, full_test, overrides = timing.MODELS[model]
     n_test = max(1, round(full_test * n_train / full_train))
-    zdata.DATASETS["random"] = zdata.Dataset(random_loader(
-        tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test))
-    return [(compose(*overrides, f"dataset={dataset}", "dataset.source=random",
-                     f"dataset.name=random_{dataset}", "trainer.max_epochs=1",
-                     f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-                     f"init={init}", f"seed={seed}", f"paths.log_dir={out_dir}",
-                     f"paths.output_dir={out_dir / f'{init}-s{seed}'}", *extra),
-             [f"init={init}", f"seed={seed}"]) for init in INITS for seed in SEEDS][:members]
+    zdata.DATASETS["random"] = zdata.Dataset(
+        random_loader(tuple(compose(f"dataset={dataset}").dataset.input_shape), n_train, n_test)
+    )
+    return [
+        (
+            compose(
+                *overrides,
+                f"dataset={dataset}",
+                "dataset.source=random",
+                f"dataset.name=random_{dataset}",
+                "trainer.max_epochs=1",
+                f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                f"init={init}",
+                f"seed={seed}",
+                f"paths.log_dir={out_dir}",
+                f"paths.output_dir={out_dir / f'{init}-s{seed}'}",
+                *extra,
+            ),
+            [f"init={init}", f"seed={seed}"],
+        )
+        for init in INITS
+        for seed in SEEDS
+    ][:members]
 
 
 def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -> float:
@@ -116,11 +137,20 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mnist_fnn")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--n-train", type=int, default=None,
-                   help="train images (default: full size; fewer: extrapolated as --images)")
-    p.add_argument("--images", action="append", default=[], metavar="MODEL=N",
-                   help="train images for one model (a part of an epoch, timed at N and N/2 "
-                        "and extrapolated to a full one)")
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="train images (default: full size; fewer: extrapolated as --images)",
+    )
+    p.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="train images for one model (a part of an epoch, timed at N and N/2 "
+        "and extrapolated to a full one)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--members", type=int, default=15, help="the first N runs of the sweep")
@@ -129,9 +159,12 @@ def main(argv=None) -> dict:
     p.add_argument("override", nargs="*", help="config overrides for the project variants")
     args = p.parse_args(argv)
     variants = args.variants.split(",")
-    print(f"# {timing.machine()}; {args.members} runs "
-          f"x 1 epoch; {args.repeats} repeats, interleaved; "
-          f"overrides: {' '.join(args.override) or '-'}", flush=True)
+    print(
+        f"# {timing.machine()}; {args.members} runs "
+        f"x 1 epoch; {args.repeats} repeats, interleaved; "
+        f"overrides: {' '.join(args.override) or '-'}",
+        flush=True,
+    )
     rows = []
     images = dict(x.split("=") for x in args.images)
     with tempfile.TemporaryDirectory() as work:
@@ -141,45 +174,73 @@ def main(argv=None) -> dict:
             # the stack size probe (cached for the stacked variant) and a warm-up (first-call
             # costs, cuDNN/CUDA initialization): in no variant's figure
             choice = probe_choice(model, args.device, work, args.override, args.members)
-            time_variant(variants[0], model, args.device, work, min(n, 1024), args.override,
-                         args.members)
+            time_variant(
+                variants[0], model, args.device, work, min(n, 1024), args.override, args.members
+            )
             times, fits = timing.time_sizes(
-                lambda v, n_images: time_variant(v, model, args.device, work, n_images,
-                                                 args.override, args.members),
-                variants, timing.sizes(n, full), args.repeats, full, f"{model} ")
-            rows.append({"model": model, "n_train": n, "sizes": timing.sizes(n, full),
-                         "probe": choice,
-                         **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
-                         "fits": fits, "all": times})
+                lambda v, n_images: time_variant(
+                    v, model, args.device, work, n_images, args.override, args.members
+                ),
+                variants,
+                timing.sizes(n, full),
+                args.repeats,
+                full,
+                f"{model} ",
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "n_train": n,
+                    "sizes": timing.sizes(n, full),
+                    "probe": choice,
+                    **{v: f.estimate for v, f in fits.items()},  # seconds of a full epoch
+                    "fits": fits,
+                    "all": times,
+                }
+            )
         cli = time_cli(work) if args.cli else None
     k = args.members
-    print(f"\n| model | {k} runs stacked (probe's size) | {k} runs in one stack | {k} runs "
-          f"sequential | {k} x bare loop | sequential / stacked | stacked / bare |\n"
-          f"|---|---|---|---|---|---|---|")
+    print(
+        f"\n| model | {k} runs stacked (probe's size) | {k} runs in one stack | {k} runs "
+        f"sequential | {k} x bare loop | sequential / stacked | stacked / bare |\n"
+        f"|---|---|---|---|---|---|---|"
+    )
+
     def cell(x, unit):  # a variant not run: "-"
         return "-" if x != x else f"{x:.{1 if unit == 's' else 2}f}{unit}"
 
     for r in rows:
         get = lambda v: r.get(v, float("nan"))  # noqa: E731
-        print(f"| {r['model']} | {cell(get('stacked'), 's')} {r.get('probe', '')} | "
-              f"{cell(get('stacked_all'), 's')} | {cell(get('sequential'), 's')} | "
-              f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
-              f"{cell(get('stacked') / get('bare'), 'x')} |")
+        print(
+            f"| {r['model']} | {cell(get('stacked'), 's')} {r.get('probe', '')} | "
+            f"{cell(get('stacked_all'), 's')} | {cell(get('sequential'), 's')} | "
+            f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
+            f"{cell(get('stacked') / get('bare'), 'x')} |"
+        )
     fitted = [r for r in rows if r["n_train"] < timing.MODELS[r["model"]][1]]
     if fitted:  # the fixed part: 1 fit's start-up, checkpoint, results stacked, k of each not
-        print(f"(seconds extrapolated to a full epoch: seconds = fixed + per image x images, fit "
-              f"to the times at N and N/2 train images; fixed = what the {k} runs pay whatever "
-              f"the epoch's size)")
+        print(
+            f"(seconds extrapolated to a full epoch: seconds = fixed + per image x images, fit "
+            f"to the times at N and N/2 train images; fixed = what the {k} runs pay whatever "
+            f"the epoch's size)"
+        )
         for r in fitted:
-            print(f"- {r['model']}, timed on {' and '.join(f'{s:,}' for s in r['sizes'])} train "
-                  f"images: {timing.describe_fits(r['fits'], label=f'fixed per {k} runs')}")
+            print(
+                f"- {r['model']}, timed on {' and '.join(f'{s:,}' for s in r['sizes'])} train "
+                f"images: {timing.describe_fits(r['fits'], label=f'fixed per {k} runs')}"
+            )
     if cli:
-        print("\n| `python src/train.py -m " + timing.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
-              "| wall, imports included | runs/min |\n|---|---|---|")
+        print(
+            "\n| `python src/train.py -m " + timing.DEFAULT_SWEEP + " ...` (mnist5k, 10 epochs) "
+            "| wall, imports included | runs/min |\n|---|---|---|"
+        )
         for name, s in cli.items():
             print(f"| {name} | {s['wall_s']:.1f}s | {s['runs_per_min']:.1f} |")
-    out = {"machine": timing.machine(), "cli": cli,
-           "rows": [{**r, "fits": {v: f._asdict() for v, f in r["fits"].items()}} for r in rows]}
+    out = {
+        "machine": timing.machine(),
+        "cli": cli,
+        "rows": [{**r, "fits": {v: f._asdict() for v, f in r["fits"].items()}} for r in rows],
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
     return out

@@ -8,6 +8,7 @@ stacked afterwards (what it did before), side by side in one process.
 Random uint8 images of MNIST's size (60,000 of 1x28x28), batch 128, one epoch of batches
 (469 steps); the variants take turns, each figure is the median of the repeats.
 """
+
 import argparse
 import statistics
 import time
@@ -28,8 +29,9 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (60_000, 1, 28, 28), generator=g, dtype=torch.uint8).to(device)
     y = torch.randint(0, 10, (60_000,), generator=g).to(device)
-    members = [DeviceBatches(x, y, 128, lambda: 0, seed=s, shuffle=True)
-               for s in range(args.members)]
+    members = [
+        DeviceBatches(x, y, 128, lambda: 0, seed=s, shuffle=True) for s in range(args.members)
+    ]
 
     def one_by_one():
         for batches in zip(*members):
@@ -50,8 +52,10 @@ def main(argv=None):
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     for name, t in times.items():
-        print(f"{name}: {statistics.median(t):.3f} s per epoch of {args.members} members' "
-              f"batches ({len(members[0])} steps), median of {args.repeats}")
+        print(
+            f"{name}: {statistics.median(t):.3f} s per epoch of {args.members} members' "
+            f"batches ({len(members[0])} steps), median of {args.repeats}"
+        )
 
 
 if __name__ == "__main__":

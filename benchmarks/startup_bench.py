@@ -16,6 +16,7 @@ Each command runs in a fresh process with its own output folder, `--repeats` tim
 variants (this tree, and the `--compare` commit checked out in a temporary git worktree) take
 turns, and each figure is the median. Nothing here is extrapolated.
 """
+
 import argparse
 import os
 import re
@@ -32,11 +33,12 @@ EPOCH_SECONDS = re.compile(r"^epoch +\d+/\d+ .*\((\d+\.\d+)s\)$", re.M)
 COMMANDS = {
     "--help": ["--help"],
     "one epoch": ["trainer.max_epochs=1"],
-    "stacked sweep": ["-m", "init=zero,pytorch,bias_normal", "seed=0,1,2,3,4",
-                      "launcher=stacked"],
+    "stacked sweep": ["-m", "init=zero,pytorch,bias_normal", "seed=0,1,2,3,4", "launcher=stacked"],
 }
-LOAD = ("import time; from zeroinit.data import load_mnist5k; t = time.perf_counter(); "
-        "load_mnist5k(); print(f'LOAD {time.perf_counter() - t:.4f}')")  # the imports apart
+LOAD = (
+    "import time; from zeroinit.data import load_mnist5k; t = time.perf_counter(); "
+    "load_mnist5k(); print(f'LOAD {time.perf_counter() - t:.4f}')"
+)  # the imports apart
 
 
 def run_command(tree: Path, args: list[str], out_dir: Path) -> dict:
@@ -58,16 +60,21 @@ def load_times(tree: Path, cache: Path) -> dict:
     env = {**os.environ, "ZEROINIT_CACHE": str(cache), "PYTHONPATH": str(tree / "src")}
     out = {}
     for label in ("first use", "after"):
-        proc = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True,
-                              text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, check=True
+        )
         out[label] = float(proc.stdout.split("LOAD")[-1])
     return out
 
 
 def worktree(ref: str, parent: Path) -> Path:
     path = parent / ("tree-" + re.sub(r"[^\w.-]", "_", ref))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=ROOT,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), ref],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -82,8 +89,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", metavar="REF", help="also time this git commit (a worktree)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", nargs="*", choices=[*COMMANDS, "dataset load"],
-                   help="a subset of the rows (default: all)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        choices=[*COMMANDS, "dataset load"],
+        help="a subset of the rows (default: all)",
+    )
     args = p.parse_args(argv)
     rows = args.only or [*COMMANDS, "dataset load"]
     work = Path(tempfile.mkdtemp(prefix="startup-bench-"))
@@ -95,7 +106,7 @@ def main(argv=None) -> dict:
         times: dict = {(v, r): [] for v in trees for r in rows}
         for rep in range(args.repeats):
             order = list(trees.items())
-            order = order[rep % len(order):] + order[: rep % len(order)]  # take turns
+            order = order[rep % len(order) :] + order[: rep % len(order)]  # take turns
             for row in rows:
                 for name, tree in order:
                     out = work / f"run-{len(os.listdir(work))}" / "outputs"
@@ -105,16 +116,22 @@ def main(argv=None) -> dict:
                     else:
                         times[(name, row)].append(run_command(tree, COMMANDS[row], out))
                     shutil.rmtree(out.parent, ignore_errors=True)
-                    print(f"  repeat {rep + 1}/{args.repeats}  {row:<13} {name}: "
-                          f"{times[(name, row)][-1]}", flush=True)
+                    print(
+                        f"  repeat {rep + 1}/{args.repeats}  {row:<13} {name}: "
+                        f"{times[(name, row)][-1]}",
+                        flush=True,
+                    )
         table = format_table(times, trees, rows, args.repeats)
         print("\n" + table)
         return {"times": times, "table": table}
     finally:
         for name, tree in trees.items():
             if tree != ROOT:
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                               capture_output=True)
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(tree)],
+                    cwd=ROOT,
+                    capture_output=True,
+                )
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -128,17 +145,23 @@ def format_table(times, trees, rows, repeats) -> str:
         for name in trees:
             samples = times[(name, row)]
             if row == "dataset load":
-                cells.append(f"{med(samples, 'first use'):.2f} s first use, "
-                             f"{med(samples, 'after'):.3f} s after")
+                cells.append(
+                    f"{med(samples, 'first use'):.2f} s first use, "
+                    f"{med(samples, 'after'):.3f} s after"
+                )
             elif row == "--help":
                 cells.append(f"{med(samples, 'wall'):.2f} s")
             else:
-                cells.append(f"{med(samples, 'wall'):.1f} s wall = "
-                             f"{med(samples, 'training'):.1f} s epochs + "
-                             f"{med(samples, 'rest'):.1f} s rest")
+                cells.append(
+                    f"{med(samples, 'wall'):.1f} s wall = "
+                    f"{med(samples, 'training'):.1f} s epochs + "
+                    f"{med(samples, 'rest'):.1f} s rest"
+                )
         lines.append(f"| {row} | {' | '.join(cells)} |")
-    lines.append(f"\nmedians of {repeats} repeats; `rest` = wall - the epochs' own seconds "
-                 "(imports, composing, building, writing)")
+    lines.append(
+        f"\nmedians of {repeats} repeats; `rest` = wall - the epochs' own seconds "
+        "(imports, composing, building, writing)"
+    )
     return "\n".join(lines)
 
 

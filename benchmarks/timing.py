@@ -10,6 +10,7 @@ one is and how part-epochs are extrapolated).
   commands      time_sweep (`python src/train.py -m ...` as a user types it), time_import
   machine       the line every result starts with
 """
+
 import contextlib
 import json
 import logging
@@ -64,10 +65,16 @@ DEFAULT_SWEEP = "init=zero,pytorch,bias_normal seed=0,1,2,3,4"
 def compose_cfg(model: str, device: str, out_dir, overrides=()):
     """The config `python src/train.py model=<model> dataset=<its dataset>` would run."""
     dataset, _, _, model_overrides = MODELS[model]
-    return compose(*model_overrides, f"dataset={dataset}", "dataset.download=false",
-                   "trainer.max_epochs=1",
-                   f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-                   f"paths.output_dir={out_dir}", f"paths.log_dir={out_dir}", *overrides)
+    return compose(
+        *model_overrides,
+        f"dataset={dataset}",
+        "dataset.download=false",
+        "trainer.max_epochs=1",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        f"paths.output_dir={out_dir}",
+        f"paths.log_dir={out_dir}",
+        *overrides,
+    )
 
 
 def random_split(shape, n, generator, device):
@@ -86,8 +93,11 @@ def silenced():
     """Progress bars, model summaries and per-epoch lines go nowhere (they still cost)."""
     logging.disable(logging.INFO)  # Lightning's model summary and start-up lines
     try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
-                contextlib.redirect_stderr(null):
+        with (
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(null),
+            contextlib.redirect_stderr(null),
+        ):
             yield
     finally:
         logging.disable(logging.NOTSET)
@@ -96,6 +106,7 @@ def silenced():
 # ------------------------------------------------------------ a part of an epoch -> a full one
 class Fit(NamedTuple):
     """seconds = fixed + per_image * train images, and what that gives for a full epoch."""
+
     fixed: float | None  # seconds paid once per fit whatever its size; None: not separated
     per_image: float  # seconds per train image (its share of the test split included)
     estimate: float  # seconds of a full epoch
@@ -116,7 +127,7 @@ def schedule(variants, images, repeats):
     variants, images = list(variants), list(images)
     for r in range(repeats):
         k = r % len(variants)
-        for n in (images if r % 2 == 0 else images[::-1]):
+        for n in images if r % 2 == 0 else images[::-1]:
             yield r, n, variants[k:] + variants[:k]
 
 
@@ -138,8 +149,9 @@ def extrapolate(points, full: int) -> Fit:
     if len(med) == 1:
         return plain if top == full else plain._replace(fallback="one size timed")
     mean_n, mean_t = statistics.fmean(med), statistics.fmean(med.values())
-    per_image = (sum((n - mean_n) * (t - mean_t) for n, t in med.items())
-                 / sum((n - mean_n) ** 2 for n in med))
+    per_image = sum((n - mean_n) * (t - mean_t) for n, t in med.items()) / sum(
+        (n - mean_n) ** 2 for n in med
+    )
     fixed = mean_t - per_image * mean_n
     if per_image <= 0:
         return plain._replace(fallback="noise: the time did not grow with the images")
@@ -155,8 +167,11 @@ def time_sizes(run, variants, images, repeats: int, full: int, label="", log=pri
     for r, n, order in schedule(variants, images, repeats):
         for v in order:
             times[v].append((n, run(v, n)))
-            log(f"  {label}{v}, repeat {r + 1}/{repeats}, {n:,} train images: "
-                f"{times[v][-1][1]:.2f}s", flush=True)
+            log(
+                f"  {label}{v}, repeat {r + 1}/{repeats}, {n:,} train images: "
+                f"{times[v][-1][1]:.2f}s",
+                flush=True,
+            )
     return times, {v: extrapolate(t, full) for v, t in times.items()}
 
 
@@ -164,8 +179,10 @@ def describe_fits(fits: dict, label="fixed per fit") -> str:
     """'fixed per fit: project 0.91 s, bare 0.02 s; plain scaling for ...' of {variant: Fit}."""
     fixed = [f"{v} {f.fixed:.2f} s" for v, f in fits.items() if f.fixed is not None]
     plain = [f"{v} ({f.fallback})" for v, f in fits.items() if f.fallback]
-    return "; ".join(([f"{label}: " + ", ".join(fixed)] if fixed else []) +
-                     (["plain scaling t x full/n for " + ", ".join(plain)] if plain else []))
+    return "; ".join(
+        ([f"{label}: " + ", ".join(fixed)] if fixed else [])
+        + (["plain scaling t x full/n for " + ", ".join(plain)] if plain else [])
+    )
 
 
 class Case:
@@ -257,7 +274,7 @@ def time_bare(case: Case, n_train=None) -> float:
     sums = torch.zeros(4, device=device)  # train loss, train correct, test loss, test correct
     net.train()
     for i in range(0, n, cfg.batch_size):
-        idx = order[i: i + cfg.batch_size]
+        idx = order[i : i + cfg.batch_size]
         xb, yb = prepare(x.index_select(0, idx), idx, offsets, flips), y.index_select(0, idx)
         logits = net(xb)
         loss = F.cross_entropy(logits, yb)
@@ -337,8 +354,9 @@ def conventional_transform(cfg):
         ops += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
     ops.append(transforms.ToTensor())
     if cfg.dataset.normalize is not None:
-        ops.append(transforms.Normalize(list(cfg.dataset.normalize.mean),
-                                        list(cfg.dataset.normalize.std)))
+        ops.append(
+            transforms.Normalize(list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std))
+        )
     test_ops = ops[-2:] if cfg.dataset.normalize else ops[-1:]
     return transforms.Compose(ops), transforms.Compose(test_ops)
 
@@ -354,14 +372,25 @@ def time_conventional(case: Case, n_train=None, workers=0) -> float:
     n_test = max(1, n * case.n_test // case.n_train)
     test_set = PILImages(*(t[:n_test] for t in case.test), test_tf)
     pin = case.device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                              num_workers=workers, pin_memory=pin, persistent_workers=False)
-    test_loader = DataLoader(test_set, batch_size=cfg.dataset.eval_batch_size,
-                             num_workers=workers, pin_memory=pin)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=False,
+    )
+    test_loader = DataLoader(
+        test_set, batch_size=cfg.dataset.eval_batch_size, num_workers=workers, pin_memory=pin
+    )
     module = LitClassifier(case.net(), lr=cfg.optimizer.lr)
     case.runs += 1
-    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if case.device.type == "cuda" else "cpu",
-                        devices=1, default_root_dir=case.work_dir / f"conventional{case.runs}")
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="gpu" if case.device.type == "cuda" else "cpu",
+        devices=1,
+        default_root_dir=case.work_dir / f"conventional{case.runs}",
+    )
     with silenced():
         sync(case.device)
         start = time.perf_counter()
@@ -406,7 +435,7 @@ def matmul_flops_per_s(device: torch.device, n=None, repeats=5) -> float:
         a @ b
         sync(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 # ------------------------------------------------------------- Lightning's own cost per step
@@ -438,6 +467,7 @@ class _NoOpBatches:
 def loop_floor(steps=469, repeats=5) -> dict:
     """Microseconds per optimizer step of a training loop with (almost) nothing to compute:
     a bare loop, and a Lightning Trainer with no logger, checkpoint, progress bar or summary."""
+
     def bare():
         os.environ.pop(NVML, None)
         p = torch.nn.Parameter(torch.zeros(1))
@@ -453,9 +483,15 @@ def loop_floor(steps=469, repeats=5) -> dict:
     def lightning():
         os.environ[NVML] = "1"
         speed.configure(None)  # as the project runs it (no NVML check per step)
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         with silenced():
             start = time.perf_counter()
             trainer.fit(_NoOp(), _NoOpBatches(steps))
@@ -473,15 +509,19 @@ def profile(case: Case, top=12) -> str:
     """torch.profiler's table of one bare-loop epoch and one project epoch: where time goes."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device.type == "cuda"
-                                           else [])
+
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if case.device.type == "cuda" else []
+    )
     out = []
     for name, fn in (("bare", lambda: time_bare(case)), ("project", lambda: time_project(case))):
         fn()  # warm
         with torch_profile(activities=activities) as prof:
             seconds = fn()
-        out.append(f"\n{name} loop, {case.model}, one epoch ({seconds:.2f}s, profiled):\n" +
-                   prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+        out.append(
+            f"\n{name} loop, {case.model}, one epoch ({seconds:.2f}s, profiled):\n"
+            + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        )
     return "".join(out)
 
 
@@ -490,8 +530,14 @@ def time_sweep(overrides: str, work_dir) -> dict:
     """`python src/train.py -m <overrides>` in a subprocess, as a user runs it: wall time from
     the command to its exit, Python/torch/Lightning imports and Hydra start-up included."""
     out = Path(work_dir) / "sweep"
-    cmd = [sys.executable, str(ROOT / "src" / "train.py"), "-m", *shlex.split(overrides),
-           f"paths.log_dir={out}", "sweep_name=bench"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        "-m",
+        *shlex.split(overrides),
+        f"paths.log_dir={out}",
+        "sweep_name=bench",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -499,12 +545,16 @@ def time_sweep(overrides: str, work_dir) -> dict:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     results = [json.loads(p.read_text()) for p in sorted(out.rglob("results.json"))]
     run_walls = [r["wall_time_s"] for r in results]
-    return {"command": "python src/train.py -m " + overrides, "runs": len(results),
-            "wall_s": wall, "runs_per_min": 60 * len(results) / wall,
-            "median_run_s": statistics.median(run_walls) if run_walls else float("nan"),
-            "run_s": [round(t, 2) for t in run_walls],
-            "outside_runs_s": wall - sum(run_walls),
-            "statuses": sorted({r["status"] for r in results})}
+    return {
+        "command": "python src/train.py -m " + overrides,
+        "runs": len(results),
+        "wall_s": wall,
+        "runs_per_min": 60 * len(results) / wall,
+        "median_run_s": statistics.median(run_walls) if run_walls else float("nan"),
+        "run_s": [round(t, 2) for t in run_walls],
+        "outside_runs_s": wall - sum(run_walls),
+        "statuses": sorted({r["status"] for r in results}),
+    }
 
 
 def time_import() -> float:
@@ -518,7 +568,9 @@ def time_import() -> float:
 # ------------------------------------------------------------------------------------- main
 def machine() -> str:
     cpu = f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-    gpu = (f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-    return (f"{cpu}{gpu}\npython {platform.python_version()}, torch {torch.__version__}, "
-            f"lightning {L.__version__}, torchmetrics {torchmetrics.__version__}, "
-            f"torchvision {torchvision.__version__}")
+    gpu = f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}{gpu}\npython {platform.python_version()}, torch {torch.__version__}, "
+        f"lightning {L.__version__}, torchmetrics {torchmetrics.__version__}, "
+        f"torchvision {torchvision.__version__}"
+    )

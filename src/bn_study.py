@@ -6,6 +6,7 @@
 What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
 can be repeated (or stopped and resumed) and `--seeds` raised later.
 """
+
 import argparse
 import sys
 from pathlib import Path

@@ -6,6 +6,7 @@
 Prints, per layer with parameters: name, type, weight shape, weight mean/std and fraction of
 exact zeros, bias mean/std. Nothing is trained and nothing is written.
 """
+
 import sys
 
 import torch
@@ -23,10 +24,16 @@ def layer_rows(net: torch.nn.Module) -> list[dict]:
             continue
         bias = getattr(layer, "bias", None)
         w = weight.detach().float()
-        row = {"layer": name, "type": type(layer).__name__,
-               "shape": "x".join(map(str, w.shape)), "w_mean": w.mean().item(),
-               "w_std": w.std().item() if w.numel() > 1 else 0.0,
-               "w_zero": (w == 0).float().mean().item(), "b_mean": None, "b_std": None}
+        row = {
+            "layer": name,
+            "type": type(layer).__name__,
+            "shape": "x".join(map(str, w.shape)),
+            "w_mean": w.mean().item(),
+            "w_std": w.std().item() if w.numel() > 1 else 0.0,
+            "w_zero": (w == 0).float().mean().item(),
+            "b_mean": None,
+            "b_std": None,
+        }
         if isinstance(bias, torch.Tensor):
             b = bias.detach().float()
             row["b_mean"] = b.mean().item()
@@ -40,12 +47,23 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v:+.4f}"
 
     header = ["layer", "type", "weight shape", "w mean", "w std", "w zeros", "b mean", "b std"]
-    body = [[r["layer"], r["type"], r["shape"], num(r["w_mean"]), f"{r['w_std']:.4f}",
-             f"{100 * r['w_zero']:.1f}%", num(r["b_mean"]),
-             "-" if r["b_std"] is None else f"{r['b_std']:.4f}"] for r in rows]
+    body = [
+        [
+            r["layer"],
+            r["type"],
+            r["shape"],
+            num(r["w_mean"]),
+            f"{r['w_std']:.4f}",
+            f"{100 * r['w_zero']:.1f}%",
+            num(r["b_mean"]),
+            "-" if r["b_std"] is None else f"{r['b_std']:.4f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     fmt = lambda cells: "  ".join(  # noqa: E731 - left-align text, right-align numbers
-        c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
@@ -61,10 +79,12 @@ def main(argv: list[str]) -> int:
     rows = layer_rows(net)
     n_params = sum(p.numel() for p in net.parameters())
     scheme = build(cfg.init)
-    print(f"{cfg.model.name} on {cfg.dataset.name} {list(data.input_shape)}, "
-          f"init={scheme.name} (weight {scheme.weight}, bias {scheme.bias}, "
-          f"bias_scale {scheme.bias_scale:g}, scope {scheme.scope}), seed {cfg.seed}: "
-          f"{len(rows)} layers with parameters, {n_params:,} parameters")
+    print(
+        f"{cfg.model.name} on {cfg.dataset.name} {list(data.input_shape)}, "
+        f"init={scheme.name} (weight {scheme.weight}, bias {scheme.bias}, "
+        f"bias_scale {scheme.bias_scale:g}, scope {scheme.scope}), seed {cfg.seed}: "
+        f"{len(rows)} layers with parameters, {n_params:,} parameters"
+    )
     print(format_table(rows))
     return 0
 

@@ -11,6 +11,7 @@ their checksums; files already there are verified (torchvision's checksums, then
 reads them) and left alone. On a cluster, run it on the login node: compute nodes often have
 no internet, and a sweep's runs never download (they read what this put there).
 """
+
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,10 @@ def prepare(source: str, data_dir: str, download: bool) -> str:
     dataset = data.DATASETS[source]
     if dataset.files is None:  # embedded, or the user's own images: nothing to download
         (x, _), (xt, _), classes = data.read(source, data_dir, False)
-        return (f"{source}: {dataset.note or data_dir}; {len(x):,} train + {len(xt):,} test "
-                f"images of {'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes")
+        return (
+            f"{source}: {dataset.note or data_dir}; {len(x):,} train + {len(xt):,} test "
+            f"images of {'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes"
+        )
     spec = dataset.files()
     action = "already there, nothing downloaded"
     absent = datafiles.missing(spec, data_dir)
@@ -67,10 +70,12 @@ def prepare(source: str, data_dir: str, download: bool) -> str:
         action = f"corrupted, downloaded again in {time.monotonic() - start:.0f} s"
         (x, _), (xt, _), classes = data.read(source, data_dir, False)
     n_files, n_bytes = datafiles.size(spec, data_dir)
-    return (f"{source}: {datafiles.folder(spec, data_dir)}: {n_files} files, "
-            f"{_size(n_bytes)}; {len(x):,} train + {len(xt):,} test images of "
-            f"{'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes; "
-            f"{datafiles.archive_checksums(spec, data_dir)}; {action}")
+    return (
+        f"{source}: {datafiles.folder(spec, data_dir)}: {n_files} files, "
+        f"{_size(n_bytes)}; {len(x):,} train + {len(xt):,} test images of "
+        f"{'x'.join(map(str, x.shape[1:]))}, {len(classes)} classes; "
+        f"{datafiles.archive_checksums(spec, data_dir)}; {action}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ diagnostics columns), and report.md tying them together. For experiment=fig12_gr
 it also draws Figure 12 (per-layer gradient distributions over the first steps) and lists
 each init's wake-up order. Runs that are not `completed` are listed, never averaged.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -33,8 +34,7 @@ def main(argv=None) -> int:
 
     runs = find_runs(args.paths)
     if not runs:
-        print(f"error: no runs (results.json files) under {', '.join(args.paths)}",
-              file=sys.stderr)
+        print(f"error: no runs (results.json files) under {', '.join(args.paths)}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -43,20 +43,23 @@ def main(argv=None) -> int:
     wakeup = []
     for name, groups in figures.items():  # Figure 12: gradient flow of the first steps
         # the preset says so (report.gradient_flow); runs from before that key: by sweep name
-        wanted = any(g.config.get("report.gradient_flow", name.startswith("fig12"))
-                     for g in groups)
-        drawn = wanted and gradient_flow(
-            name, groups, out / f"{name}-gradient_flow.png")
+        wanted = any(g.config.get("report.gradient_flow", name.startswith("fig12")) for g in groups)
+        drawn = wanted and gradient_flow(name, groups, out / f"{name}-gradient_flow.png")
         if drawn:
             pngs.append(drawn[0])
             wakeup += [f"{name}:", *drawn[1]]
     rows = table_rows(figures)
     csv_path, md_path = write_tables(rows, out)
     skipped = not_averaged(runs)
-    report = [f"# Report: {len(runs)} runs from {', '.join(args.paths)}", "",
-              "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
-              "confidence interval (n-1 degrees of freedom); n = completed runs.", "",
-              md_path.read_text(), *[f"![{p.stem}]({p.name})" for p in pngs]]
+    report = [
+        f"# Report: {len(runs)} runs from {', '.join(args.paths)}",
+        "",
+        "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
+        "confidence interval (n-1 degrees of freedom); n = completed runs.",
+        "",
+        md_path.read_text(),
+        *[f"![{p.stem}]({p.name})" for p in pngs],
+    ]
     if wakeup:
         report += ["", "## Wake-up order (Figure 12)", *wakeup]
         print("\n".join(wakeup))

@@ -8,6 +8,7 @@
 Each run writes to its own directory: results.json (rewritten after every epoch),
 TensorBoard events, checkpoints/last.ckpt and the resolved config (.hydra/).
 """
+
 import logging
 import os
 import shlex
@@ -103,8 +104,12 @@ def main(cfg: DictConfig) -> float | None:
             _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
         if sweeping:
             record(hc.sweep.dir, out_dir, "interrupted", error=str(stop))
-        leave(stop, out_dir, _resume_hint(sweeping, saved, out_dir),
-              then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None)
+        leave(
+            stop,
+            out_dir,
+            _resume_hint(sweeping, saved, out_dir),
+            then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None,
+        )
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
         if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
             _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
@@ -113,12 +118,20 @@ def main(cfg: DictConfig) -> float | None:
         if is_disk_error(e):  # nothing later could be written: stop here, in one line
             if not sweeping:
                 hint = _resume_hint(False, (out_dir / FILENAME).exists(), out_dir)
-                print(f"error: {e.strerror} writing {out_dir}; free space (or fix "
-                      f"the folder), then: {hint}", file=sys.stderr, flush=True)
+                print(
+                    f"error: {e.strerror} writing {out_dir}; free space (or fix "
+                    f"the folder), then: {hint}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 sys.exit(2)
             if started_here():
-                stop_on_disk_error(hc.sweep.dir, out_dir, e, {out_dir.name: {
-                    "status": "failed", "error": f"{type(e).__name__}: {e}"}})
+                stop_on_disk_error(
+                    hc.sweep.dir,
+                    out_dir,
+                    e,
+                    {out_dir.name: {"status": "failed", "error": f"{type(e).__name__}: {e}"}},
+                )
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
             stop_sweep(hc.sweep.dir, e)
             return None
@@ -135,9 +148,14 @@ def main(cfg: DictConfig) -> float | None:
         record(hc.sweep.dir, out_dir, outcome, results, (results or {}).get("error"))
     if ddp_worker():  # rank 0 reports for the run
         return None
-    where = "" if results is None else (
-        f"({results['wall_time_s']:.1f}s on {results['device']})\n"
-        f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})")
+    where = (
+        ""
+        if results is None
+        else (
+            f"({results['wall_time_s']:.1f}s on {results['device']})\n"
+            f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})"
+        )
+    )
     print(outcome_line(outcome, results, out_dir, where), flush=True)
     if results is None:  # busy
         return None

@@ -1,4 +1,5 @@
 """Shared fixtures: compose the real configs from conf/, as train.py does."""
+
 import os
 import subprocess
 import sys
@@ -17,9 +18,12 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides) -> the composed config, writing into tmp_path, on the CPU."""
+
     def make(*overrides):
-        return compose("trainer=cpu", f"paths.output_dir={tmp_path}",
-                       f"paths.log_dir={tmp_path}", *overrides)
+        return compose(
+            "trainer=cpu", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}", *overrides
+        )
+
     return make
 
 
@@ -77,4 +81,5 @@ def here(monkeypatch, capfd):
             root.handlers[:], root.level = handlers, level
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess([script, *args], code, out, err)
+
     return run

@@ -6,6 +6,7 @@
   their md5s against its class attributes; `cifar10_md5s` gives the values to patch in.
 - image_folder: PNGs in <root>/train/<class>/ and <root>/test/<class>/.
 """
+
 import hashlib
 import pickle
 import struct
@@ -15,10 +16,24 @@ import lightning as L
 import numpy as np
 import torch
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                 "ship", "truck"]
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -59,8 +74,12 @@ def write_cifar10(root, per_batch=4, n_test=10, seed=0):
     def batch(name, n, label_name):
         x = rng.randint(0, 256, size=(n, 3, 32, 32)).astype(np.uint8)
         y = [int(v) for v in rng.randint(0, 10, size=n)]
-        entry = {"batch_label": label_name, "labels": y, "data": x.reshape(n, 3072),
-                 "filenames": [f"img_{i}.png" for i in range(n)]}
+        entry = {
+            "batch_label": label_name,
+            "labels": y,
+            "data": x.reshape(n, 3072),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
         return x, y
@@ -71,8 +90,9 @@ def write_cifar10(root, per_batch=4, n_test=10, seed=0):
         train_y += y
     test_x, test_y = batch("test_batch", n_test, "testing batch 1 of 1")
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch,
-                     "num_vis": 3072}, f)
+        pickle.dump(
+            {"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f
+        )
     return np.concatenate(train_x), np.array(train_y), test_x, np.array(test_y)
 
 
@@ -86,14 +106,18 @@ def patch_cifar10_md5s(monkeypatch, root) -> None:
     from torchvision.datasets import CIFAR10
 
     folder = Path(root) / CIFAR10.base_folder
-    monkeypatch.setattr(CIFAR10, "train_list",
-                        [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(
+        CIFAR10,
+        "train_list",
+        [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)],
+    )
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(folder / "batches.meta")})
 
 
-def write_image_folder(root, classes=("cat", "dog", "emu"), per_class=(3, 2), size=(12, 10),
-                       channels=3, seed=0):
+def write_image_folder(
+    root, classes=("cat", "dog", "emu"), per_class=(3, 2), size=(12, 10), channels=3, seed=0
+):
     """PNGs in <root>/<split>/<class>/NN.png; returns {split: {class: [CHW uint8 tensors]}}
     in file-name order."""
     from torchvision.io import write_png

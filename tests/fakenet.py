@@ -1,5 +1,6 @@
 """Stand-ins for the internet on 127.0.0.1, for the download path: a server that sends files,
 one that accepts connections and never answers (a hung network), a port nobody listens on."""
+
 import contextlib
 import gzip
 import hashlib
@@ -14,6 +15,7 @@ from pathlib import Path
 @contextlib.contextmanager
 def serve(files: dict):
     """{name: bytes} over HTTP; yields the base URL (ending in /)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = files.get(self.path.lstrip("/"))

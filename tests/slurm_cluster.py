@@ -11,6 +11,7 @@ Needs Debian's slurm-wlm and munge; installs them with apt-get when missing (roo
 node is this machine as `slurmd -C` sees it, without GPUs (no GRES), in one partition `debug`.
 The settings a real cluster would not have are there to keep tests short; each says why.
 """
+
 import ctypes
 import os
 import shutil
@@ -35,8 +36,10 @@ def ensure_installed() -> None:
     if all(shutil.which(p) for p in DAEMONS + CLIENTS):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise Unavailable(f"needs {' and '.join(PACKAGES)}: `apt-get install "
-                          f"{' '.join(PACKAGES)}` as root (Debian/Ubuntu)")
+        raise Unavailable(
+            f"needs {' and '.join(PACKAGES)}: `apt-get install "
+            f"{' '.join(PACKAGES)}` as root (Debian/Ubuntu)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", *PACKAGES]
     done = subprocess.run(install, env=env, capture_output=True, text=True)
@@ -138,20 +141,37 @@ class SlurmCluster:
         host = node.split()[0].split("=", 1)[1]
         self.conf.write_text(slurm_conf(d, node, host, (_free_port(), _free_port())))
 
-        self._spawn("munged", ["munged", "-F", f"--socket={d}/munge.socket",
-                               f"--key-file={key}", f"--pid-file={d}/munged.pid",
-                               f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                f"--socket={d}/munge.socket",
+                f"--key-file={key}",
+                f"--pid-file={d}/munged.pid",
+                f"--log-file={d}/munged.log",
+                f"--seed-file={d}/munged.seed",
+            ],
+        )
         self._wait(lambda: (d / "munge.socket").exists(), "munged", timeout_s)
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf)])
-        self._wait(lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle",
-                   "an idle node", timeout_s)
+        self._wait(
+            lambda: self.run("sinfo", "-h", "-o", "%T").stdout.strip() == "idle",
+            "an idle node",
+            timeout_s,
+        )
 
     def _spawn(self, name, command):
         out = open(self.root / f"{name}.out", "w")
-        self.procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            env=self.env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+        self.procs[name] = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def _wait(self, ready, what, timeout_s):
         deadline = time.monotonic() + timeout_s
@@ -165,8 +185,9 @@ class SlurmCluster:
     # ---------------------------------------------------------------- use
     def run(self, *command, check=False) -> subprocess.CompletedProcess:
         """A SLURM client command (squeue, scancel, scontrol ...) against this cluster."""
-        return subprocess.run(command, env=self.env, capture_output=True, text=True,
-                              timeout=60, check=check)
+        return subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=60, check=check
+        )
 
     def jobs(self) -> dict[str, str]:
         """{job id: state} of the jobs it holds, array tasks one by one (e.g. "3_1")."""
@@ -188,13 +209,17 @@ class SlurmCluster:
         """Cancel the jobs (slurmstepd would outlive slurmd), stop the daemons we started,
         by PID, and delete the folder unless `keep`."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
-            held = [j for j, state in self.jobs().items()
-                    if state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED")]
+            held = [
+                j
+                for j, state in self.jobs().items()
+                if state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED")
+            ]
             if held:
                 self.run("scancel", *held)
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and any(
-                        s in ("RUNNING", "COMPLETING") for s in self.jobs().values()):
+                    s in ("RUNNING", "COMPLETING") for s in self.jobs().values()
+                ):
                     time.sleep(0.5)
         for name in reversed(list(self.procs)):  # slurmd, slurmctld, munged
             proc = self.procs[name]
@@ -215,8 +240,10 @@ if __name__ == "__main__":
         c = SlurmCluster.start()
     except Unavailable as e:
         sys.exit(f"error: {e}")
-    print(f"SLURM is up: export SLURM_CONF={c.conf}   (Ctrl-C or kill {os.getpid()} stops it)",
-          flush=True)
+    print(
+        f"SLURM is up: export SLURM_CONF={c.conf}   (Ctrl-C or kill {os.getpid()} stops it)",
+        flush=True,
+    )
     # Also when started in the background, where the shell has SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,4 +1,5 @@
 """benchmarks/ runs: tiny sizes, no timing assertions (timings belong in benchmarks/README.md)."""
+
 import json
 import math
 import sys
@@ -15,19 +16,38 @@ import timing  # noqa: E402
 
 
 def test_bench_times_every_variant_on_tiny_sizes(tmp_path):
-    out = bench.main(["--models", "mnist_fnn,cifar_fnn", "--n-train", "256", "--repeats", "1",
-                      "--also", "callbacks.diagnostics=null", "--json", str(tmp_path / "b.json")])
+    out = bench.main(
+        [
+            "--models",
+            "mnist_fnn,cifar_fnn",
+            "--n-train",
+            "256",
+            "--repeats",
+            "1",
+            "--also",
+            "callbacks.diagnostics=null",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
     assert [r["model"] for r in out["models"]] == ["mnist_fnn", "cifar_fnn"]
     for row in out["models"]:
         assert row["scaled"] and row["n_train"] == 256
-        for key in ("project", "bare", "conventional", "bound",
-                    "project callbacks.diagnostics=null"):
+        for key in (
+            "project",
+            "bare",
+            "conventional",
+            "bound",
+            "project callbacks.diagnostics=null",
+        ):
             assert math.isfinite(row[key]) and row[key] > 0
     # forward+backward FLOPs of a full epoch, counted on the real model: 784-500-10 on 60,000
     # train images (the first layer needs no input gradient) and 10,000 test images
     fnn = out["models"][0]["flops"]
-    assert fnn == pytest.approx(60_000 * 2 * (3 * 784 * 500 + 3 * 500 * 10 - 784 * 500)
-                                + 10_000 * 2 * (784 * 500 + 500 * 10))
+    assert fnn == pytest.approx(
+        60_000 * 2 * (3 * 784 * 500 + 3 * 500 * 10 - 784 * 500)
+        + 10_000 * 2 * (784 * 500 + 500 * 10)
+    )
     assert "| mnist_fnn |" in out["table"]
     assert json.loads((tmp_path / "b.json").read_text())["models"][1]["model"] == "cifar_fnn"
 
@@ -48,8 +68,17 @@ def test_gpu_bench_dry_run_and_paper_estimate(tmp_path):
     hours = gpu_bench.estimate(runs, seconds)
     assert sum(e for _, e, _ in hours.values()) == sum(r[3] for r in runs)
 
-    out = gpu_bench.main(["--tiny", "--models", "mnist_fnn,logreg_mnist", "--workers", "1",
-                          "--json", str(tmp_path / "g.json")])
+    out = gpu_bench.main(
+        [
+            "--tiny",
+            "--models",
+            "mnist_fnn,logreg_mnist",
+            "--workers",
+            "1",
+            "--json",
+            str(tmp_path / "g.json"),
+        ]
+    )
     assert {r["model"] for r in out["models"]} == {"mnist_fnn", "logreg_mnist"}
     assert all(r["project speed=bf16 callbacks.diagnostics=null"] > 0 for r in out["models"])
     assert "paper_hours" not in out  # not every paper model was timed: no estimate
@@ -58,29 +87,40 @@ def test_gpu_bench_dry_run_and_paper_estimate(tmp_path):
 @pytest.mark.slow
 def test_gpu_bench_dry_run_of_every_model(tmp_path):
     out = gpu_bench.main(["--tiny", "--workers", "0"])
-    assert set(out["paper_hours"]) == {"project", "project callbacks.diagnostics=null",
-                                       "project speed=bf16 callbacks.diagnostics=null",
-                                       "conventional"}
+    assert set(out["paper_hours"]) == {
+        "project",
+        "project callbacks.diagnostics=null",
+        "project speed=bf16 callbacks.diagnostics=null",
+        "conventional",
+    }
 
 
 def test_extrapolation_separates_the_once_per_fit_cost_from_the_per_image_cost():
     # 2 s paid once per fit + 1 ms per image, timed at 5,000 and 2,500 of 50,000 images (the
     # medians: 7.0 and 4.5 s; 9.9 is an outlier): 2 + 50 = 52 s, not 7.0 x 10 = 70 s
-    fit = timing.extrapolate([(5000, 7.0), (2500, 4.5), (5000, 6.9), (2500, 4.4), (2500, 4.6),
-                             (5000, 9.9)], 50_000)
+    fit = timing.extrapolate(
+        [(5000, 7.0), (2500, 4.5), (5000, 6.9), (2500, 4.4), (2500, 4.6), (5000, 9.9)], 50_000
+    )
     assert fit.fallback is None
     assert fit.fixed == pytest.approx(2.0) and fit.per_image == pytest.approx(1e-3)
     assert fit.estimate == pytest.approx(52.0)
     # a full epoch: its one size, unscaled, no fixed cost separated
-    assert timing.extrapolate([(50_000, 26.5), (50_000, 26.7)], 50_000) == (None, 26.6 / 50_000,
-                                                                           26.6, None)
+    assert timing.extrapolate([(50_000, 26.5), (50_000, 26.7)], 50_000) == (
+        None,
+        26.6 / 50_000,
+        26.6,
+        None,
+    )
 
 
-@pytest.mark.parametrize("points, reason", [
-    ([(1000, 3.0), (500, 3.1)], "did not grow"),  # n/2 took longer: noise
-    ([(1000, 3.0), (500, 3.0)], "did not grow"),
-    ([(1000, 3.0), (500, 1.0)], "negative fixed"),  # the line would cross below zero
-])
+@pytest.mark.parametrize(
+    "points, reason",
+    [
+        ([(1000, 3.0), (500, 3.1)], "did not grow"),  # n/2 took longer: noise
+        ([(1000, 3.0), (500, 3.0)], "did not grow"),
+        ([(1000, 3.0), (500, 1.0)], "negative fixed"),  # the line would cross below zero
+    ],
+)
 def test_extrapolation_falls_back_to_plain_scaling_on_noise(points, reason):
     fit = timing.extrapolate(points, 10_000)
     assert reason in fit.fallback and fit.fixed is None
@@ -91,5 +131,4 @@ def test_extrapolation_falls_back_to_plain_scaling_on_noise(points, reason):
 def test_part_epochs_are_timed_at_two_sizes_interleaved():
     assert timing.sizes(5000, 50_000) == (5000, 2500) and timing.sizes(50_000, 50_000) == (50_000,)
     order = [(r, n, tuple(v)) for r, n, v in timing.schedule(["a", "b"], (8, 4), 2)]
-    assert order == [(0, 8, ("a", "b")), (0, 4, ("a", "b")), (1, 4, ("b", "a")),
-                     (1, 8, ("b", "a"))]
+    assert order == [(0, 8, ("a", "b")), (0, 4, ("a", "b")), (1, 4, ("b", "a")), (1, 8, ("b", "a"))]

@@ -1,5 +1,6 @@
 """zeroinit.cache and the embedded dataset read through it: the cached split is the parsed one,
 a bad cache is rebuilt, an unwritable one is only slower."""
+
 import numpy as np
 import pytest
 import torch

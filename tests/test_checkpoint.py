@@ -1,5 +1,6 @@
 """checkpoints/last.ckpt: a Lightning Checkpoint, so it runs after the other callbacks
 wherever it is listed, and holds the curve of the epoch it stores."""
+
 import lightning as L
 import pytest
 import torch
@@ -14,8 +15,9 @@ from zeroinit.run import build_run, compose, run
 def test_the_checkpoint_runs_last_and_holds_the_epochs_curve(make_cfg, tmp_path):
     cfg = make_cfg("trainer.max_epochs=2", "+trainer.limit_train_batches=2", "batch_size=16")
     built, module, data, writer = build_run(cfg)
-    ours = [c for c in built.callbacks if isinstance(c, (ResultsWriter, Diagnostics,
-                                                          LastCheckpoint))]
+    ours = [
+        c for c in built.callbacks if isinstance(c, (ResultsWriter, Diagnostics, LastCheckpoint))
+    ]
     assert len(ours) == 3
     # listed first: Lightning still runs it after the results writer and the diagnostics
     trainer = build(cfg.trainer, logger=False, callbacks=ours[::-1])
@@ -44,14 +46,25 @@ def curve(results):
 
 
 def test_a_run_killed_inside_an_epoch_resumes_there_to_the_same_curve(make_cfg, tmp_path):
-    args = ["trainer.max_epochs=3", "+trainer.limit_train_batches=8", "batch_size=32",
-            "callbacks.diagnostics=null", "checkpoint_every_min=1e-9"]  # every batch
+    args = [
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=8",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+        "checkpoint_every_min=1e-9",
+    ]  # every batch
     whole = run(make_cfg(*args, f"paths.output_dir={tmp_path / 'whole'}"))
     out = tmp_path / "killed"
     with pytest.raises(Killed):
-        run(make_cfg(*args, "+callbacks.kill._target_=test_checkpoint.KillAt",
-                     "+callbacks.kill.epoch=2", "+callbacks.kill.batch=5",
-                     f"paths.output_dir={out}"))
+        run(
+            make_cfg(
+                *args,
+                "+callbacks.kill._target_=test_checkpoint.KillAt",
+                "+callbacks.kill.epoch=2",
+                "+callbacks.kill.batch=5",
+                f"paths.output_dir={out}",
+            )
+        )
     ckpt = out / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["ImageDataModule"] == {"epoch": 1, "batches_done": 4}  # inside epoch 2
@@ -63,8 +76,13 @@ def test_a_run_killed_inside_an_epoch_resumes_there_to_the_same_curve(make_cfg, 
 
 
 def test_without_checkpoint_every_min_only_epoch_ends_save(make_cfg, tmp_path):
-    cfg = make_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=4", "batch_size=32",
-                   "callbacks.diagnostics=null", "checkpoint_every_min=0")
+    cfg = make_cfg(
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=4",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+        "checkpoint_every_min=0",
+    )
     (last,) = [c for c in build_run(cfg)[0].callbacks if isinstance(c, LastCheckpoint)]
     assert last.every_s is None
     assert compose().checkpoint_every_min == 10  # the default: only epochs over 10 minutes

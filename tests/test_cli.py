@@ -1,6 +1,7 @@
 """The command line, as a user runs it: `python src/train.py ...` and
 `python src/init_report.py ...`, in a subprocess from the repository root (`cli`) or, where
 only the script's own output matters, run as __main__ in this process (`here`)."""
+
 import json
 import os
 import subprocess
@@ -17,15 +18,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(script, *args, timeout=300):
     # as a user's shell has it: no warning filters from conftest, no Hydra full traces
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONWARNINGS", "HYDRA_FULL_ERROR")}
-    return subprocess.run([sys.executable, f"src/{script}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "HYDRA_FULL_ERROR")}
+    return subprocess.run(
+        [sys.executable, f"src/{script}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
-    proc = cli("train.py", "-m", "init=zero,bias_normal", "seed=0,1", "trainer.max_epochs=1",
-               "+trainer.limit_train_batches=3", "trainer=cpu", f"paths.log_dir={tmp_path}")
+    proc = cli(
+        "train.py",
+        "-m",
+        "init=zero,bias_normal",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+        "trainer=cpu",
+        f"paths.log_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "default"
     dirs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "results.json").exists())
@@ -35,8 +49,11 @@ def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
     for init in ("zero", "bias_normal"):
         for seed in (0, 1):
             # readable: dataset, model, init, bias scale and seed in the name
-            assert [n for n in names if n.startswith(f"mnist5k-mnist_fnn-{init}-x1")
-                    and n.endswith(f"-s{seed}")], names
+            assert [
+                n
+                for n in names
+                if n.startswith(f"mnist5k-mnist_fnn-{init}-x1") and n.endswith(f"-s{seed}")
+            ], names
     for d in dirs:
         results = json.loads((d / "results.json").read_text())
         assert results["status"] == "completed"
@@ -76,9 +93,12 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key)
         bad = sorted((images / "train" / "dog").iterdir())[1]
         bad.write_bytes(bad.read_bytes()[:40])
     logs = tmp_path / "logs"
-    proc = here("train.py", *[a.format(empty=empty, images=images) for a in args],
-                "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
-                f"paths.log_dir={logs}")
+    proc = here(
+        "train.py",
+        *[a.format(empty=empty, images=images) for a in args],
+        "trainer=cpu" if key != "trainer.accelerator" else "callbacks=default",
+        f"paths.log_dir={logs}",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -119,8 +139,12 @@ def test_init_report_resnet50_zero_shows_every_layer(here):
             rows[parts[0]] = parts
     assert len(rows) == 54 + 37  # every conv/linear and BatchNorm, one row each
     shortcuts = [name for name in rows if name.endswith("shortcut.0")]
-    assert shortcuts == ["layers.0.shortcut.0", "layers.3.shortcut.0", "layers.7.shortcut.0",
-                         "layers.13.shortcut.0"]
+    assert shortcuts == [
+        "layers.0.shortcut.0",
+        "layers.3.shortcut.0",
+        "layers.7.shortcut.0",
+        "layers.13.shortcut.0",
+    ]
     for name, (_, kind, shape, w_mean, w_std, zeros, b_mean, b_std) in rows.items():
         if kind in ("Conv2d", "Linear"):
             assert zeros == "100.0%", name
@@ -154,30 +178,45 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
 
 
 def test_gpu_speed_options_on_the_cpu_and_a_batch_over_the_split_say_what_they_do(tmp_path, here):
-    proc = here("train.py", "trainer=cpu", "speed=bf16", "batch_size=5000",
-               "trainer.max_epochs=1", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}")
+    proc = here(
+        "train.py",
+        "trainer=cpu",
+        "speed=bf16",
+        "batch_size=5000",
+        "trainer.max_epochs=1",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [s for s in proc.stderr.splitlines() if s.startswith("warning:")]
     assert len(warnings) == 2, proc.stderr
-    assert warnings[0].startswith("warning: speed: this run is on the CPU: trainer.precision="
-                                  "bf16-mixed runs bf16 autocast on the CPU")
+    assert warnings[0].startswith(
+        "warning: speed: this run is on the CPU: trainer.precision="
+        "bf16-mixed runs bf16 autocast on the CPU"
+    )
     assert "speed.tf32, speed.cudnn_benchmark, speed.channels_last do nothing" in warnings[0]
-    assert warnings[1] == ("warning: batch_size: 5000 is larger than the training split of "
-                           "dataset=mnist5k (4000 images): every epoch is one step on all 4000")
+    assert warnings[1] == (
+        "warning: batch_size: 5000 is larger than the training split of "
+        "dataset=mnist5k (4000 images): every epoch is one step on all 4000"
+    )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["--cfg", "hydra",
-                                                                  "launcher=slurm"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--cfg", "job"], ["--cfg", "hydra", "launcher=slurm"]]
+)
 def test_help_and_config_listing_import_neither_torch_nor_lightning(args):
     # What keeps `--help` under a second: it only composes the config. Checked in a fresh
     # interpreter, which reports the heavy modules it ended up with.
-    code = ("import runpy, sys\n"
-            f"sys.argv = ['src/train.py', *{args!r}]\n"
-            "try:\n    runpy.run_path('src/train.py', run_name='__main__')\n"
-            "except SystemExit:\n    pass\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'lightning')"
-            " if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['src/train.py', *{args!r}]\n"
+        "try:\n    runpy.run_path('src/train.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning')"
+        " if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Configuration groups" in proc.stdout or "dataset:" in proc.stdout

@@ -1,5 +1,6 @@
 """zeroinit.config: building objects from config nodes, the checks Hydra cannot make, and the
 run names every run directory and TensorBoard run carries."""
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -8,11 +9,15 @@ from zeroinit.errors import UserError
 
 
 def test_run_name_is_readable_and_safe_for_a_path():
-    assert run_name("mnist5k", "mnist_fnn", "bias_normal", 0.01, "", 3) == \
-        "mnist5k-mnist_fnn-bias_normal-x0.01-s3"
+    assert (
+        run_name("mnist5k", "mnist_fnn", "bias_normal", 0.01, "", 3)
+        == "mnist5k-mnist_fnn-bias_normal-x0.01-s3"
+    )
     # other overrides are kept, with characters a path should not hold replaced
-    assert run_name("cifar10", "resnet50", "zero", 1.0, "model.widths=[4,8]", 0) == \
-        "cifar10-resnet50-zero-x1-model.widths=_4,8_-s0"
+    assert (
+        run_name("cifar10", "resnet50", "zero", 1.0, "model.widths=[4,8]", 0)
+        == "cifar10-resnet50-zero-x1-model.widths=_4,8_-s0"
+    )
     assert [format_scale(s) for s in (100, 1e-2, "nan", "up")] == ["100", "0.01", "nan", "up"]
 
 
@@ -21,20 +26,24 @@ def test_flatten_gives_dotted_keys():
 
 
 def test_build_drops_labels_and_keeps_a_constructors_own_message():
-    node = OmegaConf.create({"_target_": "zeroinit.init.InitScheme", "name": "x",
-                             "weight": "zero", "bias": "normal"})
+    node = OmegaConf.create(
+        {"_target_": "zeroinit.init.InitScheme", "name": "x", "weight": "zero", "bias": "normal"}
+    )
     assert build(node, ignore=["name"]).name == ""
     with pytest.raises(UserError, match=r"^init.bias: 'nope' is not one of"):
         build(OmegaConf.merge(node, {"bias": "nope"}))
 
 
-@pytest.mark.parametrize("key, value, allowed", [
-    ("seed", -1, f"an integer from 0 to {MAX_SEED}"),
-    ("seed", MAX_SEED + 1, f"an integer from 0 to {MAX_SEED}"),
-    ("batch_size", 0, "an integer > 0"),
-    ("optimizer.lr", float("nan"), "a finite number > 0"),
-    ("trainer.max_epochs", 1.5, "an integer > 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("seed", -1, f"an integer from 0 to {MAX_SEED}"),
+        ("seed", MAX_SEED + 1, f"an integer from 0 to {MAX_SEED}"),
+        ("batch_size", 0, "an integer > 0"),
+        ("optimizer.lr", float("nan"), "a finite number > 0"),
+        ("trainer.max_epochs", 1.5, "an integer > 0"),
+    ],
+)
 def test_validate_names_the_key_and_what_is_allowed(make_cfg, key, value, allowed):
     cfg = make_cfg()
     OmegaConf.update(cfg, key, value)
@@ -56,8 +65,10 @@ def test_the_configured_optimizer_steps_exactly_as_torchs_per_tensor_loop(make_c
     results = []
     for factory in (build(cfg.optimizer), build({**cfg.optimizer, "foreach": False})):
         torch.manual_seed(0)
-        params = [torch.randn(15, 50, 78, requires_grad=True), torch.randn(15, 50,
-                                                                           requires_grad=True)]
+        params = [
+            torch.randn(15, 50, 78, requires_grad=True),
+            torch.randn(15, 50, requires_grad=True),
+        ]
         opt = factory(params)
         g = torch.Generator().manual_seed(1)
         for _ in range(5):

@@ -1,5 +1,6 @@
 """The loaders on small files written in the real formats (through torchvision's own dataset
 classes), the embedded mnist5k split, and the device-resident batching."""
+
 import numpy as np
 import pytest
 import torch
@@ -41,23 +42,23 @@ def test_mnist_idx_files_through_torchvision(tmp_path):
 
 def test_mnist_through_the_dataset_config(make_cfg, tmp_path):
     write_mnist(tmp_path / "data", n_train=20, n_test=10)
-    cfg = make_cfg("dataset=mnist", f"paths.data_dir={tmp_path / 'data'}",
-                   "dataset.download=false")
+    cfg = make_cfg("dataset=mnist", f"paths.data_dir={tmp_path / 'data'}", "dataset.download=false")
     data = build(cfg.dataset, batch_size=8, seed=0).load()
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert len(data.train_set[0]) == 20 and len(data.test_set[0]) == 10
 
 
-@pytest.mark.parametrize("loader,folder", [(load_mnist, "MNIST/raw"),
-                                           (load_cifar10, "cifar-10-batches-py")])
+@pytest.mark.parametrize(
+    "loader,folder", [(load_mnist, "MNIST/raw"), (load_cifar10, "cifar-10-batches-py")]
+)
 def test_missing_files_without_download_is_a_clear_user_error(tmp_path, loader, folder):
     with pytest.raises(UserError) as e:
         loader(str(tmp_path), download=False)
     message = str(e.value)
-    assert str(tmp_path / folder) in message          # which folder was searched
-    assert "dataset=mnist5k" in message               # what works offline
+    assert str(tmp_path / folder) in message  # which folder was searched
+    assert "dataset=mnist5k" in message  # what works offline
     assert "dataset.download=false" in message
-    assert "http" in message                          # where the files come from
+    assert "http" in message  # where the files come from
     assert "\n" not in message
 
 
@@ -104,8 +105,9 @@ def test_cifar10_unpatched_checksums_refuse_fake_files(tmp_path):
 
 
 def test_image_folder_pngs(tmp_path):
-    written = write_image_folder(tmp_path, classes=("cat", "dog", "emu"), per_class=(3, 2),
-                                 size=(12, 10))
+    written = write_image_folder(
+        tmp_path, classes=("cat", "dog", "emu"), per_class=(3, 2), size=(12, 10)
+    )
     (xtr, ytr), (xte, yte), classes = load_image_folder(str(tmp_path))
     assert classes == ["cat", "dog", "emu"]  # from the folder names
     assert xtr.shape == (9, 3, 12, 10) and xte.shape == (6, 3, 12, 10)
@@ -142,6 +144,7 @@ def test_image_folder_mixed_sizes_is_a_user_error(tmp_path):
 def test_image_folder_missing_split_is_a_user_error(tmp_path):
     write_image_folder(tmp_path, classes=("a",), per_class=(1, 1))
     import shutil
+
     shutil.rmtree(tmp_path / "test")
     with pytest.raises(UserError, match="dataset.data_dir"):
         load_image_folder(str(tmp_path))
@@ -175,8 +178,9 @@ def make_batches(n=23, batch_size=5, seed=0, epoch=0, **kw):
     x = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
     y = torch.arange(n)
     state = {"epoch": epoch}
-    return DeviceBatches(x, y, batch_size, lambda: state["epoch"], seed=seed, shuffle=True,
-                         **kw), state
+    return DeviceBatches(
+        x, y, batch_size, lambda: state["epoch"], seed=seed, shuffle=True, **kw
+    ), state
 
 
 def labels(batches):
@@ -250,11 +254,11 @@ def test_batches_convert_to_unit_range_and_normalize():
     x = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8, generator=g)
     mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
     plain = DeviceBatches(x, torch.arange(6), 6, lambda: 0)
-    (xb, _), = list(plain)
+    ((xb, _),) = list(plain)
     assert xb.dtype == torch.float32
     assert torch.equal(xb, x.float() / 255)
     normed = DeviceBatches(x, torch.arange(6), 6, lambda: 0, mean=mean, std=std)
-    (xn, _), = list(normed)
+    ((xn, _),) = list(normed)
     expected = TF.normalize(x.float() / 255, mean, std)
     assert torch.allclose(xn, expected, atol=1e-6)
     assert not torch.allclose(xn, xb)
@@ -278,32 +282,43 @@ def test_random_crop_flip_equals_torchvision():
 
 
 def test_augmentation_only_on_train_batches():
-    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8,
-                      generator=torch.Generator().manual_seed(1))
+    x = torch.randint(
+        0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     y = torch.arange(16)
     aug = DeviceBatches(x, y, 16, lambda: 0, seed=0, shuffle=True, augment=True)
-    (xa, ya), = list(aug)
-    (xa2, _), = list(aug)
+    ((xa, ya),) = list(aug)
+    ((xa2, _),) = list(aug)
     assert torch.equal(xa, xa2)  # seeded: same epoch, same crops
     changed = [not torch.equal(xa[i], x[ya[i]].float() / 255) for i in range(16)]
     assert sum(changed) >= 8  # P(offset (4,4) and no flip) = 1/162 per image
     # every augmented image is a crop (maybe mirrored) of its own padded source
     for i in range(16):
         padded = TF.pad(x[ya[i]].float() / 255, [4], fill=0)
-        found = any(torch.equal(TF.crop(padded, r, c, 8, 8), img)
-                    for r in range(9) for c in range(9) for img in (xa[i], TF.hflip(xa[i])))
+        found = any(
+            torch.equal(TF.crop(padded, r, c, 8, 8), img)
+            for r in range(9)
+            for c in range(9)
+            for img in (xa[i], TF.hflip(xa[i]))
+        )
         assert found, i
 
 
 def test_datamodule_train_and_test_loaders(tmp_path):
     write_image_folder(tmp_path, classes=("a", "b"), per_class=(5, 3), size=(8, 8))
-    data = ImageDataModule("image_folder", batch_size=4, eval_batch_size=100,
-                           data_dir=str(tmp_path), augment=True,
-                           normalize={"mean": [0.5] * 3, "std": [0.25] * 3}, seed=7)
+    data = ImageDataModule(
+        "image_folder",
+        batch_size=4,
+        eval_batch_size=100,
+        data_dir=str(tmp_path),
+        augment=True,
+        normalize={"mean": [0.5] * 3, "std": [0.25] * 3},
+        seed=7,
+    )
     data.setup("fit")
     train, test = data.train_dataloader(), data.val_dataloader()
     assert len(train) == 3 and len(test) == 1
-    (xt, yt), = list(test)
+    ((xt, yt),) = list(test)
     # the test split: whole, in order, normalized, never augmented
     assert torch.equal(yt, data.test_set[1])
     assert torch.allclose(xt, (data.test_set[0].float() / 255 - 0.5) / 0.25)
@@ -312,8 +327,9 @@ def test_datamodule_train_and_test_loaders(tmp_path):
 
 def test_datamodule_normalize_needs_one_value_per_channel(tmp_path):
     write_image_folder(tmp_path, classes=("a",), per_class=(1, 1), size=(4, 4))
-    data = ImageDataModule("image_folder", data_dir=str(tmp_path),
-                           normalize={"mean": [0.5], "std": [0.2]})
+    data = ImageDataModule(
+        "image_folder", data_dir=str(tmp_path), normalize={"mean": [0.5], "std": [0.2]}
+    )
     with pytest.raises(UserError, match="dataset.normalize"):
         data.load()
 
@@ -321,8 +337,9 @@ def test_datamodule_normalize_needs_one_value_per_channel(tmp_path):
 def test_declared_shape_is_checked_against_the_files(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
     patch_cifar10_md5s(monkeypatch, tmp_path)
-    data = ImageDataModule("cifar10", data_dir=str(tmp_path), download=False,
-                           input_shape=[1, 28, 28], num_classes=10)
+    data = ImageDataModule(
+        "cifar10", data_dir=str(tmp_path), download=False, input_shape=[1, 28, 28], num_classes=10
+    )
     with pytest.raises(UserError, match="dataset.input_shape"):
         data.load()
 
@@ -341,14 +358,33 @@ def test_a_new_dataset_is_one_registry_entry(tmp_path, monkeypatch, here):
 
     def load_tiny(data_dir=None, download=False):
         g = torch.Generator().manual_seed(0)
-        split = lambda n: (torch.randint(0, 256, (n, 1, 6, 6), generator=g,  # noqa: E731
-                                         dtype=torch.uint8), torch.randint(0, 3, (n,), generator=g))
+
+        def split(n):
+            return (
+                torch.randint(
+                    0,
+                    256,
+                    (n, 1, 6, 6),
+                    generator=g,
+                    dtype=torch.uint8,
+                ),
+                torch.randint(0, 3, (n,), generator=g),
+            )
+
         return split(60), split(20), ["a", "b", "c"]
 
     monkeypatch.setitem(data.DATASETS, "tiny", data.Dataset(load_tiny))
-    out = here("train.py", "dataset.source=tiny", "dataset.name=tiny", "dataset.input_shape=null",
-               "dataset.num_classes=null", "model=logreg", "trainer.max_epochs=1",
-               "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}")
+    out = here(
+        "train.py",
+        "dataset.source=tiny",
+        "dataset.name=tiny",
+        "dataset.input_shape=null",
+        "dataset.num_classes=null",
+        "model=logreg",
+        "trainer.max_epochs=1",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (results,) = tmp_path.rglob("results.json")
     assert results.parent.name.startswith("2") and "_tiny-logreg-" in results.parent.name

@@ -2,6 +2,7 @@
 TensorBoard tags. Runs go through zeroinit.run with the real configs on the embedded digits, a
 few batches each.
 """
+
 import json
 
 import lightning as L
@@ -24,8 +25,20 @@ def layer_values(diag, mapping):
 
 def test_measurement_steps_spread_over_the_run():
     assert measurement_steps(320, 12, 100) == [1, 18, 320]  # the default run: 3 (100 apart)
-    assert measurement_steps(4690, 12, 100) == [1, 2, 5, 10, 22, 47, 101, 217, 468, 1009,
-                                                 2175, 4690]  # a paper run: all 12
+    assert measurement_steps(4690, 12, 100) == [
+        1,
+        2,
+        5,
+        10,
+        22,
+        47,
+        101,
+        217,
+        468,
+        1009,
+        2175,
+        4690,
+    ]  # a paper run: all 12
     assert measurement_steps(320, 6) == [1, 3, 10, 32, 101, 320]
     assert measurement_steps(6, 6) == [1, 2, 3, 4, 6]  # collisions merge
     assert measurement_steps(50, 12, 100) == [50]  # always the final step
@@ -44,8 +57,9 @@ def test_zero_weights_random_biases_wake_from_the_output_back(make_cfg, tmp_path
     for layer, wake in zip(diag["layers"], [4, 3, 2, 1]):
         entry = first["layers"][layer["name"]]
         numel = layer["units"] * layer["fan_in"]
-        for step, nonzero, edges, counts in zip(first["step"], entry["grad_nonzero_frac"],
-                                                entry["hist_edges"], entry["hist_counts"]):
+        for step, nonzero, edges, counts in zip(
+            first["step"], entry["grad_nonzero_frac"], entry["hist_edges"], entry["hist_counts"]
+        ):
             assert (nonzero > 0) == (step >= wake)
             assert sum(counts) == numel and len(edges) == len(counts) + 1
             if step < wake:
@@ -61,8 +75,11 @@ def test_pytorch_init_wakes_every_layer_at_step_1(make_cfg):
 
 
 def test_all_zero_init_keeps_one_distinct_unit_per_layer(make_cfg):
-    diag = run(make_cfg(*FNN4, *DENSE, "init=zero", "trainer.max_epochs=2",
-                        "+trainer.limit_train_batches=8"))["diagnostics"]
+    diag = run(
+        make_cfg(
+            *FNN4, *DENSE, "init=zero", "trainer.max_epochs=2", "+trainer.limit_train_batches=8"
+        )
+    )["diagnostics"]
     history = diag["symmetry"]["history"]
     # 16 steps, 6 measurements spread over them (epoch 1 ends at step 8: not one of them)
     assert history["step"] == [0, 1, 2, 3, 5, 9, 16] and history["epoch"] == [None] * 6 + [2]
@@ -81,8 +98,15 @@ def test_pytorch_init_keeps_full_rank(make_cfg):
     # Pastur), ten times the 1% cut, so numerical rank = min(out, fan_in) exactly, at init and
     # after 64 Adam steps. (Square layers would not do: their smallest singular value is
     # near 0, and a 32x32 one falls below 1% about half the time.)
-    diag = run(make_cfg("model=mnist_fnn", "model.hidden=[64,32,16]", "init=pytorch", *DENSE,
-                        "trainer.max_epochs=2"))["diagnostics"]
+    diag = run(
+        make_cfg(
+            "model=mnist_fnn",
+            "model.hidden=[64,32,16]",
+            "init=pytorch",
+            *DENSE,
+            "trainer.max_epochs=2",
+        )
+    )["diagnostics"]
     history = diag["symmetry"]["history"]
     assert history["epoch"][-1] == 2 and len(history["step"]) == 7
     for layer in diag["layers"]:
@@ -95,6 +119,7 @@ def test_pytorch_init_keeps_full_rank(make_cfg):
 
 class EpochEndSpy(L.Callback):
     """Reads results.json at each epoch end, after the diagnostics callback ran."""
+
     seen = []
 
     def __init__(self, path):
@@ -108,16 +133,24 @@ class EpochEndSpy(L.Callback):
 def test_each_epochs_results_json_carries_that_epochs_symmetry(make_cfg, tmp_path):
     # 2 epochs of 3 steps: measured at steps 0, 1, 2, 3, 4, 6; 3 and 6 end epochs 1 and 2
     EpochEndSpy.seen = []
-    run(make_cfg(*FNN4, *DENSE, "init=bias_normal", "trainer.max_epochs=2",
-                 "+trainer.limit_train_batches=3",
-                 "+callbacks.spy._target_=test_diagnostics.EpochEndSpy",
-                 f"+callbacks.spy.path={tmp_path / 'results.json'}"))
+    run(
+        make_cfg(
+            *FNN4,
+            *DENSE,
+            "init=bias_normal",
+            "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=3",
+            "+callbacks.spy._target_=test_diagnostics.EpochEndSpy",
+            f"+callbacks.spy.path={tmp_path / 'results.json'}",
+        )
+    )
     for epoch, results in enumerate(EpochEndSpy.seen, 1):
         history = results["diagnostics"]["symmetry"]["history"]
         assert results["epochs"][-1]["epoch"] == epoch and history["epoch"][-1] == epoch
         assert results["diagnostics"]["symmetry"]["final"] == {
             name: {k: v[-1] for k, v in values.items()}
-            for name, values in history["layers"].items()}
+            for name, values in history["layers"].items()
+        }
     assert len(EpochEndSpy.seen) == 2
 
 
@@ -130,9 +163,17 @@ def test_measured_without_validation_too():
     net = FNN(data.input_shape, data.num_classes, hidden=[16])
     module = Classifier(net, data.num_classes, optimizer=lambda p: torch.optim.Adam(p))
     diagnostics = Diagnostics(symmetry_points=6, symmetry_min_gap=1)
-    L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0, accelerator="cpu",
-              logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[diagnostics]).fit(module, datamodule=data)
+    L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[diagnostics],
+    ).fit(module, datamodule=data)
     history = diagnostics.record["symmetry"]["history"]
     assert history["step"] == [0, 1, 2, 3, 4, 6] and history["epoch"] == [None] * 3 + [1, None, 2]
     assert diagnostics.record["symmetry"]["final"]["1"]["distinct_units"] == 16
@@ -145,9 +186,13 @@ def test_tensorboard_tags_name_layers_and_steps(make_cfg, tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
     tags = events.Reload().Tags()
     first, last = "01_1_Linear_32x784", "04_7_Linear_10x32"  # position, module, type, shape
-    assert {f"gradients_by_step/norm/{first}", f"gradients_by_step/weight_change/{last}",
-            f"symmetry_by_step/effective_rank/{first}", f"wakeup_step/{last}",
-            "test/acc"} <= set(tags["scalars"])
+    assert {
+        f"gradients_by_step/norm/{first}",
+        f"gradients_by_step/weight_change/{last}",
+        f"symmetry_by_step/effective_rank/{first}",
+        f"wakeup_step/{last}",
+        "test/acc",
+    } <= set(tags["scalars"])
     assert f"gradients_by_step/{first}" in tags["histograms"]
     steps = [e.step for e in events.Scalars(f"symmetry_by_step/effective_rank/{first}")]
     assert steps == [0, 1, 2, 3, 5, 8]  # optimizer steps, not epochs
@@ -156,21 +201,34 @@ def test_tensorboard_tags_name_layers_and_steps(make_cfg, tmp_path):
 def test_switched_off_and_training_unchanged(make_cfg, tmp_path):
     on = run(make_cfg(*FNN4, *SHORT, "init=bias_normal"))
     off = run(make_cfg(*FNN4, *SHORT, "init=bias_normal", "callbacks.diagnostics=null"))
-    disabled = run(make_cfg(*FNN4, *SHORT, "init=bias_normal",
-                            "callbacks.diagnostics.enabled=false"))
+    disabled = run(
+        make_cfg(*FNN4, *SHORT, "init=bias_normal", "callbacks.diagnostics.enabled=false")
+    )
     assert "diagnostics" in on and "diagnostics" not in off and "diagnostics" not in disabled
-    strip = lambda r: [{k: v for k, v in e.items() if k != "epoch_time_s"}  # noqa: E731
-                       for e in r["epochs"]]
+
+    def strip(r):
+        return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in r["epochs"]]
+
     assert strip(on) == strip(off) == strip(disabled)  # probes never touch the training
 
 
 def test_conv_layers_and_skipped_layers_are_recorded(make_cfg):
-    diag = run(make_cfg("model=mnist_cnn", "model.stages=[[4,8]]", "init=bias_normal",
-                        "trainer.max_epochs=1", "+trainer.limit_train_batches=4",
-                        "callbacks.diagnostics.max_numel=10000"))["diagnostics"]
+    diag = run(
+        make_cfg(
+            "model=mnist_cnn",
+            "model.stages=[[4,8]]",
+            "init=bias_normal",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=4",
+            "callbacks.diagnostics.max_numel=10000",
+        )
+    )["diagnostics"]
     layers = diag["layers"]
     assert [(lay["type"], lay["units"], lay["fan_in"]) for lay in layers] == [
-        ("Conv2d", 4, 1 * 5 * 5), ("Conv2d", 8, 4 * 5 * 5), ("Linear", 10, 8 * 28 * 28)]
+        ("Conv2d", 4, 1 * 5 * 5),
+        ("Conv2d", 8, 4 * 5 * 5),
+        ("Linear", 10, 8 * 28 * 28),
+    ]
     assert layer_values(diag, diag["wakeup_step"]) == [3, 2, 1]
     final = diag["symmetry"]["final"]
     conv, linear = layers[0]["name"], layers[2]["name"]

@@ -1,6 +1,7 @@
 """zeroinit.events: a run's TensorBoard events hold each epoch and step once after every way a
 run comes back (resumed from an older checkpoint, started over without one, started over
 from an unreadable one). Read back raw, file by file, as the events were written."""
+
 import json
 import shutil
 from pathlib import Path
@@ -54,8 +55,12 @@ def assert_each_step_once(run_dir: Path, epochs: int):
 
 
 def test_resumed_from_an_older_checkpoint_each_epoch_and_step_once(tmp_path, here):
-    args = [*ARGS, "trainer.max_epochs=3", f"paths.log_dir={tmp_path}",
-            "+callbacks.keep._target_=test_events.KeepFirstCheckpoint"]
+    args = [
+        *ARGS,
+        "trainer.max_epochs=3",
+        f"paths.log_dir={tmp_path}",
+        "+callbacks.keep._target_=test_events.KeepFirstCheckpoint",
+    ]
     assert here("train.py", *args).returncode == 0
     run_dir = run_dir_of(tmp_path)
     ckpts = run_dir / "checkpoints"

@@ -1,5 +1,6 @@
 """The BatchNorm study's own parts: its runs compose, BatchNorm outputs are measured, the
 diagnostics of a run are summarized (zeroinit/findings.py)."""
+
 import torch
 from torch import nn
 
@@ -10,8 +11,11 @@ from zeroinit.init import InitScheme
 
 def test_study_runs_compose_with_their_options(make_cfg):
     """One run per model (composing all ~20 takes ~20 s on 2 busy cores)."""
-    for model, condition in [("cifar_cnn_w4", "fp32_adam_eps1e-3"), ("mnist_fnn", "fp32_sgd"),
-                             ("resnet50_w16", "fp32_adam_no_bn")]:
+    for model, condition in [
+        ("cifar_cnn_w4", "fp32_adam_eps1e-3"),
+        ("mnist_fnn", "fp32_sgd"),
+        ("resnet50_w16", "fp32_adam_no_bn"),
+    ]:
         assert condition in runs_of(model)
         cfg = make_cfg(*overrides(model, condition, 3))
         assert cfg.seed == 3 and cfg.sweep_name == "bn_study" and cfg.batch_size == 32
@@ -25,8 +29,9 @@ def test_study_runs_compose_with_their_options(make_cfg):
 def test_batchnorm_behind_a_zero_weight_conv_outputs_about_zero():
     """A zero-weight conv with random biases gives a constant channel; BatchNorm maps it to
     its beta (0) up to rounding. Measured by forward hooks, per BatchNorm."""
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ELU(), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3),
-                        nn.BatchNorm2d(2))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ELU(), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2)
+    )
     x = torch.rand(8, 1, 10, 10)
     InitScheme("zero", "normal").apply(net)
     out = batchnorm_outputs(net, x)
@@ -36,12 +41,20 @@ def test_batchnorm_behind_a_zero_weight_conv_outputs_about_zero():
 
 
 def test_first_steps_summary_reads_wakeup_and_weight_change():
-    results = {"diagnostics": {
-        "layers": [{"name": "0"}, {"name": "2"}], "wakeup_step": {"0": None, "2": 1},
-        "wakeup_watched_steps": 60,
-        "first_steps": {"step": [1, 2], "layers": {
-            "0": {"weight_change": [0.0, 0.0], "grad_norm": [0.0, 0.0]},
-            "2": {"weight_change": [1e-3, 2e-2], "grad_norm": [1.0, 3e-10]}}}}}
+    results = {
+        "diagnostics": {
+            "layers": [{"name": "0"}, {"name": "2"}],
+            "wakeup_step": {"0": None, "2": 1},
+            "wakeup_watched_steps": 60,
+            "first_steps": {
+                "step": [1, 2],
+                "layers": {
+                    "0": {"weight_change": [0.0, 0.0], "grad_norm": [0.0, 0.0]},
+                    "2": {"weight_change": [1e-3, 2e-2], "grad_norm": [1.0, 3e-10]},
+                },
+            },
+        }
+    }
     f = first_steps(results)
     assert (f["woke"], f["moved"], f["steps"], f["watched"]) == (1, 1, 2, 60)
     assert f["wake"] == {"0": None, "2": 1} and f["change"] == {"0": 0.0, "2": 2e-2}

@@ -1,5 +1,6 @@
 """The package's layers point down: no module imports one that imports it back, lazily (inside
 a function) or not. Read from the source with `ast`, so a lazy import counts too."""
+
 import ast
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state:
                 found = visit(dep, path + [dep])
                 if found:
@@ -72,6 +73,11 @@ def test_the_cycle_finder_finds_one():
 @pytest.mark.slow
 @pytest.mark.parametrize("module", sorted(modules()))
 def test_every_module_imports_on_its_own(module):
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=SRC,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        cwd=SRC,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

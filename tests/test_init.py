@@ -3,6 +3,7 @@
 is poisoned with a sentinel, so a layer the init function misses (a nested bottleneck or
 shortcut conv, the output layer, a BatchNorm) shows up as a failure instead of passing on
 leftover values."""
+
 import math
 
 import pytest
@@ -15,11 +16,23 @@ from zeroinit.init import InitScheme, bias_is_scaled
 
 MODELS = ["logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50"]
 INITS = ["pytorch", "lecun", "zero", "bias_normal", "bias_uniform"]
-DATASET = {"logreg": "mnist5k", "mnist_fnn": "mnist5k", "mnist_cnn": "mnist5k",
-           "cifar_fnn": "cifar10", "cifar_cnn": "cifar10", "resnet50": "cifar10"}
+DATASET = {
+    "logreg": "mnist5k",
+    "mnist_fnn": "mnist5k",
+    "mnist_cnn": "mnist5k",
+    "cifar_fnn": "cifar10",
+    "cifar_cnn": "cifar10",
+    "resnet50": "cifar10",
+}
 # Conv/Linear layers each model has (docs/paper.md; ResNet-50: "54 conv/linear layers").
-N_LAYERS = {"logreg": 1, "mnist_fnn": 2, "mnist_cnn": 3, "cifar_fnn": 4, "cifar_cnn": 9,
-            "resnet50": 54}
+N_LAYERS = {
+    "logreg": 1,
+    "mnist_fnn": 2,
+    "mnist_cnn": 3,
+    "cifar_fnn": 4,
+    "cifar_cnn": 9,
+    "resnet50": 54,
+}
 POISON = 7.25
 
 _nets = {}  # model name -> net; building ResNet-50 takes ~1 s, so each model is built once
@@ -30,9 +43,12 @@ def compose_and_build(make_cfg, model, *overrides):
     composed init. Returns (cfg, net)."""
     cfg = make_cfg(f"model={model}", f"dataset={DATASET[model]}", *overrides)
     if model not in _nets:
-        _nets[model] = build(cfg.model, ignore=["name"],
-                             input_shape=tuple(cfg.dataset.input_shape),
-                             num_classes=cfg.dataset.num_classes)
+        _nets[model] = build(
+            cfg.model,
+            ignore=["name"],
+            input_shape=tuple(cfg.dataset.input_shape),
+            num_classes=cfg.dataset.num_classes,
+        )
     net = _nets[model]
     with torch.no_grad():
         for p in net.parameters():
@@ -123,10 +139,15 @@ def test_every_model_every_init(make_cfg, model, init):
                 assert w.std() > 0.5 * bound / math.sqrt(3), name
 
 
-LEVELS = [("bias_scale=down", 0.01), ("bias_scale=up", 100.0), ("init.bias_scale=5", 5.0),
-          ("bias_scale=none", 1.0)]
+LEVELS = [
+    ("bias_scale=down", 0.01),
+    ("bias_scale=up", 100.0),
+    ("init.bias_scale=5", 5.0),
+    ("bias_scale=none", 1.0),
+]
 SCALE_CASES = [(m, *level) for m in ("mnist_fnn", "cifar_cnn") for level in LEVELS] + [
-    ("resnet50", "bias_scale=up", 100.0)]  # ResNet-50: one level is enough (~1 s a case)
+    ("resnet50", "bias_scale=up", 100.0)
+]  # ResNet-50: one level is enough (~1 s a case)
 
 
 @pytest.mark.parametrize("bias", ["normal", "uniform"])
@@ -207,15 +228,18 @@ def test_nested_and_other_conv_layers():
         assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"weight": "xavier"}, "init.weight"),
-    ({"bias": "gaussian"}, "init.bias"),
-    ({"bias_scale": float("nan")}, "init.bias_scale"),
-    ({"bias_scale": float("inf")}, "init.bias_scale"),
-    ({"bias_scale": -1.0}, "init.bias_scale"),
-    ({"bias_scale": "big"}, "init.bias_scale"),
-    ({"scope": "stem"}, "init.scope"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"weight": "xavier"}, "init.weight"),
+        ({"bias": "gaussian"}, "init.bias"),
+        ({"bias_scale": float("nan")}, "init.bias_scale"),
+        ({"bias_scale": float("inf")}, "init.bias_scale"),
+        ({"bias_scale": -1.0}, "init.bias_scale"),
+        ({"bias_scale": "big"}, "init.bias_scale"),
+        ({"scope": "stem"}, "init.scope"),
+    ],
+)
 def test_bad_scheme_raises_user_error_naming_the_key(kwargs, key):
     net = nn.Linear(3, 2)
     before = net.weight.detach().clone()

@@ -1,5 +1,6 @@
 """zeroinit.keys: every key's role declared once; the lists the code uses are derived from it,
 and the one Hydra reads (exclude_keys) agrees with it."""
+
 from pathlib import Path
 
 from omegaconf import OmegaConf

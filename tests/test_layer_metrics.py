@@ -1,5 +1,6 @@
 """layer_metrics: the symmetry metrics, probe metrics and gradient statistics, on matrices
 and nets whose answers are known."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,8 +10,7 @@ from zeroinit.layer_metrics import distinct_units, gradient_stats, probe_metrics
 
 def test_weight_metrics_on_known_matrices():
     eye = weight_metrics(torch.eye(6))
-    assert eye == {"effective_rank": pytest.approx(6.0), "numerical_rank": 6,
-                   "distinct_units": 6}
+    assert eye == {"effective_rank": pytest.approx(6.0), "numerical_rank": 6, "distinct_units": 6}
     zero = weight_metrics(torch.zeros(5, 7))
     assert zero == {"effective_rank": 0.0, "numerical_rank": 0, "distinct_units": 1}
     # Rank 1 in float32, as zero init makes them: float64 Gram keeps round-off from
@@ -61,7 +61,7 @@ def test_gradient_stats_histograms_and_sleeping_layers():
     asleep.bias.grad = torch.zeros(2)
     s_live, s_asleep, s_missing = gradient_stats([live, asleep, missing], bins=4)
     assert s_live["counts"] == [2, 1, 1, 2] and s_live["edges"] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert s_live["norm"] == pytest.approx(30 ** 0.5) and s_live["bias_norm"] == 5.0
+    assert s_live["norm"] == pytest.approx(30**0.5) and s_live["bias_norm"] == 5.0
     assert s_live["nonzero_frac"] == pytest.approx(4 / 6) and s_live["numel"] == 6
     assert (s_live["sum"], s_live["sum_squares"]) == (10.0, 30.0)
     # an all-zero gradient (a sleeping layer) is one zero-width bin holding every entry

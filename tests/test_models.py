@@ -1,4 +1,5 @@
 """The paper's architectures exactly as docs/paper.md states them, built from the real configs."""
+
 import pytest
 import torch
 from torch import nn
@@ -18,8 +19,9 @@ def make_model(make_cfg, model, input_shape=CIFAR, num_classes=10, *overrides):
 
 def resnet(make_cfg, activation="elu"):
     if activation not in _resnets:  # ~1 s per build; shared by the tests below
-        _resnets[activation] = make_model(make_cfg, "resnet50", CIFAR, 10,
-                                          f"model.activation={activation}")
+        _resnets[activation] = make_model(
+            make_cfg, "resnet50", CIFAR, 10, f"model.activation={activation}"
+        )
     return _resnets[activation]
 
 
@@ -28,8 +30,17 @@ def describe(net):
     out = []
     for m in net.children():
         if isinstance(m, nn.Conv2d):
-            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                        m.padding, m.bias is not None))
+            out.append(
+                (
+                    "conv",
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.bias is not None,
+                )
+            )
         elif isinstance(m, nn.Linear):
             out.append(("linear", m.in_features, m.out_features, m.bias is not None))
         elif isinstance(m, nn.MaxPool2d):
@@ -49,22 +60,63 @@ def lin(i, o):
     return ("linear", i, o, True)
 
 
-@pytest.mark.parametrize("model,shape,expected", [
-    ("logreg", MNIST, ["Flatten", lin(784, 10)]),
-    ("logreg", CIFAR, ["Flatten", lin(3072, 10)]),
-    ("mnist_fnn", MNIST, ["Flatten", lin(784, 500), "ELU", lin(500, 10)]),
-    ("cifar_fnn", CIFAR, ["Flatten", lin(3072, 512), "ELU", lin(512, 256), "ELU",
-                          lin(256, 128), "ELU", lin(128, 10)]),
-    ("mnist_cnn", MNIST, [conv(1, 16, 5, 2), "ELU", conv(16, 32, 5, 2), "ELU", "Flatten",
-                          lin(25088, 10)]),
-    ("cifar_cnn", CIFAR, [conv(3, 32, 3, 1), "ELU", conv(32, 64, 3, 1), "ELU",
-                          ("maxpool", 2, 2), ("bn", 64),
-                          conv(64, 128, 3, 1), "ELU", conv(128, 128, 3, 1), "ELU",
-                          ("maxpool", 2, 2), ("bn", 128),
-                          conv(128, 256, 3, 1), "ELU", conv(256, 256, 3, 1), "ELU",
-                          ("maxpool", 2, 2), ("bn", 256), "Flatten",
-                          lin(4096, 1024), "ELU", lin(1024, 512), "ELU", lin(512, 10)]),
-])
+@pytest.mark.parametrize(
+    "model,shape,expected",
+    [
+        ("logreg", MNIST, ["Flatten", lin(784, 10)]),
+        ("logreg", CIFAR, ["Flatten", lin(3072, 10)]),
+        ("mnist_fnn", MNIST, ["Flatten", lin(784, 500), "ELU", lin(500, 10)]),
+        (
+            "cifar_fnn",
+            CIFAR,
+            [
+                "Flatten",
+                lin(3072, 512),
+                "ELU",
+                lin(512, 256),
+                "ELU",
+                lin(256, 128),
+                "ELU",
+                lin(128, 10),
+            ],
+        ),
+        (
+            "mnist_cnn",
+            MNIST,
+            [conv(1, 16, 5, 2), "ELU", conv(16, 32, 5, 2), "ELU", "Flatten", lin(25088, 10)],
+        ),
+        (
+            "cifar_cnn",
+            CIFAR,
+            [
+                conv(3, 32, 3, 1),
+                "ELU",
+                conv(32, 64, 3, 1),
+                "ELU",
+                ("maxpool", 2, 2),
+                ("bn", 64),
+                conv(64, 128, 3, 1),
+                "ELU",
+                conv(128, 128, 3, 1),
+                "ELU",
+                ("maxpool", 2, 2),
+                ("bn", 128),
+                conv(128, 256, 3, 1),
+                "ELU",
+                conv(256, 256, 3, 1),
+                "ELU",
+                ("maxpool", 2, 2),
+                ("bn", 256),
+                "Flatten",
+                lin(4096, 1024),
+                "ELU",
+                lin(1024, 512),
+                "ELU",
+                lin(512, 10),
+            ],
+        ),
+    ],
+)
 def test_exact_sequential_architectures(make_cfg, model, shape, expected):
     net = make_model(make_cfg, model, shape)
     assert describe(net) == expected
@@ -74,11 +126,11 @@ def test_exact_sequential_architectures(make_cfg, model, shape, expected):
 
 def bottleneck_params(in_ch, width, shortcut):
     out = 4 * width
-    n = in_ch * width + width                  # conv1 1x1 + bias, no BN after it
+    n = in_ch * width + width  # conv1 1x1 + bias, no BN after it
     n += width * width * 9 + width + 2 * width  # conv2 3x3 + bias, BN
-    n += width * out + out + 2 * out           # conv3 1x1 + bias, BN
+    n += width * out + out + 2 * out  # conv3 1x1 + bias, BN
     if shortcut:
-        n += in_ch * out + out + 2 * out       # 1x1 conv + bias, BN
+        n += in_ch * out + out + 2 * out  # 1x1 conv + bias, BN
     return n
 
 
@@ -94,8 +146,12 @@ def test_resnet50_structure(make_cfg):
     assert (linears[0][1].in_features, linears[0][1].out_features) == (2048, 10)
 
     stem = convs[0][1]
-    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride) == \
-        (3, 64, (3, 3), (1, 1))
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride) == (
+        3,
+        64,
+        (3, 3),
+        (1, 1),
+    )
 
     # stages [3, 4, 6, 3], widths 64/128/256/512, expansion 4, strides 1/2/2/2
     blocks = list(net.layers)
@@ -138,10 +194,14 @@ def test_resnet50_forward_order(make_cfg):
         def hook(mod, inp, out):
             order.append((name, type(mod).__name__))
             shapes.setdefault(name, inp[0].shape)
+
         return hook
 
-    hooks = [m.register_forward_hook(record(name)) for name, m in net.named_modules()
-             if not list(m.children()) or name == "pool"]
+    hooks = [
+        m.register_forward_hook(record(name))
+        for name, m in net.named_modules()
+        if not list(m.children()) or name == "pool"
+    ]
     try:
         with torch.no_grad():
             out = net(torch.rand(2, *CIFAR))
@@ -158,11 +218,20 @@ def test_resnet50_forward_order(make_cfg):
     assert follows["stem.0"] == "BatchNorm2d"
 
 
-@pytest.mark.parametrize("model,shape,classes", [
-    ("logreg", MNIST, 10), ("logreg", CIFAR, 10), ("logreg", (3, 12, 10), 3),
-    ("mnist_fnn", MNIST, 10), ("mnist_cnn", MNIST, 10), ("cifar_fnn", CIFAR, 10),
-    ("cifar_cnn", CIFAR, 10), ("mnist_fnn", CIFAR, 7), ("mnist_cnn", (3, 12, 10), 4),
-])
+@pytest.mark.parametrize(
+    "model,shape,classes",
+    [
+        ("logreg", MNIST, 10),
+        ("logreg", CIFAR, 10),
+        ("logreg", (3, 12, 10), 3),
+        ("mnist_fnn", MNIST, 10),
+        ("mnist_cnn", MNIST, 10),
+        ("cifar_fnn", CIFAR, 10),
+        ("cifar_cnn", CIFAR, 10),
+        ("mnist_fnn", CIFAR, 7),
+        ("mnist_cnn", (3, 12, 10), 4),
+    ],
+)
 def test_output_shape_follows_the_dataset(make_cfg, model, shape, classes):
     net = make_model(make_cfg, model, shape, classes)
     assert net(torch.rand(5, *shape)).shape == (5, classes)
@@ -175,14 +244,19 @@ def test_resnet50_on_mnist_shape(make_cfg):
 
 
 def activation_types(net):
-    return {type(m) for m in net.modules()
-            if isinstance(m, tuple(ACTIVATIONS.values()))}
+    return {type(m) for m in net.modules() if isinstance(m, tuple(ACTIVATIONS.values()))}
 
 
 @pytest.mark.parametrize("activation", ["elu", "relu", "leaky_relu", "sigmoid"])
-@pytest.mark.parametrize("model,shape,count", [
-    ("mnist_fnn", MNIST, 1), ("cifar_fnn", CIFAR, 3), ("mnist_cnn", MNIST, 2),
-    ("cifar_cnn", CIFAR, 8)])
+@pytest.mark.parametrize(
+    "model,shape,count",
+    [
+        ("mnist_fnn", MNIST, 1),
+        ("cifar_fnn", CIFAR, 3),
+        ("mnist_cnn", MNIST, 2),
+        ("cifar_cnn", CIFAR, 8),
+    ],
+)
 def test_activation_option(make_cfg, model, shape, count, activation):
     net = make_model(make_cfg, model, shape, 10, f"model.activation={activation}")
     cls = ACTIVATIONS[activation]
@@ -226,5 +300,6 @@ def test_batchnorm_false_puts_identity_where_each_batchnorm_was(make_cfg, model)
     bns = [name for name, kind in kinds.items() if kind is nn.BatchNorm2d]
     assert len(bns) == {"cifar_cnn": 3, "resnet50": 37}[model]
     assert {name: type(m) for name, m in without.named_modules()} == {
-        name: nn.Identity if kind is nn.BatchNorm2d else kind for name, kind in kinds.items()}
+        name: nn.Identity if kind is nn.BatchNorm2d else kind for name, kind in kinds.items()
+    }
     assert without(torch.rand(2, *CIFAR)).shape == (2, 10)

@@ -1,5 +1,6 @@
 """A sweep checks what all its runs share before the first run (zeroinit.preflight), and a
 failure every run would share, met during a run, stops the sweep once (zeroinit.sweep)."""
+
 import json
 import time
 from pathlib import Path
@@ -37,8 +38,12 @@ def sweep_config(tmp_path):
 
     def make(*overrides):
         return GlobalHydra.instance().hydra.compose_config(
-            "train", ["trainer=cpu", f"paths.log_dir={tmp_path / 'logs'}", *overrides],
-            run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+            "train",
+            ["trainer=cpu", f"paths.log_dir={tmp_path / 'logs'}", *overrides],
+            run_mode=RunMode.MULTIRUN,
+            with_log_configuration=False,
+        )
+
     yield make
     context.__exit__(None, None, None)
 
@@ -46,8 +51,13 @@ def sweep_config(tmp_path):
 # ------------------------------------------------------------------ before the first run
 def test_every_dataset_of_the_sweep_is_checked_once(tmp_path, sweep_config):
     write_mnist(tmp_path / "data")
-    cfg = sweep_config("dataset=mnist,cifar10", "seed=0,1,2", "init=zero,pytorch",
-                       f"paths.data_dir={tmp_path / 'data'}", "dataset.download=false")
+    cfg = sweep_config(
+        "dataset=mnist,cifar10",
+        "seed=0,1,2",
+        "init=zero,pytorch",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "dataset.download=false",
+    )
     start = time.monotonic()
     configs = job_configs(cfg)  # 12 jobs, 2 datasets: 2 configs composed, not 12
     assert sorted(c.dataset.name for c in configs) == ["cifar10", "mnist"]
@@ -61,8 +71,7 @@ def test_every_dataset_of_the_sweep_is_checked_once(tmp_path, sweep_config):
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_figure_preset_is_checked_without_composing_its_jobs(tmp_path, sweep_config,
-                                                               monkeypatch):
+def test_a_figure_preset_is_checked_without_composing_its_jobs(tmp_path, sweep_config, monkeypatch):
     write_cifar10(tmp_path / "data")
     patch_cifar10_md5s(monkeypatch, tmp_path / "data")
     cfg = sweep_config("experiment=fig08_cifar_fnn", f"paths.data_dir={tmp_path / 'data'}")
@@ -74,8 +83,7 @@ def test_a_figure_preset_is_checked_without_composing_its_jobs(tmp_path, sweep_c
     assert data.read("cifar10", str(tmp_path / "data"), False)[0][0].shape == (20, 3, 32, 32)
 
 
-def test_missing_dataset_is_downloaded_once_for_the_sweep(tmp_path, sweep_config,
-                                                          monkeypatch):
+def test_missing_dataset_is_downloaded_once_for_the_sweep(tmp_path, sweep_config, monkeypatch):
     source = tmp_path / "served"
     write_cifar10(source)
     patch_cifar10_md5s(monkeypatch, source)
@@ -104,9 +112,16 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path):
 
 def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path, here):
     write_mnist(tmp_path / "data")  # mnist is there, cifar10 is not
-    proc = here("train.py", "-m", "trainer=cpu", "dataset=mnist,cifar10", "seed=0,1,2",
-                "dataset.download=false", f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.log_dir={tmp_path / 'logs'}")
+    proc = here(
+        "train.py",
+        "-m",
+        "trainer=cpu",
+        "dataset=mnist,cifar10",
+        "seed=0,1,2",
+        "dataset.download=false",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: dataset=cifar10: missing in ")
@@ -117,17 +132,27 @@ def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path, here
 
 # ------------------------------------------------------------------ during a run
 def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path, here):
-    proc = here("train.py", "-m", "trainer=cpu", "seed=0,1,2", "trainer.max_epochs=1",
-                "+trainer.limit_train_batches=2",
-                "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd", f"paths.log_dir={tmp_path}")
+    proc = here(
+        "train.py",
+        "-m",
+        "trainer=cpu",
+        "seed=0,1,2",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd",
+        f"paths.log_dir={tmp_path}",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert "Traceback" not in proc.stderr
     assert "sweep: 3 runs: 1 failed, 2 not started" in proc.stdout
     assert "No space left" not in proc.stdout  # said once, on stderr
-    runs = sorted(p.name for p in (tmp_path / "sweeps" / "default").iterdir() if p.is_dir()
-                  and not p.name.startswith("."))
+    runs = sorted(
+        p.name
+        for p in (tmp_path / "sweeps" / "default").iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    )
     assert len(runs) == 1 and runs[0].endswith("-s0"), runs  # s1, s2: never started
 
 
@@ -155,31 +180,46 @@ def test_a_stopped_sweep_leaves_finished_runs_alone(tmp_path, monkeypatch):
     assert skip_if_stopped(tmp_path, finished) and skip_if_stopped(tmp_path, fresh)
     assert (finished / "results.json").exists() and not fresh.exists()
     record_outcome(tmp_path, tmp_path / "b-s0", "failed", "SweepError: the data went away")
-    outcomes = [json.loads(p.read_text())
-                for p in (tmp_path / ".outcomes" / "test").glob("*.json")]
+    outcomes = [json.loads(p.read_text()) for p in (tmp_path / ".outcomes" / "test").glob("*.json")]
     text, failed = summarize(outcomes, said="the data went away")
     assert text == "sweep: 3 runs: 1 failed, 2 not started" and failed
 
 
 # ------------------------------------------------------------ bad values: one line, exit 2
-@pytest.mark.parametrize("args, says", [
-    (["model.hidden=100"], "error: model.hidden: 100 is not allowed; allowed: a list of layer "
-                           "widths"),
-    (["+lr=0.01"], "error: lr: not a key of this config, so nothing would read it (did you "
-                   "mean optimizer.lr?)"),
-    (["+model.hiden=[100]"], "error: model.hiden: zeroinit.models.FNN takes no argument "
-                             "'hiden', so nothing would read it (did you mean model.hidden?)"),
-    (["+optimizer.lrr=0.1"], "(did you mean optimizer.lr?)"),
-    (["+speed.compil=true"], "(did you mean speed.compile?)"),
-    (["trainer.precision=7"], "error: trainer.precision: 7 is not allowed; allowed: 32-true"),
-    (["optimizer=sgd", "optimizer.momentum=-1"],
-     "error: optimizer: torch.optim.SGD rejects these settings: ValueError: Invalid momentum"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (
+            ["model.hidden=100"],
+            "error: model.hidden: 100 is not allowed; allowed: a list of layer widths",
+        ),
+        (
+            ["+lr=0.01"],
+            "error: lr: not a key of this config, so nothing would read it (did you "
+            "mean optimizer.lr?)",
+        ),
+        (
+            ["+model.hiden=[100]"],
+            "error: model.hiden: zeroinit.models.FNN takes no argument "
+            "'hiden', so nothing would read it (did you mean model.hidden?)",
+        ),
+        (["+optimizer.lrr=0.1"], "(did you mean optimizer.lr?)"),
+        (["+speed.compil=true"], "(did you mean speed.compile?)"),
+        (["trainer.precision=7"], "error: trainer.precision: 7 is not allowed; allowed: 32-true"),
+        (
+            ["optimizer=sgd", "optimizer.momentum=-1"],
+            "error: optimizer: torch.optim.SGD rejects these settings: ValueError: "
+            "Invalid momentum",
+        ),
+    ],
+)
 @pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
-def test_a_value_the_run_would_reject_is_one_line_before_any_folder(tmp_path, here, args, says,
-                                                                     sweep):
-    out = here("train.py", *(["-m", "seed=0,1"] if sweep else []), *args,
-               f"paths.log_dir={tmp_path}")
+def test_a_value_the_run_would_reject_is_one_line_before_any_folder(
+    tmp_path, here, args, says, sweep
+):
+    out = here(
+        "train.py", *(["-m", "seed=0,1"] if sweep else []), *args, f"paths.log_dir={tmp_path}"
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert says in out.stderr and "Traceback" not in out.stderr
@@ -187,9 +227,15 @@ def test_a_value_the_run_would_reject_is_one_line_before_any_folder(tmp_path, he
 
 
 def test_notes_and_tags_are_recorded_and_read_by_nothing(tmp_path, here):
-    out = here("train.py", "+notes.why=probe", "+tags.batch=3", "trainer.max_epochs=1",
-               "+trainer.limit_train_batches=1", "callbacks.diagnostics=null",
-               f"paths.log_dir={tmp_path}")
+    out = here(
+        "train.py",
+        "+notes.why=probe",
+        "+tags.batch=3",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (results,) = tmp_path.rglob("results.json")
     config = json.loads(results.read_text())["config"]
@@ -200,8 +246,11 @@ def test_notes_and_tags_are_recorded_and_read_by_nothing(tmp_path, here):
 def test_a_folder_that_permissions_allow_but_writes_fail_in_is_named(tmp_path, here):
     out = here("train.py", "paths.log_dir=/proc/zeroinit-test")
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        "error: paths.log_dir: the run writes to /proc/zeroinit-test/")
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: paths.log_dir: the run writes to /proc/zeroinit-test/")
+    )
 
 
 def test_image_folder_with_an_empty_class_or_two_image_sizes_is_one_line(tmp_path, here):
@@ -216,11 +265,16 @@ def test_image_folder_with_an_empty_class_or_two_image_sizes_is_one_line(tmp_pat
     write_image_folder(sizes / "b", size=(16, 16))
     (sizes / "a" / "train").rename(sizes / "train")
     (sizes / "b" / "test").rename(sizes / "test")
-    for root, says in ((empty, "Found no valid file for the classes fox"),
-                       (sizes, "the train images are (3, 8, 8) (C, H, W) but the test images "
-                               "(3, 16, 16)")):
-        out = here("train.py", "dataset=image_folder", f"dataset.data_dir={root}",
-                   f"paths.log_dir={tmp_path / 'logs'}")
+    for root, says in (
+        (empty, "Found no valid file for the classes fox"),
+        (sizes, "the train images are (3, 8, 8) (C, H, W) but the test images (3, 16, 16)"),
+    ):
+        out = here(
+            "train.py",
+            "dataset=image_folder",
+            f"dataset.data_dir={root}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        )
         assert out.returncode == 2, out.stderr[-2000:]
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("error: dataset.data_dir: ") and says in last

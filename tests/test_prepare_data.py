@@ -1,6 +1,7 @@
 """`make data` (src/prepare_data.py) and the download path (zeroinit.datafiles): files already
 there are verified and left alone, downloads go through torchvision from a local server, and
 with the network down or hung the answer is one line, in bounded time."""
+
 import os
 import socket
 import subprocess
@@ -25,8 +26,10 @@ CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches
 @pytest.fixture
 def no_network(monkeypatch):
     """Any connection attempt fails the test: proves that nothing was downloaded."""
+
     def connect(*args, **kwargs):
         raise AssertionError("tried to connect to the network")
+
     monkeypatch.setattr(socket.socket, "connect", connect)
 
 
@@ -35,8 +38,9 @@ def snapshot(root: Path) -> dict:
 
 
 # ------------------------------------------------------------------ files already there
-def test_files_already_there_are_a_noop_that_reports_them(tmp_path, monkeypatch, capsys,
-                                                         no_network):
+def test_files_already_there_are_a_noop_that_reports_them(
+    tmp_path, monkeypatch, capsys, no_network
+):
     write_mnist(tmp_path, n_train=20, n_test=10)
     write_cifar10(tmp_path, per_batch=4, n_test=10)
     patch_cifar10_md5s(monkeypatch, tmp_path)  # torchvision's checksum check runs, and passes
@@ -56,9 +60,18 @@ def test_files_already_there_are_a_noop_that_reports_them(tmp_path, monkeypatch,
 
 def test_the_command_line_reports_mnist_files(tmp_path):
     write_mnist(tmp_path / "data")
-    proc = subprocess.run([sys.executable, "src/prepare_data.py", "dataset=mnist",
-                           f"paths.data_dir={tmp_path / 'data'}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "src/prepare_data.py",
+            "dataset=mnist",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = proc.stdout.strip().splitlines()
     assert line.startswith(f"mnist: {tmp_path / 'data' / 'MNIST' / 'raw'}: 4 files")
@@ -67,14 +80,19 @@ def test_the_command_line_reports_mnist_files(tmp_path):
 
 def test_verify_only_with_files_missing_is_one_error_line(tmp_path, capsys, no_network):
     write_mnist(tmp_path)
-    assert prepare_data.main(["dataset=mnist,cifar10", f"paths.data_dir={tmp_path}",
-                              "dataset.download=false"]) == 2
+    assert (
+        prepare_data.main(
+            ["dataset=mnist,cifar10", f"paths.data_dir={tmp_path}", "dataset.download=false"]
+        )
+        == 2
+    )
     out = capsys.readouterr()
     assert out.out.startswith("mnist: ")  # the other dataset is still checked and reported
     (error,) = out.err.strip().splitlines()
     folder = tmp_path / "cifar-10-batches-py"
-    assert error.startswith(f"error: dataset=cifar10: missing in {folder}: "
-                            + ", ".join(CIFAR_FILES))
+    assert error.startswith(
+        f"error: dataset=cifar10: missing in {folder}: " + ", ".join(CIFAR_FILES)
+    )
     assert "`make data`" in error and "paths.data_dir" in error
     assert not (tmp_path / "cifar-10-batches-py").exists()
 
@@ -105,11 +123,13 @@ def test_cifar10_download_through_torchvision(tmp_path, monkeypatch, capsys):
         line = prepare_data.prepare("cifar10", str(data), download=True)
     assert "15 train + 6 test images" in line and "downloaded in" in line
     assert sorted(p.name for p in (data / CIFAR10.base_folder).iterdir()) == sorted(
-        p.name for p in (tmp_path / "served" / CIFAR10.base_folder).iterdir())
+        p.name for p in (tmp_path / "served" / CIFAR10.base_folder).iterdir()
+    )
     assert [p.name for p in data.iterdir()] == [CIFAR10.base_folder]  # no archive, no temp
     # a second time: a no-op
     assert prepare_data.prepare("cifar10", str(data), download=True).endswith(
-        "already there, nothing downloaded")
+        "already there, nothing downloaded"
+    )
 
 
 def test_corrupted_files_are_downloaded_again(tmp_path, monkeypatch):

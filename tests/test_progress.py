@@ -1,5 +1,6 @@
 """Progress inside an epoch (src/zeroinit/progress.py): on a terminal only, erased before
 the epoch's line; nothing where output is a file or a pipe."""
+
 import io
 
 from zeroinit.progress import Progress
@@ -12,8 +13,12 @@ class Terminal(io.StringIO):
 
 
 def fit_with(make_cfg, progress):
-    cfg = make_cfg("trainer.max_epochs=2", "+trainer.limit_train_batches=6", "batch_size=32",
-                   "callbacks.diagnostics=null")
+    cfg = make_cfg(
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=6",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+    )
     trainer, module, data, _ = build_run(cfg)
     (ours,) = [c for c in trainer.callbacks if isinstance(c, Progress)]
     trainer.callbacks[trainer.callbacks.index(ours)] = progress

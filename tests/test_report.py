@@ -1,5 +1,6 @@
 """report.py: grouping by config minus seed, Student-t 95% CIs, figures, tables, and runs that
 are not completed listed but never averaged."""
+
 import csv
 import math
 
@@ -12,23 +13,60 @@ from zeroinit.report import find_runs, group_runs, mean_ci, table_rows
 from zeroinit.results import write_json_atomic
 
 
-def fake_run(root, name, *, init="pytorch", model="mnist_fnn", seed=0, accs=(0.5, 0.9),
-             status="completed", dataset="mnist", sweep="fig03_mnist_fnn", scale=1.0):
+def fake_run(
+    root,
+    name,
+    *,
+    init="pytorch",
+    model="mnist_fnn",
+    seed=0,
+    accs=(0.5, 0.9),
+    status="completed",
+    dataset="mnist",
+    sweep="fig03_mnist_fnn",
+    scale=1.0,
+):
     bias = {"pytorch": "pytorch", "bias_normal": "normal", "zero": "zero"}[init]
-    config = {"seed": seed, "sweep_name": sweep, "batch_size": 128,
-              "paths": {"output_dir": str(root / name)},
-              "dataset": {"name": dataset, "source": dataset},
-              "model": {"name": model, "hidden": [500] if model != "logreg" else []},
-              "init": {"name": init, "weight": "zero" if init != "pytorch" else "pytorch",
-                       "bias": bias, "bias_scale": scale},
-              "trainer": {"max_epochs": 2, "accelerator": "cpu"}}
-    epochs = [{"epoch": i + 1, "test_acc": a, "test_loss": 1 - a, "train_loss": 1 - a,
-               "train_acc": a, "epoch_time_s": 2.0} for i, a in enumerate(accs)]
+    config = {
+        "seed": seed,
+        "sweep_name": sweep,
+        "batch_size": 128,
+        "paths": {"output_dir": str(root / name)},
+        "dataset": {"name": dataset, "source": dataset},
+        "model": {"name": model, "hidden": [500] if model != "logreg" else []},
+        "init": {
+            "name": init,
+            "weight": "zero" if init != "pytorch" else "pytorch",
+            "bias": bias,
+            "bias_scale": scale,
+        },
+        "trainer": {"max_epochs": 2, "accelerator": "cpu"},
+    }
+    epochs = [
+        {
+            "epoch": i + 1,
+            "test_acc": a,
+            "test_loss": 1 - a,
+            "train_loss": 1 - a,
+            "train_acc": a,
+            "epoch_time_s": 2.0,
+        }
+        for i, a in enumerate(accs)
+    ]
     (root / name).mkdir(parents=True)
-    write_json_atomic(root / name / "results.json",
-                      {"status": status, "config": config, "overrides": [], "epochs": epochs,
-                       "final": {"test_acc": accs[-1], "test_loss": 1 - accs[-1]},
-                       "wall_time_s": 1.0, "device": "cpu", "versions": {}})
+    write_json_atomic(
+        root / name / "results.json",
+        {
+            "status": status,
+            "config": config,
+            "overrides": [],
+            "epochs": epochs,
+            "final": {"test_acc": accs[-1], "test_loss": 1 - accs[-1]},
+            "wall_time_s": 1.0,
+            "device": "cpu",
+            "versions": {},
+        },
+    )
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -47,8 +85,7 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
     fake_run(tmp_path, "fnn-bias-s2", init="bias_normal", seed=2, accs=(0.1,), status="running")
     fake_run(tmp_path, "fnn-bias-s3", init="bias_normal", seed=3, accs=(0.1,), status="failed")
     fake_run(tmp_path, "fnn-bias-s4", init="bias_normal", seed=4, accs=(0.1,), status="diverged")
-    fake_run(tmp_path, "fnn-bias-s5", init="bias_normal", seed=5, accs=(0.1,),
-             status="interrupted")
+    fake_run(tmp_path, "fnn-bias-s5", init="bias_normal", seed=5, accs=(0.1,), status="interrupted")
     fake_run(tmp_path, "logreg-s0", model="logreg", accs=(0.8, 0.91))
 
     figures = group_runs(find_runs([tmp_path]))
@@ -58,7 +95,8 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
     py, bias = rows["mnist_fnn pytorch"], rows["mnist_fnn bias_normal"]
     assert py["n"] == 3 and py["final_test_acc_%"] == pytest.approx(93.0)
     assert py["ci95_%"] == pytest.approx(
-        100 * stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3))
+        100 * stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3)
+    )
     # Only the two completed runs are averaged; the others are counted.
     assert bias["n"] == 2 and bias["final_test_acc_%"] == pytest.approx(82.0)
     assert (bias["running"], bias["failed"], bias["diverged"]) == (2, 1, 1)  # + interrupted
@@ -90,8 +128,11 @@ def test_cli_fails_clearly_without_runs(tmp_path, capsys):
 def test_a_results_json_of_the_wrong_shape_is_skipped_and_named(tmp_path, capsys):
     from zeroinit.report import find_runs
 
-    for name, text in (("list", "[1, 2]"), ("bare", '{"status": "completed"}'),
-                       ("epochs", '{"status": "completed", "config": {}, "epochs": [1]}')):
+    for name, text in (
+        ("list", "[1, 2]"),
+        ("bare", '{"status": "completed"}'),
+        ("epochs", '{"status": "completed", "config": {}, "epochs": [1]}'),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
     runs = find_runs([tmp_path])

@@ -1,5 +1,6 @@
 """report_diagnostics: the summary columns and Figure 12 drawn from real runs' results.json,
 and the report and the fig12 preset that use them."""
+
 import math
 
 import pytest
@@ -26,8 +27,14 @@ def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
     results = {init: read_results(d) for init, d in two_runs.items()}
     cols = summary_columns(results["bias_normal"])
     assert cols["wakeup_all"] == 4.0 and summary_columns(results["pytorch"])["wakeup_all"] == 1.0
-    assert set(cols) == {"wakeup_all", "erank_mean", "erank_first", "nrank_frac_min",
-                         "distinct_frac_min", "dead_frac_mean"}
+    assert set(cols) == {
+        "wakeup_all",
+        "erank_mean",
+        "erank_first",
+        "nrank_frac_min",
+        "distinct_frac_min",
+        "dead_frac_mean",
+    }
     assert summary_columns(results["pytorch"])["distinct_frac_min"] == 1.0
     assert all(isinstance(v, float) and math.isfinite(v) for v in cols.values())
     assert math.isnan(summary_columns({"status": "completed"})["erank_mean"])
@@ -51,7 +58,10 @@ def test_summary_plot_and_fig12_cli(two_runs, tmp_path):
 def test_fig12_experiment_composes_offline(make_cfg):
     cfg = make_cfg("experiment=fig12_gradient_flow", "dataset=mnist5k")
     assert (cfg.model.name, cfg.dataset.name, cfg.sweep_name) == (
-        "cifar_fnn", "mnist5k", "fig12_gradient_flow")
+        "cifar_fnn",
+        "mnist5k",
+        "fig12_gradient_flow",
+    )
     assert cfg.callbacks.diagnostics.steps == 5
     assert set(METRICS) >= {"effective_rank", "distinct_units"}
 
@@ -63,13 +73,26 @@ def test_fig12_sweep_end_to_end(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "src/train.py", "-m", "experiment=fig12_gradient_flow",
-                    "dataset=mnist5k", "trainer=cpu", f"paths.log_dir={tmp_path}",
-                    "trainer.max_epochs=1", "+trainer.limit_train_batches=6"],
-                   cwd=root, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "-m",
+            "experiment=fig12_gradient_flow",
+            "dataset=mnist5k",
+            "trainer=cpu",
+            f"paths.log_dir={tmp_path}",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=6",
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
     sweep = tmp_path / "sweeps" / "fig12_gradient_flow"
     assert report.main([str(sweep), "-o", str(tmp_path / "rep")]) == 0
     assert list((tmp_path / "rep").glob("*-gradient_flow.png"))
-    inits = sorted(read_results(p.parent)["config"]["init"]["name"]
-                   for p in sweep.rglob("results.json"))
+    inits = sorted(
+        read_results(p.parent)["config"]["init"]["name"] for p in sweep.rglob("results.json")
+    )
     assert inits == ["bias_normal", "pytorch"]

@@ -1,5 +1,6 @@
 """zeroinit.results: what a run writes and how (results.json rewritten atomically, its
 statuses, TensorBoard's curves, HPARAMS and TEXT), read back from real short runs."""
+
 import json
 import math
 
@@ -21,14 +22,17 @@ def test_tensorboard_events_hold_the_curves_and_hparams(make_cfg, tmp_path):
     assert {"test/acc", "test/loss", "train/loss", "train/acc"} <= set(acc.Tags()["scalars"])
     test_acc = acc.Scalars("test/acc")
     assert [e.step for e in test_acc] == [1, 2]  # logged against the epoch
-    assert [e.value for e in test_acc] == pytest.approx([e["test_acc"]
-                                                         for e in results["epochs"]])
+    assert [e.value for e in test_acc] == pytest.approx([e["test_acc"] for e in results["epochs"]])
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
 
 def test_diverged_run_stops_and_says_so(make_cfg, tmp_path):
-    cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
-                   "+trainer.limit_train_batches=3")
+    cfg = make_cfg(
+        "optimizer=sgd",
+        "optimizer.lr=1e38",
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=3",
+    )
     results = run(cfg)
     assert results["status"] == "diverged"
     assert len(results["epochs"]) == 1
@@ -68,22 +72,41 @@ def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_c
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/session_start_info"]).session_start_info
-    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
-               for k, v in start.hparams.items()}
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    hparams = {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in start.hparams.items()
+    }
     assert hparams == {
-        "dataset": "mnist5k", "model": "mnist_fnn", "init": "bias_normal",
-        "init.weight": "zero", "init.bias": "normal", "init.bias_scale": 0.01, "seed": "3",
-        "optimizer": "Adam", "optimizer.lr": 0.001, "batch_size": "32", "epochs": "2",
-        "activation": "elu", "speed": "fp32"}
+        "dataset": "mnist5k",
+        "model": "mnist_fnn",
+        "init": "bias_normal",
+        "init.weight": "zero",
+        "init.bias": "normal",
+        "init.bias_scale": 0.01,
+        "seed": "3",
+        "optimizer": "Adam",
+        "optimizer.lr": 0.001,
+        "batch_size": "32",
+        "epochs": "2",
+        "activation": "elu",
+        "speed": "fp32",
+    }
     saved = yaml.safe_load((tmp_path / "hparams.yaml").read_text())  # Lightning's copy
     assert saved == hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/experiment"]).experiment
+        content["_hparams_/experiment"]
+    ).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "test/loss"]
     # TensorBoard's table shows 5 columns by default, `differs` first: the run name's keys
     assert sorted(h.name for h in experiment.hparam_infos if h.differs) == [
-        "dataset", "init", "init.bias_scale", "model", "seed"]
+        "dataset",
+        "init",
+        "init.bias_scale",
+        "model",
+        "seed",
+    ]
     scalars = acc.Tags()["scalars"]
     assert not [t for t in scalars if t.startswith("hp")]  # no duplicate of test/acc
     assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # no 0 at step 0

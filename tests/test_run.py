@@ -1,6 +1,7 @@
 """zeroinit.run: real training runs through run(cfg) and build_run(cfg), composed from the real
 configs: one short run per model (checked against the results.json contract), image folders,
 determinism, seeding, float64. What a run writes (results.json, TensorBoard): test_results.py."""
+
 import json
 import math
 from pathlib import Path
@@ -12,12 +13,15 @@ from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, writ
 from zeroinit.results import read_results
 from zeroinit.run import build_run, run
 
-SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-         "+trainer.limit_val_batches=1", "batch_size=8"]
+SHORT = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "batch_size=8",
+]
 EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "train_acc", "epoch_time_s"}
-TOP_KEYS = {"status", "config", "overrides", "epochs", "final", "wall_time_s", "device",
-            "versions"}
-PAPER_NORM = ("dataset.normalize={mean:[0.4914,0.4822,0.4465],std:[0.2023,0.1994,0.2010]}")
+TOP_KEYS = {"status", "config", "overrides", "epochs", "final", "wall_time_s", "device", "versions"}
+PAPER_NORM = "dataset.normalize={mean:[0.4914,0.4822,0.4465],std:[0.2023,0.1994,0.2010]}"
 
 
 def check_results(results, run_dir, n_epochs=1):
@@ -62,23 +66,30 @@ def test_one_short_training_per_model(make_cfg, tmp_path, monkeypatch, model):
         patch_cifar10_md5s(monkeypatch, data_dir)
     elif "dataset=mnist" in CASES[model]:
         write_mnist(data_dir, n_train=24, n_test=10)
-    cfg = make_cfg(f"model={model}", *CASES[model], *SHORT, f"paths.data_dir={data_dir}",
-                   "dataset.download=false", *(["batch_size=4"] if small else []))
+    cfg = make_cfg(
+        f"model={model}",
+        *CASES[model],
+        *SHORT,
+        f"paths.data_dir={data_dir}",
+        "dataset.download=false",
+        *(["batch_size=4"] if small else []),
+    )
     results = run(cfg, overrides=[f"model={model}", *CASES[model]])
     check_results(results, tmp_path)
     assert results["config"]["model"]["name"] == model
     assert results["config"]["init"]["bias_scale"] == cfg.init.bias_scale
     assert results["overrides"] == [f"model={model}", *CASES[model]]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False,
-                      map_location="cpu")
+    ckpt = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu"
+    )
     assert ckpt["global_step"] == 2  # exactly the two training steps asked for
 
 
 def test_image_folder_run_takes_shape_and_classes_from_the_files(make_cfg, tmp_path):
-    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=(6, 2),
-                       size=(10, 14))
-    cfg = make_cfg("dataset=image_folder", f"dataset.data_dir={tmp_path / 'imgs'}",
-                   "model=mnist_cnn", *SHORT)
+    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=(6, 2), size=(10, 14))
+    cfg = make_cfg(
+        "dataset=image_folder", f"dataset.data_dir={tmp_path / 'imgs'}", "model=mnist_cnn", *SHORT
+    )
     results = run(cfg)
     check_results(results, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -87,8 +98,13 @@ def test_image_folder_run_takes_shape_and_classes_from_the_files(make_cfg, tmp_p
 
 
 def short_run(make_cfg, out_dir, *overrides):
-    cfg = make_cfg("trainer.max_epochs=2", "+trainer.limit_train_batches=4", "batch_size=32",
-                   f"paths.output_dir={out_dir}", *overrides)
+    cfg = make_cfg(
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "batch_size=32",
+        f"paths.output_dir={out_dir}",
+        *overrides,
+    )
     return run(cfg)
 
 
@@ -102,8 +118,10 @@ def test_same_config_and_seed_gives_identical_epochs(make_cfg, tmp_path):
     b = short_run(make_cfg, tmp_path / "b", "seed=0", "init=bias_normal")
     assert len(a["epochs"]) == 2
     assert curve(a) == curve(b)
-    assert read_results(tmp_path / "a")["epochs"][1]["train_loss"] == \
-        read_results(tmp_path / "b")["epochs"][1]["train_loss"]
+    assert (
+        read_results(tmp_path / "a")["epochs"][1]["train_loss"]
+        == read_results(tmp_path / "b")["epochs"][1]["train_loss"]
+    )
 
 
 def test_seed_zero_and_one_differ(make_cfg, tmp_path):
@@ -125,11 +143,19 @@ def test_float64_trains_every_model_one_step(make_cfg, tmp_path):
         big = model in ("cifar_cnn", "resnet50")
         narrow = ["model.widths=[4,8,16,32]"] if model == "resnet50" else []
         narrow += ["callbacks.diagnostics.symmetry=false"] if big else []
-        cfg = make_cfg(f"model={model}", "init=bias_normal", "trainer.precision=64-true",
-                       "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-                       "+trainer.limit_val_batches=1", "batch_size=4",
-                       "dataset.eval_batch_size=4", "callbacks.diagnostics.probe_size=4",
-                       f"paths.output_dir={out}", *narrow)
+        cfg = make_cfg(
+            f"model={model}",
+            "init=bias_normal",
+            "trainer.precision=64-true",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=1",
+            "+trainer.limit_val_batches=1",
+            "batch_size=4",
+            "dataset.eval_batch_size=4",
+            "callbacks.diagnostics.probe_size=4",
+            f"paths.output_dir={out}",
+            *narrow,
+        )
         trainer, module, data, writer = build_run(cfg)
         before = [p.detach().clone() for p in module.parameters()]
         trainer.fit(module, datamodule=data)
@@ -138,8 +164,10 @@ def test_float64_trains_every_model_one_step(make_cfg, tmp_path):
         assert {p.dtype for p in module.parameters()} == {torch.float64}, model
         x, _ = next(iter(data.train_dataloader()))
         assert x.dtype == torch.float64, model
-        assert any(not torch.equal(p.detach(), b.double())  # the step moved something
-                   for p, b in zip(module.parameters(), before)), model
+        assert any(
+            not torch.equal(p.detach(), b.double())  # the step moved something
+            for p, b in zip(module.parameters(), before)
+        ), model
 
 
 def test_default_run_trains_and_writes_results(make_cfg, tmp_path):
@@ -156,12 +184,19 @@ def test_a_notebook_composes_and_runs_without_naming_a_folder(tmp_path, monkeypa
     from zeroinit.run import compose, run
 
     monkeypatch.chdir(tmp_path)
-    cfg = compose("model=logreg", "trainer=cpu", "trainer.max_epochs=1",
-                  "+trainer.limit_train_batches=2", "callbacks.diagnostics=null")
+    cfg = compose(
+        "model=logreg",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "callbacks.diagnostics=null",
+    )
     out = Path(cfg.paths.output_dir)
     assert out.parent == tmp_path / "outputs" / "runs"
-    assert out.name.endswith("_mnist5k-logreg-pytorch-x1-+trainer.limit_train_batches=2,"
-                             "callbacks.diagnostics=null,trainer.max_epochs=1-s0")  # train.py's
+    assert out.name.endswith(
+        "_mnist5k-logreg-pytorch-x1-+trainer.limit_train_batches=2,"
+        "callbacks.diagnostics=null,trainer.max_epochs=1-s0"
+    )  # train.py's
     assert "hydra" not in cfg
     assert run(cfg)["status"] == "completed"
     assert (out / "results.json").exists()

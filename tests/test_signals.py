@@ -2,6 +2,7 @@
 limit, scancel), SIGINT or SLURM's time-limit warning stops at a batch boundary, records itself
 `interrupted`, and resumes to the same curve as an uninterrupted run. On a real SLURM:
 tests/test_slurm.py."""
+
 import json
 import os
 import shlex
@@ -25,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def terminate_when(args, ready, signum=signal.SIGTERM, timeout=300):
     """Start `args` in the project root, send `signum` once `ready()` is true; returns
     (process, stdout, stderr) after it exits."""
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -39,8 +41,15 @@ def terminate_when(args, ready, signum=signal.SIGTERM, timeout=300):
         if proc.poll() is None:
             proc.kill()
     return proc, stdout, stderr
-RUN = ["trainer.max_epochs=4", "+trainer.limit_train_batches=8", "batch_size=32",
-       "callbacks.diagnostics=null", "seed=2"]
+
+
+RUN = [
+    "trainer.max_epochs=4",
+    "+trainer.limit_train_batches=8",
+    "batch_size=32",
+    "callbacks.diagnostics=null",
+    "seed=2",
+]
 
 
 class SendSignal(L.Callback):
@@ -66,8 +75,12 @@ def test_signal_stops_the_run_which_resumes_to_the_same_curve(make_cfg, tmp_path
     assert signal.getsignal(signum) == before  # put back after a run that completed, too
 
     out = tmp_path / "stopped"
-    sender = ["+callbacks.kill._target_=test_signals.SendSignal", "+callbacks.kill.epoch=3",
-              "+callbacks.kill.batch=5", f"+callbacks.kill.signum={int(signum)}"]
+    sender = [
+        "+callbacks.kill._target_=test_signals.SendSignal",
+        "+callbacks.kill.epoch=3",
+        "+callbacks.kill.batch=5",
+        f"+callbacks.kill.signum={int(signum)}",
+    ]
     with pytest.raises(Interrupted) as stop:
         run(make_cfg(*RUN, *sender, f"paths.output_dir={out}"))
     assert stop.value.signum == signum and stop.value.epoch == 3
@@ -115,11 +128,19 @@ def test_only_the_time_limit_warning_requeues_and_only_while_requeues_are_left()
 def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path, here):
     """As a person (or a scheduler) stops `python src/train.py -m ...`: exit 128+15, one line,
     and the same command resumes the run."""
-    args = [sys.executable, "src/train.py", "-m", "trainer=cpu", "trainer.max_epochs=8",
-            "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    args = [
+        sys.executable,
+        "src/train.py",
+        "-m",
+        "trainer=cpu",
+        "trainer.max_epochs=8",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     # signal the run once it has checkpointed an epoch
     proc, stdout, stderr = terminate_when(
-        args, lambda: list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt")))
+        args, lambda: list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))
+    )
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     (run_dir,) = tmp_path.glob("sweeps/default/*-s0")
     assert f"interrupted: {run_dir} by SIGTERM during epoch" in stdout
@@ -146,10 +167,20 @@ class SignalAtSetup(L.Callback):
 
 def test_ctrl_c_before_training_exits_130_with_one_line_and_leaves_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])}
-    proc = subprocess.run([sys.executable, "src/train.py", "trainer=cpu",
-                           "+callbacks.kill._target_=test_signals.SignalAtSetup",
-                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "trainer=cpu",
+            "+callbacks.kill._target_=test_signals.SignalAtSetup",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     (line,) = [s for s in proc.stdout.splitlines() if s.startswith("interrupted:")]
@@ -158,10 +189,17 @@ def test_ctrl_c_before_training_exits_130_with_one_line_and_leaves_nothing(tmp_p
 
 
 def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_path, here):
-    args = [sys.executable, "src/train.py", "trainer=cpu", "trainer.max_epochs=8",
-            "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
-    proc, stdout, stderr = terminate_when(args, lambda: list(tmp_path.rglob("last.ckpt")),
-                                          signum=signal.SIGINT)
+    args = [
+        sys.executable,
+        "src/train.py",
+        "trainer=cpu",
+        "trainer.max_epochs=8",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    ]
+    proc, stdout, stderr = terminate_when(
+        args, lambda: list(tmp_path.rglob("last.ckpt")), signum=signal.SIGINT
+    )
     assert proc.returncode == 130, stderr[-2000:]
     (line,) = [s for s in stdout.splitlines() if s.startswith("interrupted:")]
     assert "by SIGINT during epoch" in line
@@ -178,14 +216,26 @@ def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_
 
 
 def test_ctrl_c_stops_a_sweep_with_its_summary_so_far(tmp_path):
-    args = [sys.executable, "src/train.py", "-m", "trainer=cpu", "seed=0,1,2",
-            "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    args = [
+        sys.executable,
+        "src/train.py",
+        "-m",
+        "trainer=cpu",
+        "seed=0,1,2",
+        "trainer.max_epochs=8",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     proc, stdout, stderr = terminate_when(
-        args, lambda: list(tmp_path.glob("sweeps/default/*-s1/checkpoints/last.ckpt")),
-        signum=signal.SIGINT)
+        args,
+        lambda: list(tmp_path.glob("sweeps/default/*-s1/checkpoints/last.ckpt")),
+        signum=signal.SIGINT,
+    )
     assert proc.returncode == 130, stderr[-2000:]
     assert "run 1/3" in stdout and "run 2/3  (sweep: 1 done in " in stdout
-    assert "sweep: 3 runs: 1 completed, 1 interrupted (rerun the same command to resume), " \
-           "1 not started" in stdout
+    assert (
+        "sweep: 3 runs: 1 completed, 1 interrupted (rerun the same command to resume), "
+        "1 not started" in stdout
+    )
     assert "interrupted: " in stdout and "SIGINT during epoch" in stdout
     assert not list(tmp_path.glob("sweeps/default/*-s2"))  # the sweep stopped

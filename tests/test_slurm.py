@@ -4,6 +4,7 @@ report; runs stopped by SIGTERM (scancel) or by the time-limit warning (SIGUSR2,
 resume to the same curve as uninterrupted ones; what SLURM refuses is one line, exit 2.
 
 `make test-slurm` (CI runs it); skipped with the reason where no cluster can be started."""
+
 import json
 import subprocess
 import sys
@@ -18,9 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # Small runs (mnist_fnn on the embedded digits: 12 epochs of ~0.3 s), long enough for a signal
 # to land mid-run; one CPU and 2 GB each, so that the two runs of a sweep share a 2-core node.
 EPOCHS = 12
-RUN = ["launcher=slurm", "trainer=cpu", f"trainer.max_epochs={EPOCHS}",
-       "callbacks.diagnostics=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-       "seed=0,1"]
+RUN = [
+    "launcher=slurm",
+    "trainer=cpu",
+    f"trainer.max_epochs={EPOCHS}",
+    "callbacks.diagnostics=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "seed=0,1",
+]
 
 
 def sweep_cmd(log_dir, *args):
@@ -28,8 +35,14 @@ def sweep_cmd(log_dir, *args):
 
 
 def train(cluster, log_dir, *args, timeout=300):
-    return subprocess.run(sweep_cmd(log_dir, *args), cwd=ROOT, env=cluster.env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        sweep_cmd(log_dir, *args),
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def results(run_dir: Path) -> dict:
@@ -42,8 +55,10 @@ def curve(r: dict) -> list:
 
 def runs(log_dir, sweep_name) -> dict[int, Path]:
     """seed -> run directory."""
-    return {int(p.name.rsplit("-s", 1)[1]): p
-            for p in (Path(log_dir) / "sweeps" / sweep_name).glob("mnist5k-*-s[0-9]")}
+    return {
+        int(p.name.rsplit("-s", 1)[1]): p
+        for p in (Path(log_dir) / "sweeps" / sweep_name).glob("mnist5k-*-s[0-9]")
+    }
 
 
 def submitted_job(sweep_dir: Path, task: int) -> str:
@@ -81,9 +96,19 @@ def test_sweep_on_slurm_completes_with_results_summary_and_report(slurm_cluster,
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert curve(results(done[0])) != curve(results(done[1]))
 
-    report = subprocess.run([sys.executable, "src/report.py", str(log_dir / "sweeps" / "ref"),
-                             "-o", str(log_dir / "report")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [
+            sys.executable,
+            "src/report.py",
+            str(log_dir / "sweeps" / "ref"),
+            "-o",
+            str(log_dir / "report"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     rows = list((log_dir / "report").glob("**/results.csv"))
     assert rows, list((log_dir / "report").rglob("*"))
@@ -92,8 +117,7 @@ def test_sweep_on_slurm_completes_with_results_summary_and_report(slurm_cluster,
     assert list((log_dir / "report").glob("**/*.png"))
 
 
-def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, reference,
-                                                               tmp_path):
+def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, reference, tmp_path):
     """seed 0: `scancel --signal=TERM` (preemption, a time limit, a person): interrupted, the
     job ends, rerunning the command resumes it. seed 1: `scancel --signal=USR2`, the warning
     SLURM sends signal_delay_s before the time limit: interrupted, the job requeues itself and
@@ -101,9 +125,14 @@ def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, re
     ref_dir, ref_out = reference
     assert ref_out.returncode == 0, explain(ref_out, slurm_cluster)
     ref = {seed: curve(results(d)) for seed, d in runs(ref_dir, "ref").items()}
-    proc = subprocess.Popen(sweep_cmd(tmp_path, "sweep_name=preempt"), cwd=ROOT,
-                            env=slurm_cluster.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, "sweep_name=preempt"),
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     signals = {0: "TERM", 1: "USR2"}
     sent = {}
     deadline = time.time() + 240
@@ -126,8 +155,10 @@ def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, re
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert len(sent) == 2, f"signalled only {sent}\n" + explain(out, slurm_cluster)
     assert proc.returncode == 1, explain(out, slurm_cluster)  # one run not finished
-    assert ("sweep: 2 runs: 1 completed, 1 interrupted (rerun the same command to resume), "
-            "1 of them resumed from a checkpoint") in stdout, explain(out, slurm_cluster)
+    assert (
+        "sweep: 2 runs: 1 completed, 1 interrupted (rerun the same command to resume), "
+        "1 of them resumed from a checkpoint"
+    ) in stdout, explain(out, slurm_cluster)
 
     done = runs(tmp_path, "preempt")
     stopped = results(done[0])
@@ -141,8 +172,10 @@ def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, re
 
     again = train(slurm_cluster, tmp_path, "sweep_name=preempt")
     assert again.returncode == 0, explain(again, slurm_cluster)
-    assert ("sweep: 2 runs: 1 completed, 1 skipped (already finished), 1 of them resumed"
-            in again.stdout)
+    assert (
+        "sweep: 2 runs: 1 completed, 1 skipped (already finished), 1 of them resumed"
+        in again.stdout
+    )
     resumed = results(done[0])
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] >= 1
     assert curve(resumed) == ref[0]
@@ -150,22 +183,48 @@ def test_preempted_and_timed_out_runs_resume_to_the_same_curve(slurm_cluster, re
 
 def test_gpu_request_on_a_cluster_without_gpus_is_one_line(slurm_cluster, tmp_path):
     # trainer=default asks for a GPU per run; this cluster has none: sbatch refuses.
-    out = subprocess.run([sys.executable, "src/train.py", "-m", "launcher=slurm", "seed=0",
-                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=slurm_cluster.env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "-m",
+            "launcher=slurm",
+            "seed=0",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, explain(out, slurm_cluster)
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: SLURM rejected the sweep: Invalid "
-                                                   "generic resource"), out.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: SLURM rejected the sweep: Invalid generic resource"
+    ), out.stderr
     assert "trainer=cpu" in lines[0] and "Traceback" not in out.stdout
 
 
 def test_a_job_slurm_will_never_start_is_one_line_not_a_wait(slurm_cluster, tmp_path):
     cpus = slurm_cluster.node_cpus() + 1  # more than any node has: pends with PartitionConfig
-    out = subprocess.run([sys.executable, "src/train.py", "-m", "launcher=slurm", "trainer=cpu",
-                          "seed=0", f"hydra.launcher.cpus_per_task={cpus}",
-                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=slurm_cluster.env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "src/train.py",
+            "-m",
+            "launcher=slurm",
+            "trainer=cpu",
+            "seed=0",
+            f"hydra.launcher.cpus_per_task={cpus}",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, explain(out, slurm_cluster)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "PartitionConfig" in lines[0], out.stderr
@@ -180,15 +239,20 @@ STACKED = ["launcher=slurm_stacked", "hydra.launcher.stack_size=2", "seed=0,1,2,
 def stacked_cmd(log_dir, *args):
     # RUN's launcher and seeds replaced: 4 runs in 2 stacks of 2, one array task each
     run = [a for a in RUN if not a.startswith(("launcher=", "seed="))]
-    return [sys.executable, "src/train.py", "-m", *run, *STACKED, *args,
-            f"paths.log_dir={log_dir}"]
+    return [sys.executable, "src/train.py", "-m", *run, *STACKED, *args, f"paths.log_dir={log_dir}"]
 
 
 @pytest.fixture(scope="module")
 def stacked_reference(slurm_cluster, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("slurm_stacked_ref")
-    out = subprocess.run(stacked_cmd(log_dir, "sweep_name=sref"), cwd=ROOT,
-                         env=slurm_cluster.env, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        stacked_cmd(log_dir, "sweep_name=sref"),
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     return log_dir, out
 
 
@@ -207,26 +271,46 @@ def test_stacks_go_to_slurm_as_one_array_task_each(slurm_cluster, stacked_refere
         assert r["stack_size"] == 2 and r["config"]["seed"] == seed
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
         assert (run_dir / ".hydra" / "config.yaml").exists()
-    report = subprocess.run([sys.executable, "src/report.py", str(log_dir / "sweeps" / "sref"),
-                             "-o", str(log_dir / "report")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [
+            sys.executable,
+            "src/report.py",
+            str(log_dir / "sweeps" / "sref"),
+            "-o",
+            str(log_dir / "report"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
 
 
 def test_a_preempted_stack_resumes_every_member_to_the_uninterrupted_curves(
-        slurm_cluster, stacked_reference, tmp_path):
+    slurm_cluster, stacked_reference, tmp_path
+):
     ref_dir, ref_out = stacked_reference
     assert ref_out.returncode == 0, explain(ref_out, slurm_cluster)
     ref = {seed: curve(results(d)) for seed, d in runs(ref_dir, "sref").items()}
-    proc = subprocess.Popen(stacked_cmd(tmp_path, "sweep_name=spre"), cwd=ROOT,
-                            env=slurm_cluster.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        stacked_cmd(tmp_path, "sweep_name=spre"),
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sent, deadline = None, time.time() + 300
     try:  # TERM the first stack (seeds 0, 1) once both members have checkpointed an epoch
         while sent is None and time.time() < deadline and proc.poll() is None:
             done = runs(tmp_path, "spre")
-            if all(s in done and (done[s] / "checkpoints" / "last.ckpt").exists()
-                   and results(done[s])["status"] == "running" for s in (0, 1)):
+            if all(
+                s in done
+                and (done[s] / "checkpoints" / "last.ckpt").exists()
+                and results(done[s])["status"] == "running"
+                for s in (0, 1)
+            ):
                 sent = submitted_job(tmp_path / "sweeps" / "spre", 0)
                 slurm_cluster.run("scancel", "--signal=TERM", sent, check=True)
             time.sleep(0.05)
@@ -244,8 +328,14 @@ def test_a_preempted_stack_resumes_every_member_to_the_uninterrupted_curves(
         r = results(done[seed])
         assert r["status"] == "interrupted" and r["stopped_by"] == "SIGTERM"
         assert 1 <= len(r["epochs"]) < EPOCHS
-    again = subprocess.run(stacked_cmd(tmp_path, "sweep_name=spre"), cwd=ROOT,
-                           env=slurm_cluster.env, capture_output=True, text=True, timeout=400)
+    again = subprocess.run(
+        stacked_cmd(tmp_path, "sweep_name=spre"),
+        cwd=ROOT,
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert again.returncode == 0, explain(again, slurm_cluster)
     assert "2 skipped (already finished)" in again.stdout
     for seed in (0, 1):

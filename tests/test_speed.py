@@ -1,4 +1,5 @@
 """conf/speed: the opt-in speed switches compose, are checked, set what they say, and run."""
+
 import pytest
 import torch
 
@@ -24,14 +25,26 @@ def test_default_is_full_fp32(make_cfg):
     assert torch.backends.cudnn.benchmark is False
 
 
-@pytest.mark.parametrize("preset, expected, precision", [
-    ("tf32", {"tf32": True, "cudnn_benchmark": True, "channels_last": False, "compile": False},
-     "32-true"),
-    ("bf16", {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": False},
-     "bf16-mixed"),
-    ("bf16_compile", {"tf32": True, "cudnn_benchmark": True, "channels_last": True,
-                      "compile": True}, "bf16-mixed"),
-])
+@pytest.mark.parametrize(
+    "preset, expected, precision",
+    [
+        (
+            "tf32",
+            {"tf32": True, "cudnn_benchmark": True, "channels_last": False, "compile": False},
+            "32-true",
+        ),
+        (
+            "bf16",
+            {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": False},
+            "bf16-mixed",
+        ),
+        (
+            "bf16_compile",
+            {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": True},
+            "bf16-mixed",
+        ),
+    ],
+)
 def test_presets_compose(make_cfg, preset, expected, precision):
     cfg = make_cfg(f"speed={preset}")
     assert {k: cfg.speed[k] for k in expected} == expected
@@ -39,8 +52,9 @@ def test_presets_compose(make_cfg, preset, expected, precision):
 
 
 def test_switches_compose_with_presets_and_the_command_line(make_cfg):
-    cfg = make_cfg("speed=tf32", "speed.channels_last=true", "trainer.precision=bf16-mixed",
-                   "model=mnist_cnn")
+    cfg = make_cfg(
+        "speed=tf32", "speed.channels_last=true", "trainer.precision=bf16-mixed", "model=mnist_cnn"
+    )
     assert cfg.speed.tf32 and cfg.speed.channels_last and not cfg.speed.compile
     assert cfg.trainer.precision == "bf16-mixed"
     speed.configure(cfg.speed)
@@ -51,10 +65,14 @@ def test_switches_compose_with_presets_and_the_command_line(make_cfg):
     assert torch.backends.cudnn.allow_tf32 is False
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("tf32", "yes", "speed.tf32"), ("compile_mode", "fastest", "speed.compile_mode"),
-    ("turbo", True, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("tf32", "yes", "speed.tf32"),
+        ("compile_mode", "fastest", "speed.compile_mode"),
+        ("turbo", True, "unknown key"),
+    ],
+)
 def test_bad_settings_say_which_key(key, value, message):
     with pytest.raises(UserError, match=message):
         speed.configure({key: value})
@@ -72,23 +90,42 @@ def test_channels_last_keeps_values_and_outputs():
 
 
 def test_channels_last_run_on_cpu(make_cfg):
-    results = run(make_cfg("model=mnist_cnn", "speed.channels_last=true", "trainer.max_epochs=1",
-                           "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"))
+    results = run(
+        make_cfg(
+            "model=mnist_cnn",
+            "speed.channels_last=true",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=1",
+        )
+    )
     assert results["status"] == "completed"
     assert results["config"]["speed"]["channels_last"] is True
 
 
 def test_bf16_mixed_runs_on_cpu(make_cfg):
-    results = run(make_cfg("speed=bf16", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-                           "+trainer.limit_val_batches=1"))
+    results = run(
+        make_cfg(
+            "speed=bf16",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=1",
+        )
+    )
     assert results["status"] == "completed"
     assert results["config"]["trainer"]["precision"] == "bf16-mixed"
 
 
 @pytest.mark.slow
 def test_compile_runs_on_cpu_and_keeps_checkpoint_keys(make_cfg, tmp_path):
-    results = run(make_cfg("speed.compile=true", "trainer.max_epochs=1",
-                           "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1"))
+    results = run(
+        make_cfg(
+            "speed.compile=true",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=1",
+        )
+    )
     assert results["status"] == "completed"
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)  # compiled in place: the usual keys

@@ -1,5 +1,6 @@
 """Stacked training (zeroinit.stacked): a member is numerically the separate run with its
 config and seed, and in form a run like any other (results.json, checkpoint, TensorBoard)."""
+
 import json
 import math
 import os
@@ -29,8 +30,12 @@ MODELS = {  # model -> dataset overrides; each case stacks pytorch, bias_normal,
     # ResNet-50 on 8x8 RGB images (every stage still runs, down to 1x1), in the default suite
     # at 1/8 of the widths (the same 16 bottlenecks, shortcuts and BatchNorms), and full size
     # in the slow suite
-    "resnet50": ["dataset=image_folder", "dataset.augment=true", PAPER_NORM,
-                 "model.widths=[8,16,32,64]"],
+    "resnet50": [
+        "dataset=image_folder",
+        "dataset.augment=true",
+        PAPER_NORM,
+        "model.widths=[8,16,32,64]",
+    ],
     "resnet50-full": ["dataset=image_folder", "dataset.augment=true", PAPER_NORM],
 }
 LR = 1e-3  # conf/optimizer/adam.yaml
@@ -38,9 +43,20 @@ MEMBERS = [("pytorch", 0), ("bias_normal", 1), ("bias_uniform", 2)]
 
 
 def member_cfgs(tmp_path, *overrides, members=MEMBERS, sub="stacked"):
-    return [(compose("trainer=cpu", f"paths.output_dir={tmp_path / sub / f'{init}-s{seed}'}",
-                     f"paths.log_dir={tmp_path}", f"init={init}", f"seed={seed}", *overrides),
-             [f"init={init}", f"seed={seed}"]) for init, seed in members]
+    return [
+        (
+            compose(
+                "trainer=cpu",
+                f"paths.output_dir={tmp_path / sub / f'{init}-s{seed}'}",
+                f"paths.log_dir={tmp_path}",
+                f"init={init}",
+                f"seed={seed}",
+                *overrides,
+            ),
+            [f"init={init}", f"seed={seed}"],
+        )
+        for init, seed in members
+    ]
 
 
 def fake_data(tmp_path, monkeypatch, overrides, small=False):
@@ -57,8 +73,7 @@ def fake_data(tmp_path, monkeypatch, overrides, small=False):
 
 
 def load_state(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
 def assert_close(g: torch.Tensor, w: torch.Tensor, what: str, rel=1e-5):
@@ -80,8 +95,9 @@ def assert_same_state(got: dict, want: dict, what: str):
             assert_close(adam_got[i][k], v, f"{what} adam {i} {k}", rel=1e-7)
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if "full" in m
-                                   else m for m in MODELS])
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=pytest.mark.slow) if "full" in m else m for m in MODELS]
+)
 def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatch, model):
     """In float64. In float32, Adam's first step lr * g / (|g| + eps) ~ lr * sign(g) turns
     the rounding noise of gradient entries that cancel to ~0 in exact arithmetic (conv biases
@@ -91,11 +107,17 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
     and member and separate run agree to 1e-7 of each tensor's scale, every entry (measured:
     1e-16 for the FNNs, 1e-8 for ResNet-50, whose BatchNorms meet the same cancellations)."""
     small = model.startswith("resnet50")  # ~4 GFLOP per 32x32 image and step: keep it tiny
-    extra = [f"model={model.split('-')[0]}", *MODELS[model],
-             *fake_data(tmp_path, monkeypatch, MODELS[model], small),
-             "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-             "+trainer.limit_val_batches=1", "batch_size=4" if small else "batch_size=8",
-             "callbacks.diagnostics=null", "trainer.precision=64-true"]
+    extra = [
+        f"model={model.split('-')[0]}",
+        *MODELS[model],
+        *fake_data(tmp_path, monkeypatch, MODELS[model], small),
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=1",
+        "batch_size=4" if small else "batch_size=8",
+        "callbacks.diagnostics=null",
+        "trainer.precision=64-true",
+    ]
     members = MEMBERS[:2] if small else MEMBERS
     jobs = member_cfgs(tmp_path, *extra, members=members)
     outcomes = train_group(jobs, stack_size=len(jobs))  # one stack, whatever is fastest
@@ -103,8 +125,10 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
     for (init, seed), (cfg, overrides), (_, mine, _) in zip(members, jobs, outcomes):
         separate = member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="separate")[0][0]
         alone = run(separate, overrides)
-        got, want = load_state(tmp_path / "stacked" / f"{init}-s{seed}"), load_state(
-            tmp_path / "separate" / f"{init}-s{seed}")
+        got, want = (
+            load_state(tmp_path / "stacked" / f"{init}-s{seed}"),
+            load_state(tmp_path / "separate" / f"{init}-s{seed}"),
+        )
         assert got["global_step"] == want["global_step"] == 1
         assert_same_state(got, want, f"{model} {init}")
         entry, sep_entry = mine["epochs"][0], alone["epochs"][0]
@@ -150,19 +174,31 @@ def test_batchnorm_members_keep_their_own_batch_and_running_statistics():
 
 
 def test_one_member_diverges_alone_and_the_others_equal_their_separate_runs(tmp_path):
-    extra = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "batch_size=32",
-             "callbacks.diagnostics=null"]
+    extra = [
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=3",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+    ]
     jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
     # a member with PyTorch's weights and N(0, 1) x 1e38 biases: its logits overflow float32
-    bad = compose("trainer=cpu", f"paths.output_dir={tmp_path / 'stacked' / 'huge'}",
-                  "init=pytorch", "init.bias=normal", "init.bias_scale=1e38", "seed=1", *extra)
+    bad = compose(
+        "trainer=cpu",
+        f"paths.output_dir={tmp_path / 'stacked' / 'huge'}",
+        "init=pytorch",
+        "init.bias=normal",
+        "init.bias_scale=1e38",
+        "seed=1",
+        *extra,
+    )
     outcomes = train_group([jobs[0], (bad, ["init.bias_scale=1e38"]), jobs[1]], stack_size=3)
     assert [o for o, _, _ in outcomes] == ["completed", "diverged", "completed"]
     diverged = read_results(tmp_path / "stacked" / "huge")
     assert diverged["status"] == "diverged" and len(diverged["epochs"]) == 1
     assert not math.isfinite(diverged["epochs"][0]["train_loss"])
-    for (init, seed), (_, mine, _) in zip([("pytorch", 0), ("bias_normal", 1)],
-                                          [outcomes[0], outcomes[2]]):
+    for (init, seed), (_, mine, _) in zip(
+        [("pytorch", 0), ("bias_normal", 1)], [outcomes[0], outcomes[2]]
+    ):
         alone = run(member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="sep")[0][0])
         for a, b in zip(mine["epochs"], alone["epochs"]):
             assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
@@ -194,7 +230,8 @@ def test_members_write_what_a_separate_run_writes(tmp_path):
         for a, b in zip(mine["first_steps"]["layers"][layer]["grad_norm"], values["grad_norm"]):
             assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-9)
     assert json.dumps(mine["symmetry"]["final"], sort_keys=True).count("null") == json.dumps(
-        want["symmetry"]["final"], sort_keys=True).count("null")
+        want["symmetry"]["final"], sort_keys=True
+    ).count("null")
 
 
 # ------------------------------------------------------------------ through the command line
@@ -203,22 +240,42 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
 
     composed = []  # each job's config is composed once (the sweeper's check), not twice
     compose = ConfigLoaderImpl.load_sweep_config
-    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config",
-                        lambda self, *a, **k: composed.append(1) or compose(self, *a, **k))
-    args = ["init=zero,pytorch,bias_normal", "seed=0,1", "trainer.max_epochs=2",
-            "+trainer.limit_train_batches=5", "callbacks.diagnostics=null"]
-    stacked = here("train.py", "-m", *args, "launcher=stacked", "hydra.launcher.stack_size=6",
-                   f"paths.log_dir={tmp_path / 'a'}")
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_sweep_config",
+        lambda self, *a, **k: composed.append(1) or compose(self, *a, **k),
+    )
+    args = [
+        "init=zero,pytorch,bias_normal",
+        "seed=0,1",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=5",
+        "callbacks.diagnostics=null",
+    ]
+    stacked = here(
+        "train.py",
+        "-m",
+        *args,
+        "launcher=stacked",
+        "hydra.launcher.stack_size=6",
+        f"paths.log_dir={tmp_path / 'a'}",
+    )
     assert stacked.returncode == 0, stacked.stderr[-2000:]
     assert len(composed) == 6
     assert "stacked: 6 runs in one fit" in stacked.stdout
     assert "sweep: 6 runs: 6 completed" in stacked.stdout
     sequential = here("train.py", "-m", *args, f"paths.log_dir={tmp_path / 'b'}")
     assert sequential.returncode == 0, sequential.stderr[-2000:]
-    a_runs = sorted(p.name for p in (tmp_path / "a" / "sweeps" / "default").iterdir()
-                    if not p.name.startswith("."))
-    b_runs = sorted(p.name for p in (tmp_path / "b" / "sweeps" / "default").iterdir()
-                    if not p.name.startswith("."))
+    a_runs = sorted(
+        p.name
+        for p in (tmp_path / "a" / "sweeps" / "default").iterdir()
+        if not p.name.startswith(".")
+    )
+    b_runs = sorted(
+        p.name
+        for p in (tmp_path / "b" / "sweeps" / "default").iterdir()
+        if not p.name.startswith(".")
+    )
     assert a_runs == b_runs and len(a_runs) == 6 + 1  # + multirun.yaml
     for name in a_runs:
         if name.endswith(".yaml"):
@@ -228,23 +285,37 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
         assert a["status"] == b["status"] == "completed"
         same = lambda o: [x for x in o if not x.startswith(("paths.", "launcher="))]  # noqa
         assert same(a["overrides"]) == same(b["overrides"])
-        assert ({**a["config"], "paths": None, "logger": None}
-                == {**b["config"], "paths": None, "logger": None})
+        assert {**a["config"], "paths": None, "logger": None} == {
+            **b["config"],
+            "paths": None,
+            "logger": None,
+        }
         for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
             assert abs(ea["test_acc"] - eb["test_acc"]) <= 0.01  # within 1 point
         assert sorted(p.name for p in (a_dir / ".hydra").iterdir()) == sorted(
-            p.name for p in (b_dir / ".hydra").iterdir() if p.suffix == ".yaml")
+            p.name for p in (b_dir / ".hydra").iterdir() if p.suffix == ".yaml"
+        )
     report = here("report.py", str(tmp_path / "a" / "sweeps"))
     assert report.returncode == 0, report.stderr[-2000:]
 
 
 def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here):
-    args = ["seed=0,1,2", "+trainer.limit_train_batches=6", "trainer.max_epochs=4",
-            "hydra.launcher.stack_size=3", "launcher=stacked", "callbacks.diagnostics=null"]
+    args = [
+        "seed=0,1,2",
+        "+trainer.limit_train_batches=6",
+        "trainer.max_epochs=4",
+        "hydra.launcher.stack_size=3",
+        "launcher=stacked",
+        "callbacks.diagnostics=null",
+    ]
     sweep = tmp_path / "sweeps" / "default"
-    proc = subprocess.Popen([sys.executable, "src/train.py", "-m", *args,
-                             f"paths.log_dir={tmp_path}"], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "src/train.py", "-m", *args, f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     try:  # kill once every member has checkpointed an epoch, before the last
         while time.time() < deadline:
@@ -257,14 +328,18 @@ def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here
         proc.wait()
     runs = sorted(sweep.glob("*-s[012]"))
     assert len(runs) == 3, "the sweep never checkpointed its members"
-    assert all(results(r)["status"] == "running" and len(results(r)["epochs"]) < 4
-               for r in runs)
+    assert all(results(r)["status"] == "running" and len(results(r)["epochs"]) < 4 for r in runs)
     # the kill needs a process of its own; the rerun and the reference run here
     out = here("train.py", "-m", *args, f"paths.log_dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3 of them resumed" in out.stdout
-    ref = here("train.py", "-m", *args[:-3], "callbacks.diagnostics=null",
-               f"paths.log_dir={tmp_path / 'ref'}")
+    ref = here(
+        "train.py",
+        "-m",
+        *args[:-3],
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path / 'ref'}",
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     for r in runs:
         resumed = results(r)
@@ -277,14 +352,20 @@ def test_killed_stacked_sweep_resumes_to_the_uninterrupted_curves(tmp_path, here
 
 def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
     """The member checkpoint has a separate run's form: the one-by-one path resumes it."""
-    extra = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "batch_size=32",
-             "callbacks.diagnostics=null", "trainer.precision=64-true"]
+    extra = [
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+        "trainer.precision=64-true",
+    ]
     jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
     train_group(jobs, stack_size=2)
     more = [e.replace("max_epochs=1", "max_epochs=2") for e in extra]
     cfg = member_cfgs(tmp_path, *more, members=[("bias_normal", 1)])[0][0]
-    resumed = run(cfg, ckpt_path=tmp_path / "stacked" / "bias_normal-s1" / "checkpoints" /
-                  "last.ckpt")
+    resumed = run(
+        cfg, ckpt_path=tmp_path / "stacked" / "bias_normal-s1" / "checkpoints" / "last.ckpt"
+    )
     alone = run(member_cfgs(tmp_path, *more, members=[("bias_normal", 1)], sub="sep")[0][0])
     assert resumed["resumed_from_epoch"] == 1
     for a, b in zip(resumed["epochs"], alone["epochs"], strict=True):
@@ -293,13 +374,24 @@ def test_a_stacked_members_checkpoint_resumes_as_a_separate_run(tmp_path):
 
 
 def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun_resumes(
-        tmp_path, here):
-    args = [sys.executable, "src/train.py", "-m", "seed=0,1", "launcher=stacked",
-            "hydra.launcher.stack_size=2", "trainer=cpu",
-            "trainer.max_epochs=8", "callbacks.diagnostics=null", f"paths.log_dir={tmp_path}"]
+    tmp_path, here
+):
+    args = [
+        sys.executable,
+        "src/train.py",
+        "-m",
+        "seed=0,1",
+        "launcher=stacked",
+        "hydra.launcher.stack_size=2",
+        "trainer=cpu",
+        "trainer.max_epochs=8",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    ]
     # signal the stack once both members have checkpointed an epoch
     proc, stdout, stderr = terminate_when(
-        args, lambda: len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2)
+        args, lambda: len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2
+    )
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "by SIGTERM during epoch" in stdout and "rerun the same command to resume" in stdout
     runs = sorted(tmp_path.glob("sweeps/default/*-s[01]"))
@@ -310,8 +402,7 @@ def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun
     again = here("train.py", *args[2:])  # the same command, run here
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 completed, 2 of them resumed from a checkpoint" in again.stdout
-    assert all(results(r)["status"] == "completed" and len(results(r)["epochs"]) == 8
-               for r in runs)
+    assert all(results(r)["status"] == "completed" and len(results(r)["epochs"]) == 8 for r in runs)
 
 
 @pytest.mark.parametrize("model", ["logreg", "mnist_fnn"])
@@ -319,8 +410,13 @@ def test_a_members_four_metrics_are_its_separate_runs(tmp_path, model):
     """A whole epoch whose last batch is smaller (4,000 images in batches of 1,500: 1,500,
     1,500, 1,000), in float64: train and test loss and accuracy, all four, as the separate run
     reports them. (The separate run once averaged its batches unweighted: 1% apart.)"""
-    extra = [f"model={model}", "trainer.max_epochs=1", "batch_size=1500",
-             "callbacks.diagnostics=null", "trainer.precision=64-true"]
+    extra = [
+        f"model={model}",
+        "trainer.max_epochs=1",
+        "batch_size=1500",
+        "callbacks.diagnostics=null",
+        "trainer.precision=64-true",
+    ]
     jobs = member_cfgs(tmp_path, *extra, members=[("pytorch", 0), ("bias_normal", 1)])
     outcomes = train_group(jobs, stack_size=2)
     for (init, seed), (_, mine, _) in zip([("pytorch", 0), ("bias_normal", 1)], outcomes):
@@ -328,8 +424,13 @@ def test_a_members_four_metrics_are_its_separate_runs(tmp_path, model):
         got, want = mine["epochs"][0], alone["epochs"][0]
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             # (the separate run's torchmetrics means accumulate in float32)
-            assert math.isclose(got[key], want[key], rel_tol=1e-6), (model, init, key, got[key],
-                                                                     want[key])
+            assert math.isclose(got[key], want[key], rel_tol=1e-6), (
+                model,
+                init,
+                key,
+                got[key],
+                want[key],
+            )
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -340,8 +441,20 @@ def test_stacked_batches_are_the_members_own_batches_gathered_at_once(augment):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (50,), generator=g)
-    members = [DeviceBatches(x, y, 16, lambda: 2, seed=s, shuffle=True, augment=augment,
-                             mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]) for s in (0, 7, 9)]
+    members = [
+        DeviceBatches(
+            x,
+            y,
+            16,
+            lambda: 2,
+            seed=s,
+            shuffle=True,
+            augment=augment,
+            mean=[0.5, 0.4, 0.3],
+            std=[0.2, 0.2, 0.2],
+        )
+        for s in (0, 7, 9)
+    ]
     stacked = list(StackedBatches(members))
     separate = list(zip(*members))
     assert len(stacked) == len(separate) == 4  # 16, 16, 16, 2

@@ -1,5 +1,6 @@
 """zeroinit.stacked.plan: stacks as equal as the cap allows, every place busy, the work
 balanced; and a sweep over 2 CPU workers that trains run for run as over 1."""
+
 import json
 
 import pytest
@@ -7,10 +8,18 @@ import pytest
 from zeroinit.stacked.plan import assign, split, spread
 
 
-@pytest.mark.parametrize("n, cap, sizes", [
-    (15, 4, [4, 4, 4, 3]), (10, 4, [4, 3, 3]), (15, 15, [15]), (15, 64, [15]),
-    (3, 1, [1, 1, 1]), (1, 4, [1]), (0, 4, []),
-])
+@pytest.mark.parametrize(
+    "n, cap, sizes",
+    [
+        (15, 4, [4, 4, 4, 3]),
+        (10, 4, [4, 3, 3]),
+        (15, 15, [15]),
+        (15, 64, [15]),
+        (3, 1, [1, 1, 1]),
+        (1, 4, [1]),
+        (0, 4, []),
+    ],
+)
 def test_split_cuts_at_the_cap_into_near_equal_parts(n, cap, sizes):
     parts = split(list(range(n)), cap)
     assert [len(p) for p in parts] == sizes
@@ -28,8 +37,9 @@ def test_more_stacks_than_places_are_balanced_and_single_runs_fill_in():
     schedule = assign(spread(stacks, 2), 2)
     loads = [sum(len(s) for s in stacks) for stacks in schedule]
     assert sorted(loads) == [9, 9]
-    assert sorted(x for stacks in schedule for s in stacks for x in s if isinstance(x, int)) \
-        == list(range(15))
+    assert sorted(
+        x for stacks in schedule for s in stacks for x in s if isinstance(x, int)
+    ) == list(range(15))
 
 
 def test_spread_stops_at_single_runs():
@@ -39,9 +49,16 @@ def test_spread_stops_at_single_runs():
 
 
 def test_two_cpu_workers_train_run_for_run_as_one(tmp_path, here):
-    args = ["-m", "init=zero,bias_normal", "seed=0,1", "trainer.max_epochs=2",
-            "+trainer.limit_train_batches=4", "callbacks.diagnostics=null", "launcher=stacked",
-            "hydra.launcher.stack_size=2"]
+    args = [
+        "-m",
+        "init=zero,bias_normal",
+        "seed=0,1",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "callbacks.diagnostics=null",
+        "launcher=stacked",
+        "hydra.launcher.stack_size=2",
+    ]
     two = here("train.py", *args, "hydra.launcher.workers=2", f"paths.log_dir={tmp_path / 'a'}")
     assert two.returncode == 0, two.stderr[-2000:]
     assert "stacked: 4 runs on 2 places at once: 2, 2" in two.stdout
@@ -51,8 +68,9 @@ def test_two_cpu_workers_train_run_for_run_as_one(tmp_path, here):
     runs = sorted(p.parent.name for p in (tmp_path / "b").rglob("results.json"))
     assert len(runs) == 4
     for name in runs:
-        a, b = (json.loads(next((tmp_path / x).rglob(f"{name}/results.json")).read_text())
-                for x in "ab")
+        a, b = (
+            json.loads(next((tmp_path / x).rglob(f"{name}/results.json")).read_text()) for x in "ab"
+        )
         assert a["status"] == b["status"] == "completed" and a["stack_size"] == 2
         for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
             for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
@@ -60,7 +78,13 @@ def test_two_cpu_workers_train_run_for_run_as_one(tmp_path, here):
 
 
 def test_a_bad_workers_value_is_one_line(tmp_path, here):
-    out = here("train.py", "-m", "seed=0,1", "launcher=stacked", "hydra.launcher.workers=0",
-               f"paths.log_dir={tmp_path}")
+    out = here(
+        "train.py",
+        "-m",
+        "seed=0,1",
+        "launcher=stacked",
+        "hydra.launcher.workers=0",
+        f"paths.log_dir={tmp_path}",
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.workers: 0 ")

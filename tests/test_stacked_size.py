@@ -1,5 +1,6 @@
 """zeroinit.stacked.size: the stack size chosen from measured step times (here a fake cost
 model, so the choice is known), the cache of those times, and the setting's checks."""
+
 import pytest
 
 from zeroinit.errors import UserError
@@ -10,13 +11,16 @@ def timings(cost, sizes=(1, 2, 4, 8, 15)):
     return {k: cost(k) for k in sizes}
 
 
-@pytest.mark.parametrize("cost, want", [
-    (lambda k: k ** 1.3, 1),                # stacking loses at every size: one at a time
-    (lambda k: 1 + 0.1 * k, 15),            # every member costs little more: one big stack
-    (lambda k: {1: 2.5, 2: 3.8, 4: 6.8, 8: 15.2, 15: 34.5}[k], 4),  # mnist_fnn on 2 cores
-    (lambda k: 13.1 * k * (1.25 if k >= 8 else 1), 4),  # cifar_fnn: flat, then slower
-    (lambda k: k * 1.0, 15),                # equal per run: the largest (fewest fits)
-])
+@pytest.mark.parametrize(
+    "cost, want",
+    [
+        (lambda k: k**1.3, 1),  # stacking loses at every size: one at a time
+        (lambda k: 1 + 0.1 * k, 15),  # every member costs little more: one big stack
+        (lambda k: {1: 2.5, 2: 3.8, 4: 6.8, 8: 15.2, 15: 34.5}[k], 4),  # mnist_fnn on 2 cores
+        (lambda k: 13.1 * k * (1.25 if k >= 8 else 1), 4),  # cifar_fnn: flat, then slower
+        (lambda k: k * 1.0, 15),  # equal per run: the largest (fewest fits)
+    ],
+)
 def test_best_size_follows_the_timings(cost, want):
     assert size.best_size(timings(cost)) == want
 
@@ -27,13 +31,13 @@ def test_measure_stops_growing_once_a_size_is_slower_and_keeps_the_fastest_of_tw
 
     def step_seconds(k):
         calls.append(k)
-        return k ** 1.5 + next(noise)
+        return k**1.5 + next(noise)
 
     seconds = size.measure([1, 2, 4, 8, 16], step_seconds)
     # round 1: the disturbed size 1 made 2 look faster; 4 is slower than 2: 8 and 16 are
     # never built. Round 2 times 1, 2, 4 again and keeps each one's fastest.
     assert calls == [1, 2, 4, 1, 2, 4]
-    assert seconds == {1: 1.0, 2: 2 ** 1.5, 4: 8.0}
+    assert seconds == {1: 1.0, 2: 2**1.5, 4: 8.0}
     assert size.best_size(seconds) == 1
 
 
@@ -80,8 +84,11 @@ def test_resolve_forces_checks_and_caps(cached, capsys):
     assert size.resolve(8, cfg, 15) == 8 and size.resolve(20, cfg, 15) == 15
     assert size.resolve("auto", cfg, 1) == 1  # nothing to stack: nothing measured
     for bad in (0, -1, "abc", 2.5, True):
-        with pytest.raises(UserError, match=r"hydra.launcher.stack_size: .* allowed: an "
-                                            r"integer >= 1, or auto"):
+        with pytest.raises(
+            UserError,
+            match=r"hydra.launcher.stack_size: .* allowed: an "
+            r"integer >= 1, or auto",
+        ):
             size.resolve(bad, cfg, 15)
     capsys.readouterr()
 
@@ -97,11 +104,16 @@ def test_resolve_auto_measures_the_real_model_and_says_what_it_chose(cached, cap
 
 def test_a_bad_stack_size_stops_the_sweep_in_one_line_before_any_run_folder(tmp_path, here):
     for bad in ("0", "abc"):
-        out = here("train.py", "-m", "seed=0,1", "launcher=stacked",
-                   f"hydra.launcher.stack_size={bad}", f"paths.log_dir={tmp_path}")
+        out = here(
+            "train.py",
+            "-m",
+            "seed=0,1",
+            "launcher=stacked",
+            f"hydra.launcher.stack_size={bad}",
+            f"paths.log_dir={tmp_path}",
+        )
         assert out.returncode == 2
-        assert out.stderr.strip().splitlines()[-1].startswith(
-            "error: hydra.launcher.stack_size: ")
+        assert out.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.stack_size: ")
         assert "Traceback" not in out.stderr
         assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name.endswith("-s0")]
 
@@ -121,15 +133,23 @@ def test_a_stack_of_one_trains_as_the_plain_run(tmp_path, make_cfg):
     from zeroinit.run import run
     from zeroinit.stacked.group import train_group
 
-    extra = ["model=logreg", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-             "callbacks.diagnostics=null"]
-    jobs = [(make_cfg(*extra, f"seed={s}", f"paths.output_dir={tmp_path / f's{s}'}"),
-             [f"seed={s}"]) for s in (0, 1)]
+    extra = [
+        "model=logreg",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "callbacks.diagnostics=null",
+    ]
+    jobs = [
+        (make_cfg(*extra, f"seed={s}", f"paths.output_dir={tmp_path / f's{s}'}"), [f"seed={s}"])
+        for s in (0, 1)
+    ]
     outcomes = train_group(jobs, stack_size=1)
     assert [o for o, _, _ in outcomes] == ["completed", "completed"]
     alone = run(make_cfg(*extra, "seed=1", f"paths.output_dir={tmp_path / 'alone'}"))
     got = read_results(tmp_path / "s1")
     assert "stack_size" not in got  # not a member of a stack
-    strip = lambda r: [{k: v for k, v in e.items() if k != "epoch_time_s"}  # noqa: E731
-                       for e in r["epochs"]]
+
+    def strip(r):
+        return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in r["epochs"]]
+
     assert strip(got) == strip(alone)  # the same path, the same bits

@@ -1,5 +1,6 @@
 """Sweeps that do not lose work: GPU slot assignment, the run lock, skip/resume after a kill,
 failure isolation, divergence, the parallel and submitit launchers, the figure presets."""
+
 import json
 import os
 import signal
@@ -16,19 +17,29 @@ from zeroinit.sweep import GpuSlot, RunLock, default_gpu_lock_dir, slot_gpu, sum
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {  # preset -> (dataset, epochs, runs in the sweep)
-    "fig03_mnist_fnn": ("mnist", 10, 30), "fig04_mnist_fnn_bias_scale": ("mnist", 10, 30),
-    "fig05_mnist_cnn": ("mnist", 15, 30), "fig06_mnist_cnn_bias_scale": ("mnist", 15, 30),
-    "fig07_zero_mnist": ("mnist", 15, 15), "fig08_cifar_fnn": ("cifar10", 15, 30),
-    "fig09_cifar_cnn": ("cifar10", 20, 30), "fig10_zero_cifar": ("cifar10", 20, 15),
+    "fig03_mnist_fnn": ("mnist", 10, 30),
+    "fig04_mnist_fnn_bias_scale": ("mnist", 10, 30),
+    "fig05_mnist_cnn": ("mnist", 15, 30),
+    "fig06_mnist_cnn_bias_scale": ("mnist", 15, 30),
+    "fig07_zero_mnist": ("mnist", 15, 15),
+    "fig08_cifar_fnn": ("cifar10", 15, 30),
+    "fig09_cifar_cnn": ("cifar10", 20, 30),
+    "fig10_zero_cifar": ("cifar10", 20, 15),
     "fig11_resnet50": ("cifar10", 30, 15),
 }
 
 
 def train(*args, log_dir, timeout=600, **kw):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "src/train.py", *args, f"paths.log_dir={log_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
-                          **kw)
+    return subprocess.run(
+        [sys.executable, "src/train.py", *args, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
 
 
 def results(run_dir: Path) -> dict:
@@ -67,9 +78,11 @@ def test_runs_per_gpu_allows_sharing(tmp_path):
 def test_gpu_slots_are_exclusive_across_processes(tmp_path):
     held = GpuSlot(1, 1, lock_dir=tmp_path)
     held.acquire()
-    code = ("from zeroinit.sweep import GpuSlot\n"
-            f"try:\n    GpuSlot(1, 1, lock_dir={str(tmp_path)!r}, poll_s=0.01).acquire(0.1)\n"
-            "except TimeoutError:\n    print('waited')\n")
+    code = (
+        "from zeroinit.sweep import GpuSlot\n"
+        f"try:\n    GpuSlot(1, 1, lock_dir={str(tmp_path)!r}, poll_s=0.01).acquire(0.1)\n"
+        "except TimeoutError:\n    print('waited')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "waited"
     held.release()
@@ -85,18 +98,23 @@ def test_run_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_summary_counts_outcomes_and_flags_failures():
-    text, failed = summarize([
-        {"run": "a", "status": "completed", "error": None, "resumed": True},
-        {"run": "b", "status": "skipped", "error": None},
-        {"run": "c", "status": "failed", "error": "UserError: boom"},
-    ])
+    text, failed = summarize(
+        [
+            {"run": "a", "status": "completed", "error": None, "resumed": True},
+            {"run": "b", "status": "skipped", "error": None},
+            {"run": "c", "status": "failed", "error": "UserError: boom"},
+        ]
+    )
     assert failed
     assert "3 runs: 1 completed, 1 skipped (already finished), 1 failed" in text
     assert "1 of them resumed" in text and "failed: c: UserError: boom" in text
     assert summarize([{"run": "a", "status": "diverged", "error": None}])[1] is False
-    text, unfinished = summarize([
-        {"run": "a", "status": "completed", "error": None},
-        {"run": "b", "status": "interrupted", "error": "SIGTERM during epoch 3"}])
+    text, unfinished = summarize(
+        [
+            {"run": "a", "status": "completed", "error": None},
+            {"run": "b", "status": "interrupted", "error": "SIGTERM during epoch 3"},
+        ]
+    )
     assert unfinished  # the sweep is not done: exit 1, rerun to resume
     assert "2 runs: 1 completed, 1 interrupted (rerun the same command to resume)" in text
     assert "interrupted: b: SIGTERM during epoch 3" in text
@@ -146,9 +164,19 @@ def test_slurm_preset_asks_for_a_gpu_only_when_the_trainer_uses_one(trainer, gpu
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.zeroinit_slurm.SlurmLauncher"
     assert launcher.gpus_per_task == gpus and launcher.tasks_per_node == 1
-    documented = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
-                  "mem_gb", "additional_parameters", "setup", "signal_delay_s",
-                  "max_num_timeout"}
+    documented = {
+        "partition",
+        "account",
+        "qos",
+        "constraint",
+        "timeout_min",
+        "cpus_per_task",
+        "mem_gb",
+        "additional_parameters",
+        "setup",
+        "signal_delay_s",
+        "max_num_timeout",
+    }
     assert documented <= set(launcher)
     text = (ROOT / "conf" / "launcher" / "slurm.yaml").read_text()
     assert all(f"    {key}:" in text for key in documented)  # each set, with its comment
@@ -157,20 +185,31 @@ def test_slurm_preset_asks_for_a_gpu_only_when_the_trainer_uses_one(trainer, gpu
 # sbatch 22.05's own words (slurm-wlm on Debian 12), as the SLURM test cluster says them.
 SBATCH_SAYS = [
     ("sbatch: error: Invalid generic resource (gres) specification", "trainer=cpu"),
-    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission "
-     "failed: Invalid partition name specified", "hydra.launcher.partition"),
-    ("sbatch: error: Batch job submission failed: Invalid feature specification",
-     "hydra.launcher.constraint"),
-    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job "
-     "submission failed: Requested node configuration is not available",
-     "hydra.launcher.mem_gb"),
+    (
+        "sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission "
+        "failed: Invalid partition name specified",
+        "hydra.launcher.partition",
+    ),
+    (
+        "sbatch: error: Batch job submission failed: Invalid feature specification",
+        "hydra.launcher.constraint",
+    ),
+    (
+        "sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job "
+        "submission failed: Requested node configuration is not available",
+        "hydra.launcher.mem_gb",
+    ),
     ("sbatch: error: Invalid --time specification", "hydra.launcher.timeout_min"),
-    ("sbatch: unrecognized option '--mail=1'\nTry \"sbatch --help\" for more information",
-     "hydra.launcher.additional_parameters"),
-    ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
-     "combination specified", "hydra.launcher.account"),
-    ("sbatch: error: Batch job submission failed: Invalid qos specification",
-     "hydra.launcher.qos"),
+    (
+        "sbatch: unrecognized option '--mail=1'\nTry \"sbatch --help\" for more information",
+        "hydra.launcher.additional_parameters",
+    ),
+    (
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition "
+        "combination specified",
+        "hydra.launcher.account",
+    ),
+    ("sbatch: error: Batch job submission failed: Invalid qos specification", "hydra.launcher.qos"),
 ]
 
 
@@ -185,13 +224,20 @@ def test_a_rejected_submission_names_the_key_to_change(stderr, key):
 def test_gpu_slots_are_per_slurm_job():
     # Two SLURM jobs on one node each see their own GPU as cuda:0: separate slot files.
     assert default_gpu_lock_dir({"TMPDIR": "/t"}) == Path("/t/zeroinit-gpus")
-    assert default_gpu_lock_dir({"TMPDIR": "/t", "SLURM_JOB_ID": "42"}) == \
-        Path("/t/zeroinit-gpus-slurm42")
+    assert default_gpu_lock_dir({"TMPDIR": "/t", "SLURM_JOB_ID": "42"}) == Path(
+        "/t/zeroinit-gpus-slurm42"
+    )
 
 
 def test_parallel_sweep_on_cpu_runs_two_jobs(tmp_path):
-    out = train("-m", "launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1",
-                "trainer.max_epochs=1", log_dir=tmp_path)
+    out = train(
+        "-m",
+        "launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        log_dir=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted((tmp_path / "sweeps" / "default").glob("*-s[01]"))
     assert [results(r)["status"] for r in runs] == ["completed", "completed"]
@@ -208,8 +254,13 @@ def test_submitit_local_executor_runs_the_sweep(tmp_path):
 
 # ------------------------------------------------------------------ failures and divergence
 def test_a_failing_run_does_not_stop_the_sweep(tmp_path, here):
-    out = here("train.py", "-m", "model.activation=swish,elu", "trainer.max_epochs=1",
-               f"paths.log_dir={tmp_path}")
+    out = here(
+        "train.py",
+        "-m",
+        "model.activation=swish,elu",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+    )
     assert out.returncode == 1
     assert "sweep: 2 runs: 1 completed, 1 failed" in out.stdout
     assert "model.activation" in out.stdout
@@ -219,8 +270,14 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, here):
 
 
 def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path, here):
-    out = here("train.py", "-m", "optimizer=sgd", "optimizer.lr=1e12,0.01",
-               "trainer.max_epochs=3", f"paths.log_dir={tmp_path}")
+    out = here(
+        "train.py",
+        "-m",
+        "optimizer=sgd",
+        "optimizer.lr=1e12,0.01",
+        "trainer.max_epochs=3",
+        f"paths.log_dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (bad,) = (tmp_path / "sweeps" / "default").glob("*lr=1000000000000*")
     (good,) = (tmp_path / "sweeps" / "default").glob("*lr=0.01*")
@@ -234,9 +291,13 @@ def test_nan_loss_stops_the_run_as_diverged_and_the_sweep_goes_on(tmp_path, here
 def test_killed_sweep_resumes_and_never_overwrites_finished_runs(tmp_path, here):
     args = ["model=mnist_cnn", "+trainer.limit_train_batches=6", "trainer.max_epochs=4"]
     sweep = tmp_path / "sweeps" / "default"
-    proc = subprocess.Popen([sys.executable, "src/train.py", "-m", "seed=0,1", *args,
-                             f"paths.log_dir={tmp_path}"], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "src/train.py", "-m", "seed=0,1", *args, f"paths.log_dir={tmp_path}"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     second = None
     deadline = time.time() + 600
     try:  # kill the sweep once the second run has checkpointed an epoch but not finished
@@ -277,7 +338,8 @@ SHORT_RUN = ["+trainer.limit_train_batches=3", "batch_size=32", "callbacks.diagn
 
 
 def test_an_unreadable_checkpoint_is_set_aside_with_its_curve_and_the_run_starts_over(
-        make_cfg, tmp_path, capsys):
+    make_cfg, tmp_path, capsys
+):
     from zeroinit.run import train_or_resume
 
     cfg = make_cfg(*SHORT_RUN, "trainer.max_epochs=2")
@@ -304,19 +366,20 @@ def test_an_unreadable_checkpoint_is_set_aside_with_its_curve_and_the_run_starts
 
 
 def test_an_unreadable_results_json_resumes_from_the_checkpoint_and_says_so(
-        make_cfg, tmp_path, capsys):
+    make_cfg, tmp_path, capsys
+):
     from zeroinit.run import train_or_resume
 
-    whole = train_or_resume(make_cfg(*SHORT_RUN, "trainer.max_epochs=2",
-                                     f"paths.output_dir={tmp_path / 'whole'}"))[1]
+    whole = train_or_resume(
+        make_cfg(*SHORT_RUN, "trainer.max_epochs=2", f"paths.output_dir={tmp_path / 'whole'}")
+    )[1]
     cfg = make_cfg(*SHORT_RUN, "trainer.max_epochs=1")
     train_or_resume(cfg)
     (tmp_path / "results.json").write_text('{"status": "runn')  # torn by hand or a bad copy
     capsys.readouterr()
     cfg.trainer.max_epochs = 2
     outcome, resumed = train_or_resume(cfg)
-    (line,) = [s for s in capsys.readouterr().out.splitlines()
-                if s.startswith("unreadable")]
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("unreadable")]
     assert "resuming from" in line and "holds the curve" in line
     assert list(tmp_path.glob("results.json.unreadable-*"))
     assert outcome == "completed" and resumed["resumed_from_epoch"] == 1
@@ -345,8 +408,12 @@ def small_disk(tmp_path):
     disk.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     try:
         yield disk
@@ -354,12 +421,21 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-@pytest.mark.parametrize("launcher", [[], ["launcher=stacked", "hydra.launcher.stack_size=3"]],
-                         ids=["basic", "stacked"])
-def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(small_disk, here,
-                                                                            launcher):
-    args = ["-m", "seed=0,1,2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-            "callbacks.diagnostics=null", *launcher, f"paths.log_dir={small_disk}"]
+@pytest.mark.parametrize(
+    "launcher", [[], ["launcher=stacked", "hydra.launcher.stack_size=3"]], ids=["basic", "stacked"]
+)
+def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(
+    small_disk, here, launcher
+):
+    args = [
+        "-m",
+        "seed=0,1,2",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "callbacks.diagnostics=null",
+        *launcher,
+        f"paths.log_dir={small_disk}",
+    ]
     out = here("train.py", *args)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
@@ -378,9 +454,14 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(small
 
 
 def test_a_full_disk_ends_a_single_run_in_one_line(small_disk, here):
-    out = here("train.py", "trainer.max_epochs=1", "callbacks.diagnostics=null",
-               f"paths.log_dir={small_disk}")
+    out = here(
+        "train.py",
+        "trainer.max_epochs=1",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={small_disk}",
+    )
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: No space left on device writing ") and "Traceback" not in \
-        out.stderr
+    assert (
+        last.startswith("error: No space left on device writing ") and "Traceback" not in out.stderr
+    )

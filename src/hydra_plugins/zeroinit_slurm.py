@@ -1,5 +1,6 @@
 """launcher=slurm's launcher class, where Hydra looks for it: Hydra instantiates launchers only
 from the `hydra_plugins` namespace package. The code is in src/zeroinit/slurm.py."""
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,12 @@ class StackedSlurmQueueConf(SlurmQueueConf):
     stack_size: Any = 8
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="zeroinit_slurm_stacked",
-                             node=StackedSlurmQueueConf, provider="zeroinit")
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="zeroinit_slurm_stacked",
+    node=StackedSlurmQueueConf,
+    provider="zeroinit",
+)
 
 
 class StackedSlurmLauncher(slurm.StackedSlurmLauncher):

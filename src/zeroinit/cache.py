@@ -7,6 +7,7 @@ rebuilt on next use.
 A cache that cannot be read or written (a read-only home, a corrupt file) is never an error:
 the value is computed as if there were no cache.
 """
+
 import hashlib
 import logging
 import os

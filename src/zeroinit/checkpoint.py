@@ -16,6 +16,7 @@ A checkpoint that cannot be read (a torn copy, a full disk at the wrong moment, 
 elsewhere) is never deleted and never retried for ever: `set_aside` renames it, with the
 time, so the run starts over and the file stays for whoever wants to look at it.
 """
+
 import os
 import time
 from pathlib import Path

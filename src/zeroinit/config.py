@@ -1,4 +1,5 @@
 """Turning a composed config into objects, checking what Hydra cannot check itself."""
+
 import math
 import re
 
@@ -14,8 +15,9 @@ MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; Lightning's seed_everything ta
 def build(node: DictConfig, ignore=(), **kwargs):
     """hydra.utils.instantiate of the resolved `node`, minus `ignore`d keys (labels such as a
     model's `name`, which its class does not take)."""
-    spec = OmegaConf.to_container(OmegaConf.create(node) if isinstance(node, dict) else node,
-                                  resolve=True)
+    spec = OmegaConf.to_container(
+        OmegaConf.create(node) if isinstance(node, dict) else node, resolve=True
+    )
     for key in ignore:
         spec.pop(key, None)
     try:
@@ -30,8 +32,9 @@ def build_model(cfg: DictConfig, input_shape, num_classes):
     """The run's network (conf/model) for a dataset of `input_shape` (C, H, W) and
     `num_classes`: how every part of the project builds a model (the model's `name` is a
     label, not an argument)."""
-    return build(cfg.model, ignore=["name"], input_shape=tuple(input_shape),
-                 num_classes=int(num_classes))
+    return build(
+        cfg.model, ignore=["name"], input_shape=tuple(input_shape), num_classes=int(num_classes)
+    )
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -48,22 +51,31 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def validate(cfg: DictConfig) -> None:
     """The checks a bad command line should fail before anything is written."""
     epochs = cfg.trainer.get("max_epochs")
-    check(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0,
-          f"trainer.max_epochs: {epochs!r} is not allowed; allowed: an integer > 0")
-    check(isinstance(cfg.batch_size, int) and not isinstance(cfg.batch_size, bool)
-          and cfg.batch_size > 0,
-          f"batch_size: {cfg.batch_size!r} is not allowed; allowed: an integer > 0")
-    check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)
-          and 0 <= cfg.seed <= MAX_SEED,
-          f"seed: {cfg.seed!r} is not allowed; allowed: an integer from 0 to {MAX_SEED} "
-          "(what torch, numpy and Lightning seed with)")
+    check(
+        isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0,
+        f"trainer.max_epochs: {epochs!r} is not allowed; allowed: an integer > 0",
+    )
+    check(
+        isinstance(cfg.batch_size, int)
+        and not isinstance(cfg.batch_size, bool)
+        and cfg.batch_size > 0,
+        f"batch_size: {cfg.batch_size!r} is not allowed; allowed: an integer > 0",
+    )
+    check(
+        isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and 0 <= cfg.seed <= MAX_SEED,
+        f"seed: {cfg.seed!r} is not allowed; allowed: an integer from 0 to {MAX_SEED} "
+        "(what torch, numpy and Lightning seed with)",
+    )
     lr = (cfg.get("optimizer") or {}).get("lr")
-    check(lr is None or (_is_number(lr) and math.isfinite(lr) and lr > 0),
-          f"optimizer.lr: {lr!r} is not allowed; allowed: a finite number > 0")
+    check(
+        lr is None or (_is_number(lr) and math.isfinite(lr) and lr > 0),
+        f"optimizer.lr: {lr!r} is not allowed; allowed: a finite number > 0",
+    )
     every = cfg.get("checkpoint_every_min")
-    check(every is None or (_is_number(every) and math.isfinite(every) and every >= 0),
-          f"checkpoint_every_min: {every!r} is not allowed; allowed: minutes > 0, or 0 or "
-          "null (off)")
+    check(
+        every is None or (_is_number(every) and math.isfinite(every) and every >= 0),
+        f"checkpoint_every_min: {every!r} is not allowed; allowed: minutes > 0, or 0 or null (off)",
+    )
 
 
 def _is_number(value) -> bool:
@@ -77,10 +89,12 @@ def check_device(cfg: DictConfig) -> None:
     if accelerator in ("gpu", "cuda"):
         import torch
 
-        check(torch.cuda.is_available(),
-              f"trainer.accelerator: {accelerator} (trainer=gpu or ddp), but this machine has "
-              "no GPU that torch can use (torch.cuda.is_available() is false); allowed here: "
-              "trainer=cpu, or trainer=default (the GPU when there is one, else the CPU)")
+        check(
+            torch.cuda.is_available(),
+            f"trainer.accelerator: {accelerator} (trainer=gpu or ddp), but this machine has "
+            "no GPU that torch can use (torch.cuda.is_available() is false); allowed here: "
+            "trainer=cpu, or trainer=default (the GPU when there is one, else the CPU)",
+        )
 
 
 def format_scale(scale) -> str:
@@ -95,8 +109,16 @@ def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
     """dataset-model-init-x<bias scale>[-<other overrides>]-s<seed>: a run's directory name
     and its name in TensorBoard."""
     extra = re.sub(r"[^\w.,=+-]", "_", str(overrides or ""))
-    return "-".join([str(dataset), str(model), str(init), f"x{format_scale(bias_scale)}",
-                     *([extra] if extra else []), f"s{seed}"])
+    return "-".join(
+        [
+            str(dataset),
+            str(model),
+            str(init),
+            f"x{format_scale(bias_scale)}",
+            *([extra] if extra else []),
+            f"s{seed}",
+        ]
+    )
 
 
 def gpus_for(accelerator) -> int | None:
@@ -117,5 +139,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
 
 
-__all__ = ["UserError", "build", "build_model", "flatten", "validate", "check_device", "run_name",
-           "register_resolvers", "gpus_for"]
+__all__ = [
+    "UserError",
+    "build",
+    "build_model",
+    "flatten",
+    "validate",
+    "check_device",
+    "run_name",
+    "register_resolvers",
+    "gpus_for",
+]

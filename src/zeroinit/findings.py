@@ -15,6 +15,7 @@ run); this module only picks the runs and reads their results.json (its `diagnos
     python src/bn_study.py run [--seeds 5]        # outputs/sweeps/bn_study/<model>-<cond>-s<seed>
     python src/bn_study.py report                 # tables -> stdout and outputs/bn_study.md
 """
+
 import math
 import statistics
 from pathlib import Path
@@ -28,10 +29,13 @@ from zeroinit.results import read_results
 
 # Reduced widths so the study fits a 2-core CPU; depth and layer order are the paper's.
 MODELS = {
-    "cifar_cnn_w4": ["model=cifar_cnn", "model.stages=[[8,16],[32,32],[64,64]]",
-                     "model.hidden=[256,128]"],            # cifar_cnn at 1/4 width
+    "cifar_cnn_w4": [
+        "model=cifar_cnn",
+        "model.stages=[[8,16],[32,32],[64,64]]",
+        "model.hidden=[256,128]",
+    ],  # cifar_cnn at 1/4 width
     "resnet50_w16": ["model=resnet50", "model.widths=[4,8,16,32]"],  # ResNet-50 at 1/16 width
-    "mnist_fnn": ["model=mnist_fnn"],                       # control: no BatchNorm
+    "mnist_fnn": ["model=mnist_fnn"],  # control: no BatchNorm
 }
 # All with init=bias_normal (the preset) unless they say otherwise.
 CONDITIONS = {
@@ -84,8 +88,11 @@ def batchnorm_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
     found, handles = {}, []
     for name, m in net.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: found.__setitem__(name, out.abs().max().item())))
+            handles.append(
+                m.register_forward_hook(
+                    lambda mod, inp, out, name=name: found.__setitem__(name, out.abs().max().item())
+                )
+            )
     try:
         net.train()
         net(x)
@@ -114,16 +121,20 @@ def first_steps(results: dict) -> dict:
     d = results["diagnostics"]
     layers = [layer["name"] for layer in d["layers"]]
     steps = d["first_steps"]["step"]
-    change = {n: (d["first_steps"]["layers"][n]["weight_change"] or [math.nan])[-1]
-              for n in layers}
-    grad = {n: (d["first_steps"]["layers"][n].get("grad_norm") or [math.nan])[-1]
-            for n in layers}
+    change = {n: (d["first_steps"]["layers"][n]["weight_change"] or [math.nan])[-1] for n in layers}
+    grad = {n: (d["first_steps"]["layers"][n].get("grad_norm") or [math.nan])[-1] for n in layers}
     wake = {n: d["wakeup_step"].get(n) for n in layers}
-    return {"layers": layers, "steps": steps[-1] if steps else 0, "wake": wake,
-            "change": change, "grad": grad, "watched": d.get("wakeup_watched_steps"),
-            "woke": sum(w is not None for w in wake.values()),
-            "moved": sum(c > MOVED for c in change.values() if math.isfinite(c)),
-            "median_change": statistics.median(change.values())}
+    return {
+        "layers": layers,
+        "steps": steps[-1] if steps else 0,
+        "wake": wake,
+        "change": change,
+        "grad": grad,
+        "watched": d.get("wakeup_watched_steps"),
+        "woke": sum(w is not None for w in wake.values()),
+        "moved": sum(c > MOVED for c in change.values() if math.isfinite(c)),
+        "median_change": statistics.median(change.values()),
+    }
 
 
 def _load(root: Path, model: str, condition: str) -> list[dict]:
@@ -143,10 +154,13 @@ def _e(x) -> str:
 
 
 def report(root: Path) -> str:
-    lines = ["## First steps (seed 0): wake-up and weight change",
-             "", "| model | condition | layers woken (step watched) | layers moved > 1e-3 "
-             "after step 10 | median ||W-W0|| after step 10 | test acc (seed 0) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## First steps (seed 0): wake-up and weight change",
+        "",
+        "| model | condition | layers woken (step watched) | layers moved > 1e-3 "
+        "after step 10 | median ||W-W0|| after step 10 | test acc (seed 0) |",
+        "|---|---|---|---|---|---|",
+    ]
     per_layer = {}
     for model in MODELS:
         for condition in runs_of(model):
@@ -155,26 +169,40 @@ def report(root: Path) -> str:
                 continue
             f = first_steps(runs[0])
             per_layer[(model, condition)] = f
-            lines.append(f"| {model} | {condition} | {f['woke']}/{len(f['layers'])} "
-                         f"({f['watched']}) | {f['moved']}/{len(f['layers'])} | "
-                         f"{_e(f['median_change'])} | {runs[0]['final']['test_acc']:.3f} |")
+            lines.append(
+                f"| {model} | {condition} | {f['woke']}/{len(f['layers'])} "
+                f"({f['watched']}) | {f['moved']}/{len(f['layers'])} | "
+                f"{_e(f['median_change'])} | {runs[0]['final']['test_acc']:.3f} |"
+            )
     for model in ("cifar_cnn_w4", "mnist_fnn"):
         conds = [c for c in runs_of(model) if (model, c) in per_layer]
         if not conds:
             continue
         layers = per_layer[(model, conds[0])]["layers"]
-        lines += ["", f"### {model}, per layer (input to output): wake-up step / "
-                  "||W-W0|| after step 10 / weight-gradient norm at step 10, seed 0", "",
-                  "| layer | " + " | ".join(conds) + " |", "|---" * (len(conds) + 1) + "|"]
+        lines += [
+            "",
+            f"### {model}, per layer (input to output): wake-up step / "
+            "||W-W0|| after step 10 / weight-gradient norm at step 10, seed 0",
+            "",
+            "| layer | " + " | ".join(conds) + " |",
+            "|---" * (len(conds) + 1) + "|",
+        ]
         for name in layers:
             cells = []
             for c in conds:
                 f = per_layer[(model, c)]
-                cells.append(f"{f['wake'].get(name) or 'never'} / {_e(f['change'].get(name))}"
-                             f" / {_e(f['grad'].get(name))}")
+                cells.append(
+                    f"{f['wake'].get(name) or 'never'} / {_e(f['change'].get(name))}"
+                    f" / {_e(f['grad'].get(name))}"
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Test accuracy after the short run (mean ± 95% CI, Student t)", "",
-              "| model | condition | test acc % | n |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Test accuracy after the short run (mean ± 95% CI, Student t)",
+        "",
+        "| model | condition | test acc % | n |",
+        "|---|---|---|---|",
+    ]
     for model in MODELS:
         for condition in runs_of(model):
             runs = _load(root, model, condition)
@@ -188,16 +216,25 @@ def report(root: Path) -> str:
 
 
 def batchnorm_report() -> str:
-    lines = ["## BatchNorm outputs at init (training mode, first 32 training images)", "",
-             "| model | condition | BatchNorms | max |out| over all | median of per-BN max |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "## BatchNorm outputs at init (training mode, first 32 training images)",
+        "",
+        "| model | condition | BatchNorms | max |out| over all | median of per-BN max |",
+        "|---|---|---|---|---|",
+    ]
     for model in MODELS:
         if model in NO_BN:
             continue
-        for condition in ("fp32_adam", "fp64_adam", "fp32_adam_authors_scope",
-                          "fp32_adam_pytorch_init"):
+        for condition in (
+            "fp32_adam",
+            "fp64_adam",
+            "fp32_adam_authors_scope",
+            "fp32_adam_pytorch_init",
+        ):
             found = measure_batchnorm(model, condition)
             values = list(found.values())
-            lines.append(f"| {model} | {condition} | {len(values)} | {_e(max(values))} | "
-                         f"{_e(statistics.median(values))} |")
+            lines.append(
+                f"| {model} | {condition} | {len(values)} | {_e(max(values))} | "
+                f"{_e(statistics.median(values))} |"
+            )
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ are the dictionaries below (the one place that lists them; conf/init/*.yaml only
     scheme = hydra.utils.instantiate(cfg.init)    # zeroinit.run.build_net does this
     scheme.apply(net)                             # in place; returns net
 """
+
 import math
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ def init_layers(net: nn.Module, scope: str = "all") -> list[nn.Module]:
 class InitScheme:
     """conf/init/<name>.yaml as an object. Checked when built: a bad value is a one-line
     UserError naming its key and the allowed values."""
+
     weight: str = "pytorch"
     bias: str = "pytorch"
     bias_scale: float = 1.0
@@ -85,19 +87,25 @@ class InitScheme:
     name: str = ""  # the scheme's label in run names and reports
 
     def __post_init__(self):
-        check(self.weight in WEIGHT_RULES,
-              f"init.weight: {self.weight!r} is not one of {', '.join(WEIGHT_RULES)}")
-        check(self.bias in BIAS_RULES,
-              f"init.bias: {self.bias!r} is not one of {', '.join(BIAS_RULES)}")
-        check(self.scope in SCOPES,
-              f"init.scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
+        check(
+            self.weight in WEIGHT_RULES,
+            f"init.weight: {self.weight!r} is not one of {', '.join(WEIGHT_RULES)}",
+        )
+        check(
+            self.bias in BIAS_RULES,
+            f"init.bias: {self.bias!r} is not one of {', '.join(BIAS_RULES)}",
+        )
+        check(self.scope in SCOPES, f"init.scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
         try:
             scale = float(self.bias_scale)
         except (TypeError, ValueError):
-            raise UserError(f"init.bias_scale: {self.bias_scale!r} is not a number; "
-                            f"{_SCALE_HELP}") from None
-        check(math.isfinite(scale) and scale >= 0,
-              f"init.bias_scale: {self.bias_scale!r} is not allowed; {_SCALE_HELP}")
+            raise UserError(
+                f"init.bias_scale: {self.bias_scale!r} is not a number; {_SCALE_HELP}"
+            ) from None
+        check(
+            math.isfinite(scale) and scale >= 0,
+            f"init.bias_scale: {self.bias_scale!r} is not allowed; {_SCALE_HELP}",
+        )
         self.bias_scale = scale
 
     @property

@@ -17,8 +17,15 @@ A key is a config group (`trainer`: the choice `trainer=cpu`), a node or a value
            config, not one per value (zeroinit.preflight)
 A new config group is one line here.
 """
+
 NAME, ALIAS, SETTING, RECORD, MEMBER, NO_DATA = (
-    "name", "alias", "setting", "record", "member", "no_data")
+    "name",
+    "alias",
+    "setting",
+    "record",
+    "member",
+    "no_data",
+)
 
 KEYS: dict[str, set[str]] = {
     "seed": {NAME, MEMBER, NO_DATA},
@@ -60,11 +67,11 @@ def having(*roles: str) -> tuple[str, ...]:
     return tuple(k for k, r in KEYS.items() if r & set(roles))
 
 
-NAME_KEYS = having(NAME)                        # HPARAMS' first columns
-UNNAMED_KEYS = having(NAME, ALIAS, SETTING)     # conf/hydra/default.yaml: exclude_keys
-MEMBER_KEYS = having(MEMBER)                    # may differ inside a stack
+NAME_KEYS = having(NAME)  # HPARAMS' first columns
+UNNAMED_KEYS = having(NAME, ALIAS, SETTING)  # conf/hydra/default.yaml: exclude_keys
+MEMBER_KEYS = having(MEMBER)  # may differ inside a stack
 NOT_DATA = {k.split(".")[0] for k in having(NO_DATA)}  # swept: no config composed per value
-REPORT_IGNORES = ("seed", *having(SETTING, RECORD))    # runs differing only here: averaged
+REPORT_IGNORES = ("seed", *having(SETTING, RECORD))  # runs differing only here: averaged
 
 
 def ignored_by_report(key: str) -> bool:

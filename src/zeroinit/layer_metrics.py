@@ -23,6 +23,7 @@ histogram (Figure 12).
 
 A new metric is one function here, called from the callback in diagnostics.py.
 """
+
 import contextlib
 import math
 
@@ -32,8 +33,13 @@ from torch import nn
 
 from zeroinit.models.activation import ACTIVATIONS
 
-METRICS = ("effective_rank", "numerical_rank", "distinct_units", "neg_preact_frac",
-           "dead_units_frac")
+METRICS = (
+    "effective_rank",
+    "numerical_rank",
+    "distinct_units",
+    "neg_preact_frac",
+    "dead_units_frac",
+)
 ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 
 
@@ -62,8 +68,7 @@ def single_threaded(device: torch.device):
 
 
 @torch.no_grad()
-def weight_metrics(weight: torch.Tensor, cos_tol: float = 0.999,
-                   rank_tol: float = 0.01) -> dict:
+def weight_metrics(weight: torch.Tensor, cos_tol: float = 0.999, rank_tol: float = 0.01) -> dict:
     """effective_rank, numerical_rank, distinct_units of a Linear/Conv weight (see the module
     docstring). All None if the weight holds a NaN or inf."""
     w = weight.detach().flatten(1).double()
@@ -85,8 +90,11 @@ def weight_metrics(weight: torch.Tensor, cos_tol: float = 0.999,
         numerical_rank = int((s > rank_tol * s.max()).sum())
     else:
         effective_rank, numerical_rank = 0.0, 0
-    return {"effective_rank": effective_rank, "numerical_rank": numerical_rank,
-            "distinct_units": distinct_units(w, cos_tol, gram if out <= fan_in else None)}
+    return {
+        "effective_rank": effective_rank,
+        "numerical_rank": numerical_rank,
+        "distinct_units": distinct_units(w, cos_tol, gram if out <= fan_in else None),
+    }
 
 
 def distinct_units(w: torch.Tensor, cos_tol: float = 0.999, gram=None) -> int:
@@ -119,8 +127,7 @@ def distinct_units(w: torch.Tensor, cos_tol: float = 0.999, gram=None) -> int:
 
 
 @torch.no_grad()
-def probe_metrics(net: nn.Module, names: dict, x: torch.Tensor,
-                  dead_tol: float = 1e-3) -> dict:
+def probe_metrics(net: nn.Module, names: dict, x: torch.Tensor, dead_tol: float = 1e-3) -> dict:
     """{layer name: {neg_preact_frac, dead_units_frac}} on the probe batch `x`, for each layer
     in `names` (module -> name) that is followed by an activation. One eval-mode forward pass;
     hooks live only for its duration and the modules' train/eval modes are restored."""
@@ -143,8 +150,11 @@ def probe_metrics(net: nn.Module, names: dict, x: torch.Tensor,
 
     modes = {m: m.training for m in net.modules()}
     handles = [m.register_forward_hook(after_layer) for m in names]
-    handles += [m.register_forward_pre_hook(before_activation) for m in net.modules()
-                if isinstance(m, ACTIVATION_TYPES)]
+    handles += [
+        m.register_forward_pre_hook(before_activation)
+        for m in net.modules()
+        if isinstance(m, ACTIVATION_TYPES)
+    ]
     try:
         net.eval()
         net(x)
@@ -156,8 +166,9 @@ def probe_metrics(net: nn.Module, names: dict, x: torch.Tensor,
     if not found:
         return {}
     values = torch.stack(list(found.values())).tolist()  # one host sync
-    return {name: {"neg_preact_frac": v[0], "dead_units_frac": v[1]}
-            for name, v in zip(found, values)}
+    return {
+        name: {"neg_preact_frac": v[0], "dead_units_frac": v[1]} for name, v in zip(found, values)
+    }
 
 
 def widened(t: torch.Tensor) -> torch.Tensor:
@@ -179,14 +190,25 @@ def gradient_stats(layers, bins: int) -> list[dict]:
         g = widened((g if g is not None else torch.zeros_like(m.weight)).detach()).flatten()
         b = m.bias.grad if m.bias is not None else None
         flat.append(g)
-        stats.append(torch.stack([g.min(), g.max(), g.norm(), g.ne(0).to(g.dtype).mean(),
-                                  widened(b.detach()).norm().to(g.dtype) if b is not None
-                                  else torch.tensor(float("nan"), dtype=g.dtype,
-                                                    device=g.device),
-                                  g.sum(), g.square().sum()]))
+        stats.append(
+            torch.stack(
+                [
+                    g.min(),
+                    g.max(),
+                    g.norm(),
+                    g.ne(0).to(g.dtype).mean(),
+                    widened(b.detach()).norm().to(g.dtype)
+                    if b is not None
+                    else torch.tensor(float("nan"), dtype=g.dtype, device=g.device),
+                    g.sum(),
+                    g.square().sum(),
+                ]
+            )
+        )
     stats = torch.stack(stats).tolist()
-    counts = [torch.histc(g, bins, lo, hi) if hi > lo else None
-              for g, (lo, hi, *_) in zip(flat, stats)]
+    counts = [
+        torch.histc(g, bins, lo, hi) if hi > lo else None for g, (lo, hi, *_) in zip(flat, stats)
+    ]
     dense = [c for c in counts if c is not None]
     dense = iter(torch.stack(dense).tolist() if dense else [])
     out = []
@@ -195,7 +217,18 @@ def gradient_stats(layers, bins: int) -> list[dict]:
             edges, c = [lo, hi], [float(g.numel())]
         else:
             edges, c = np.linspace(lo, hi, bins + 1).tolist(), next(dense)
-        out.append({"min": lo, "max": hi, "norm": norm, "nonzero_frac": nonzero,
-                    "bias_norm": bias_norm, "sum": total, "sum_squares": squares,
-                    "numel": g.numel(), "edges": edges, "counts": [int(v) for v in c]})
+        out.append(
+            {
+                "min": lo,
+                "max": hi,
+                "norm": norm,
+                "nonzero_frac": nonzero,
+                "bias_norm": bias_norm,
+                "sum": total,
+                "sum_squares": squares,
+                "numel": g.numel(),
+                "edges": edges,
+                "counts": [int(v) for v in c],
+            }
+        )
     return out

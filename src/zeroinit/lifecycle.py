@@ -10,6 +10,7 @@ edit here.
   record(...)        what became of it, for the sweep's summary (zeroinit.sweep)
   outcome_line(...)  what became of it, as the one line a user reads
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,10 @@ from zeroinit.sweep import FINISHED, RunLock, previous_status, record_outcome, r
 
 @dataclass
 class Claim:
-    outcome: str | None = None       # "skipped" or "busy": nothing to train; None: train it
-    results: dict | None = None      # a skipped run's results
-    lock: RunLock | None = None      # held while it trains: release() after
-    checkpoint: Path | None = None   # where to resume from; None: from the start
+    outcome: str | None = None  # "skipped" or "busy": nothing to train; None: train it
+    results: dict | None = None  # a skipped run's results
+    lock: RunLock | None = None  # held while it trains: release() after
+    checkpoint: Path | None = None  # where to resume from; None: from the start
 
     def release(self) -> None:
         if self.lock is not None:
@@ -41,14 +42,14 @@ def claim(run_dir) -> Claim:
         return Claim("busy")
     checkpoint = resume_checkpoint(run_dir)
     if checkpoint is not None:
-        print(f"resuming {run_dir.name} from {checkpoint} (was {status or 'unknown'})",
-              flush=True)
+        print(f"resuming {run_dir.name} from {checkpoint} (was {status or 'unknown'})", flush=True)
     events.tidy(run_dir, checkpoint)  # TensorBoard: each step once, from here on too
     return Claim(lock=lock, checkpoint=checkpoint)
 
 
-def record(sweep_dir, run_dir, outcome: str, results: dict | None = None,
-           error: str | None = None) -> None:
+def record(
+    sweep_dir, run_dir, outcome: str, results: dict | None = None, error: str | None = None
+) -> None:
     """The run's outcome in the sweep's records (a no-op outside a sweep)."""
     resumed = outcome not in ("skipped", "busy") and "resumed_from_epoch" in (results or {})
     record_outcome(sweep_dir, run_dir, outcome, error, resumed=resumed)
@@ -62,6 +63,8 @@ def outcome_line(outcome: str, results: dict | None, run_dir, tail: str = "") ->
     if results is None:
         return None
     final = results.get("final") or {}
-    return (f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
-            f"test_acc {final.get('test_acc', math.nan):.4f}  "
-            f"test_loss {final.get('test_loss', math.nan):.4f}  {tail}").rstrip()
+    return (
+        f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
+        f"test_acc {final.get('test_acc', math.nan):.4f}  "
+        f"test_loss {final.get('test_loss', math.nan):.4f}  {tail}"
+    ).rstrip()

@@ -3,6 +3,7 @@
 Metrics accumulate on the device (no host sync per step) and are read once per epoch by
 `epoch_metrics()`; what gets logged and written is the job of callbacks (results.py).
 """
+
 import lightning as L
 import torch.nn.functional as F
 from torch import nn
@@ -18,12 +19,17 @@ class Classifier(L.LightningModule):
         self.optimizer_factory = optimizer
         # nan_strategy="disable": a NaN loss must reach the epoch mean (that is how a
         # diverged run is detected) and the check would cost a host sync every step.
-        self.metrics = nn.ModuleDict({
-            f"{split}_{kind}": (MeanMetric(nan_strategy="disable") if kind == "loss" else
-                                MulticlassAccuracy(num_classes, average="micro",
-                                                   validate_args=False))
-            for split in ("train", "test") for kind in ("loss", "acc")
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{kind}": (
+                    MeanMetric(nan_strategy="disable")
+                    if kind == "loss"
+                    else MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+                )
+                for split in ("train", "test")
+                for kind in ("loss", "acc")
+            }
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -63,7 +69,9 @@ class Classifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["epoch_metrics"] = {
             key: {"state": dict(m.metric_state), "updates": m.update_count}
-            for key, m in self.metrics.items() if key.startswith("train")}
+            for key, m in self.metrics.items()
+            if key.startswith("train")
+        }
 
     def on_load_checkpoint(self, checkpoint):
         for key, saved in checkpoint.get("epoch_metrics", {}).items():

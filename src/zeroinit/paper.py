@@ -29,8 +29,11 @@ PAPER_ACC = {
 
 
 def paper_accuracy(dataset: str, model: str, init: str, bias_scale: float) -> str:
-    for key in ((dataset, model, init, float(bias_scale)), (dataset, model, init, None),
-                (dataset, model, None, None)):
+    for key in (
+        (dataset, model, init, float(bias_scale)),
+        (dataset, model, init, None),
+        (dataset, model, None, None),
+    ):
         if key in PAPER_ACC:
             return PAPER_ACC[key]
     return ""

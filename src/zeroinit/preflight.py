@@ -10,6 +10,7 @@ with nothing created. A dataset whose files are missing is downloaded here, once
 sweep, if its config allows it (`dataset.download`); the runs themselves never download
 (data.NO_DOWNLOAD_ENV).
 """
+
 import difflib
 import inspect
 import os
@@ -67,8 +68,11 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     loader, overrides = _sweep_overrides(config)
-    relevant = {o.get_key_element() for o in overrides
-                if o.is_sweep_override() and o.key_or_group.split(".")[0] not in NOT_DATA}
+    relevant = {
+        o.get_key_element()
+        for o in overrides
+        if o.is_sweep_override() and o.key_or_group.split(".")[0] not in NOT_DATA
+    }
     if not relevant:
         return [config]
     jobs = {}
@@ -84,13 +88,17 @@ def dataset_of(cfg: DictConfig) -> tuple[str, str, bool] | None:
     if node is None or node.get("_target_") != "zeroinit.data.ImageDataModule":
         return None
     source = node.get("source")
-    check(source in data.DATASETS, f"dataset.source: {source!r} is not one of "
-                                   f"{', '.join(data.DATASETS)}")
+    check(
+        source in data.DATASETS,
+        f"dataset.source: {source!r} is not one of {', '.join(data.DATASETS)}",
+    )
     try:
         data_dir = OmegaConf.select(node, "data_dir", throw_on_missing=True)
     except MissingMandatoryValue:
-        raise UserError(f"dataset.data_dir: not set; dataset={node.get('name', source)} needs "
-                        "dataset.data_dir=/path/to/the/files") from None
+        raise UserError(
+            f"dataset.data_dir: not set; dataset={node.get('name', source)} needs "
+            "dataset.data_dir=/path/to/the/files"
+        ) from None
     return source, str(data_dir), bool(node.get("download", False))
 
 
@@ -111,8 +119,11 @@ def check_writable(out_dir, what: str = "the sweep writes its runs to") -> None:
                 os.fsync(f.fileno())
         except OSError as e:
             problem = f"not writable ({e.strerror or type(e).__name__})"
-    check(problem is None, f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "
-                           "set paths.log_dir to a folder you can write")
+    check(
+        problem is None,
+        f"paths.log_dir: {what} {out_dir}, but {probe} is {problem}; "
+        "set paths.log_dir to a folder you can write",
+    )
 
 
 # Keys of a user's own, recorded with the run's config and read by nothing:
@@ -150,11 +161,15 @@ def _unread(config: DictConfig, key: str) -> str | None:
                 return None
             prefix = ".".join(parts[: i + 1])
             near = _nearest(key, [f"{prefix}.{p}" for p in params])
-            return (f"{key}: {node._target_} takes no argument {parts[i + 1]!r}, so nothing "
-                    f"would read it{near}")
+            return (
+                f"{key}: {node._target_} takes no argument {parts[i + 1]!r}, so nothing "
+                f"would read it{near}"
+            )
     near = _nearest(key, _known_keys(config))
-    return (f"{key}: not a key of this config, so nothing would read it{near}; a label of "
-            f"your own goes under notes. or tags.: +notes.{parts[-1]}=...")
+    return (
+        f"{key}: not a key of this config, so nothing would read it{near}; a label of "
+        f"your own goes under notes. or tags.: +notes.{parts[-1]}=..."
+    )
 
 
 def _arguments(node: DictConfig) -> list[str] | None:
@@ -182,8 +197,7 @@ def _arguments(node: DictConfig) -> list[str] | None:
 def _known_keys(config: DictConfig) -> list[str]:
     from zeroinit.config import flatten
 
-    plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items()
-             if k != "hydra"}
+    plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}
     keys = list(flatten(plain))
     for name in ("trainer", "optimizer", "model", "dataset"):
         node = config.get(name)
@@ -218,9 +232,11 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
         try:
             _convert_precision_to_unified_args(precision)
         except ValueError:
-            raise UserError(f"trainer.precision: {precision!r} is not allowed; allowed: "
-                            "32-true (the default), 64-true, bf16-mixed, 16-mixed, bf16-true, "
-                            "16-true") from None
+            raise UserError(
+                f"trainer.precision: {precision!r} is not allowed; allowed: "
+                "32-true (the default), 64-true, bf16-mixed, 16-mixed, bf16-true, "
+                "16-true"
+            ) from None
     build(config.init)  # InitScheme checks its values when built
     if not input_shape or not num_classes:
         return
@@ -230,14 +246,15 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the constructor says, as one line
-            raise UserError(f"model: {config.model.get('name')} cannot be built from these "
-                            f"settings: {_reason(e)}") from None
+            raise UserError(
+                f"model: {config.model.get('name')} cannot be built from these "
+                f"settings: {_reason(e)}"
+            ) from None
         try:
             build(config.optimizer)(net.parameters())
         except Exception as e:  # noqa: BLE001 - torch.optim's own checks (momentum < 0, ...)
             target = str(config.optimizer.get("_target_", "the optimizer"))
-            raise UserError(f"optimizer: {target} rejects these settings: {_reason(e)}") \
-                from None
+            raise UserError(f"optimizer: {target} rejects these settings: {_reason(e)}") from None
 
 
 def _reason(e: BaseException) -> str:
@@ -262,8 +279,9 @@ def check_run(config: DictConfig) -> None:
         check_parts(config)
         return
     source, data_dir, download = found
-    train, _, classes = data.read(source, data_dir,
-                                  download and not os.environ.get(data.NO_DOWNLOAD_ENV))
+    train, _, classes = data.read(
+        source, data_dir, download and not os.environ.get(data.NO_DOWNLOAD_ENV)
+    )
     check_parts(config, train[0].shape[1:], len(classes))
 
 
@@ -298,7 +316,7 @@ class Preflight(Callback):
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # run_job sets it later: the run's folder
-        try:                                       # name needs it now
+        try:  # name needs it now
             check_run(config)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)

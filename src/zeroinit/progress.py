@@ -6,6 +6,7 @@ every EVERY_S seconds) with the steps done, the rate and the epoch's ETA, and er
 epoch's own line. Where output is not a terminal (CI, SLURM logs, a pipe) nothing changes: one
 line per epoch. Its cost in a step: one clock reading (~0.1 us), and a write twice a second.
 """
+
 import sys
 import time
 
@@ -40,8 +41,10 @@ class Progress(L.Callback):
         done, total = batch_idx + 1, trainer.num_training_batches
         rate = (done - self._first - 1) / (now - self._start)
         eta = (total - done) / rate if rate > 0 else float("inf")
-        line = (f"epoch {trainer.current_epoch + 1:>3}/{trainer.max_epochs}  "
-                f"step {done}/{total}  {rate:.1f} steps/s  ETA {_clock(eta)}")
+        line = (
+            f"epoch {trainer.current_epoch + 1:>3}/{trainer.max_epochs}  "
+            f"step {done}/{total}  {rate:.1f} steps/s  ETA {_clock(eta)}"
+        )
         self.stream.write("\r" + line.ljust(self._width))
         self.stream.flush()
         self._width = len(line)

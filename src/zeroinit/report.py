@@ -6,6 +6,7 @@ dataset. Only `completed` runs enter a mean; `diverged`, `failed` and `running` 
 counted and listed, never averaged in silently (`interrupted` ones count as running: a rerun
 resumes both).
 """
+
 import csv
 import json
 import math
@@ -40,8 +41,11 @@ class Run:
         return flatten(self.results.get("config") or {})
 
     def group_key(self) -> str:
-        return json.dumps({k: v for k, v in self.config.items() if not ignored_by_report(k)},
-                          sort_keys=True, default=str)
+        return json.dumps(
+            {k: v for k, v in self.config.items() if not ignored_by_report(k)},
+            sort_keys=True,
+            default=str,
+        )
 
 
 @dataclass
@@ -63,14 +67,19 @@ class Group:
         if not done:
             return np.array([]), np.array([]), np.array([]), 0
         length = min(len(r.results["epochs"]) for r in done)
-        values = np.array([[e[metric] for e in r.results["epochs"][:length]] for r in done],
-                          dtype=float)
+        values = np.array(
+            [[e[metric] for e in r.results["epochs"][:length]] for r in done], dtype=float
+        )
         mean, half = mean_ci(values)
         return np.arange(1, length + 1), mean, half, len(done)
 
     def mean_epoch_time(self) -> float:
-        times = [e["epoch_time_s"] for r in self.runs for e in r.results.get("epochs", [])
-                 if e.get("epoch_time_s") is not None]
+        times = [
+            e["epoch_time_s"]
+            for r in self.runs
+            for e in r.results.get("epochs", [])
+            if e.get("epoch_time_s") is not None
+        ]
         return float(np.mean(times)) if times else math.nan
 
 
@@ -135,8 +144,12 @@ def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
         groups = list(groups.values())
         configs = [{k: v for k, v in g.config.items() if not ignored_by_report(k)} for g in groups]
         keys = sorted({k for c in configs for k in c})
-        varying = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1
-                   and not k.endswith("._target_")]
+        varying = [
+            k
+            for k in keys
+            if len({json.dumps(c.get(k), default=str) for c in configs}) > 1
+            and not k.endswith("._target_")
+        ]
         # A figure's lines are told apart by model, init and scale first, then by any other
         # key that these do not already determine (init.weight follows from init.name).
         varying.sort(key=lambda k: (list(SHORT).index(k) if k in SHORT else len(SHORT), k))
@@ -150,9 +163,13 @@ def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
                 shown.append(k)
         for g in groups:
             c = g.config
-            parts = [str(c.get(k)) if k in ("model.name", "init.name") else
-                     f"{SHORT.get(k, k)}{'' if k in SHORT else '='}{c.get(k)}" for k in shown
-                     if k != "init.bias_scale" or bias_is_scaled(c.get("init.bias"))]
+            parts = [
+                str(c.get(k))
+                if k in ("model.name", "init.name")
+                else f"{SHORT.get(k, k)}{'' if k in SHORT else '='}{c.get(k)}"
+                for k in shown
+                if k != "init.bias_scale" or bias_is_scaled(c.get("init.bias"))
+            ]
             g.label = " ".join(parts) or f"{c.get('model.name')} {c.get('init.name')}"
         out[fig] = sorted(groups, key=lambda g: (g.config.get("model.name") == "logreg", g.label))
     return out
@@ -165,16 +182,26 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
             epochs, mean, half, n = g.curve()
             c = g.config
             row = {
-                "figure": fig, "configuration": g.label, "dataset": c.get("dataset.name"),
-                "model": c.get("model.name"), "init": c.get("init.name"),
-                "bias_scale": c.get("init.bias_scale"), "epochs": int(epochs[-1]) if n else 0,
-                "n": n, "final_test_acc_%": 100 * mean[-1] if n else math.nan,
+                "figure": fig,
+                "configuration": g.label,
+                "dataset": c.get("dataset.name"),
+                "model": c.get("model.name"),
+                "init": c.get("init.name"),
+                "bias_scale": c.get("init.bias_scale"),
+                "epochs": int(epochs[-1]) if n else 0,
+                "n": n,
+                "final_test_acc_%": 100 * mean[-1] if n else math.nan,
                 "ci95_%": 100 * half[-1] if n else math.nan,
-                "diverged": len(g.by_status("diverged")), "failed": len(g.by_status("failed")),
+                "diverged": len(g.by_status("diverged")),
+                "failed": len(g.by_status("failed")),
                 "running": len(g.by_status("running")) + len(g.by_status("interrupted")),
                 "mean_epoch_time_s": g.mean_epoch_time(),
-                "paper_%": paper_accuracy(c.get("dataset.name"), c.get("model.name"),
-                                          c.get("init.name"), c.get("init.bias_scale", 1.0)),
+                "paper_%": paper_accuracy(
+                    c.get("dataset.name"),
+                    c.get("model.name"),
+                    c.get("init.name"),
+                    c.get("init.bias_scale", 1.0),
+                ),
             }
             row.update(_diagnostic_columns(g))
             rows.append(row)
@@ -183,8 +210,11 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
 
 def _diagnostic_columns(group: Group) -> dict:
     """Mean of the diagnostics summary over the group's completed runs, where runs have it."""
-    values = [summary_columns(r.results) for r in group.by_status("completed")
-              if r.results.get("diagnostics")]
+    values = [
+        summary_columns(r.results)
+        for r in group.by_status("completed")
+        if r.results.get("diagnostics")
+    ]
     values = [v for v in values if v]
     if not values:
         return {}
@@ -204,17 +234,26 @@ def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    shown = [c for c in columns if c not in ("dataset", "model", "init", "bias_scale",
-                                             "ci95_%", "final_test_acc_%")]
-    header = ["figure", "configuration", "final test acc % (mean ± 95% CI)"] + \
-             [c for c in shown if c not in ("figure", "configuration")]
+    shown = [
+        c
+        for c in columns
+        if c not in ("dataset", "model", "init", "bias_scale", "ci95_%", "final_test_acc_%")
+    ]
+    header = ["figure", "configuration", "final test acc % (mean ± 95% CI)"] + [
+        c for c in shown if c not in ("figure", "configuration")
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        acc = "" if not r["n"] else (f"{r['final_test_acc_%']:.2f} ± {r['ci95_%']:.2f}"
-                                     if not math.isnan(r["ci95_%"])
-                                     else f"{r['final_test_acc_%']:.2f} (n=1, no CI)")
-        cells = [r["figure"], r["configuration"], acc] + \
-                [_fmt(r.get(c)) for c in header[3:]]
+        acc = (
+            ""
+            if not r["n"]
+            else (
+                f"{r['final_test_acc_%']:.2f} ± {r['ci95_%']:.2f}"
+                if not math.isnan(r["ci95_%"])
+                else f"{r['final_test_acc_%']:.2f} (n=1, no CI)"
+            )
+        )
+        cells = [r["figure"], r["configuration"], acc] + [_fmt(r.get(c)) for c in header[3:]]
         lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
@@ -236,15 +275,26 @@ def plot_figure(name: str, groups: list[Group], path: Path) -> Path:
             continue
         ns.add(n)
         baseline = g.config.get("model.name") == "logreg"
-        ax.errorbar(epochs, 100 * mean, yerr=None if n < 2 else 100 * half, capsize=3,
-                    marker="o", markersize=3, linestyle="--" if baseline else "-",
-                    label=f"{g.label} (logistic baseline)" if baseline and "logreg" not in g.label
-                    else g.label)
+        ax.errorbar(
+            epochs,
+            100 * mean,
+            yerr=None if n < 2 else 100 * half,
+            capsize=3,
+            marker="o",
+            markersize=3,
+            linestyle="--" if baseline else "-",
+            label=f"{g.label} (logistic baseline)"
+            if baseline and "logreg" not in g.label
+            else g.label,
+        )
     c = groups[0].config
     models = sorted({g.config.get("model.name") for g in groups})
     n_text = f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}-{max(ns)}" if ns else "n=0"
-    ax.set_title(f"{c.get('sweep_name', name)}: {c.get('dataset.name')}, {' + '.join(models)}\n"
-                 f"{n_text} runs per line, mean ± 95% CI", fontsize=10)
+    ax.set_title(
+        f"{c.get('sweep_name', name)}: {c.get('dataset.name')}, {' + '.join(models)}\n"
+        f"{n_text} runs per line, mean ± 95% CI",
+        fontsize=10,
+    )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylim(max(0, ax.get_ylim()[0]), min(100, ax.get_ylim()[1]))
     ax.set_xlabel("epoch")
@@ -263,20 +313,29 @@ def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, lis
     Returns the PNG and one line per column with its layers' wake-up steps."""
     chosen = {}
     for g in groups:
-        runs = [r for r in g.by_status("completed")
-                if (r.results.get("diagnostics") or {}).get("first_steps")]
+        runs = [
+            r
+            for r in g.by_status("completed")
+            if (r.results.get("diagnostics") or {}).get("first_steps")
+        ]
         if runs:
             chosen[g.label] = min(runs, key=lambda r: r.config.get("seed", 0)).results
     if not chosen:
         return None
     chosen = dict(sorted(chosen.items(), key=lambda kv: "pytorch" not in kv[0]))  # as the paper
     plot_gradient_flow(chosen, path)
-    wake = [f"- {label}: wake-up step per layer, input to output: "
-            f"{list(r['diagnostics']['wakeup_step'].values())}" for label, r in chosen.items()]
+    wake = [
+        f"- {label}: wake-up step per layer, input to output: "
+        f"{list(r['diagnostics']['wakeup_step'].values())}"
+        for label, r in chosen.items()
+    ]
     return path, wake
 
 
 def not_averaged(runs: list[Run]) -> list[str]:
-    return [f"- {r.path}: {r.status}" + (f" ({r.results.get('error')})"
-                                         if r.results.get("error") else "")
-            for r in runs if r.status != "completed"]
+    return [
+        f"- {r.path}: {r.status}"
+        + (f" ({r.results.get('error')})" if r.results.get("error") else "")
+        for r in runs
+        if r.status != "completed"
+    ]

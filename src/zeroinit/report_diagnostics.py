@@ -1,6 +1,7 @@
 """The report's view of a run's diagnostics (results.json "diagnostics", written by the
 callback in diagnostics.py): a few summary columns per run for the report's tables, and the
 paper's Figure 12 (gradient flow over the first steps)."""
+
 import numpy as np
 
 
@@ -16,8 +17,17 @@ def summary_columns(results: dict) -> dict[str, float]:
     dead_frac_mean   fraction of dead units, mean over layers with an activation (final)
     """
     nan = float("nan")
-    out = dict.fromkeys(("wakeup_all", "erank_mean", "erank_first", "nrank_frac_min",
-                         "distinct_frac_min", "dead_frac_mean"), nan)
+    out = dict.fromkeys(
+        (
+            "wakeup_all",
+            "erank_mean",
+            "erank_first",
+            "nrank_frac_min",
+            "distinct_frac_min",
+            "dead_frac_mean",
+        ),
+        nan,
+    )
     diag = (results or {}).get("diagnostics")
     if not diag:
         return out
@@ -28,8 +38,11 @@ def summary_columns(results: dict) -> dict[str, float]:
     layers = [layer for layer in diag.get("layers", []) if layer["name"] in final]
 
     def per_layer(key, scale=lambda layer: 1):
-        return [final[lay["name"]][key] / scale(lay) for lay in layers
-                if final[lay["name"]].get(key) is not None]
+        return [
+            final[lay["name"]][key] / scale(lay)
+            for lay in layers
+            if final[lay["name"]].get(key) is not None
+        ]
 
     if erank := per_layer("effective_rank"):
         out["erank_mean"] = float(np.mean(erank))
@@ -60,16 +73,21 @@ def plot_gradient_flow(results_by_init: dict[str, dict], path, max_steps: int | 
     to output. Each step is a ridge (normalized histogram), later steps higher up; a sleeping
     layer's all-zero gradient is drawn as a spike at 0 and labelled."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {init: r["diagnostics"] for init, r in results_by_init.items()
-            if (r.get("diagnostics") or {}).get("first_steps", {}).get("step")}
+    runs = {
+        init: r["diagnostics"]
+        for init, r in results_by_init.items()
+        if (r.get("diagnostics") or {}).get("first_steps", {}).get("step")
+    }
     if not runs:
         raise ValueError("no run has diagnostics.first_steps (was the diagnostics callback on?)")
     n_rows = max(len(d["layers"]) for d in runs.values())
-    fig, axes = plt.subplots(n_rows, len(runs), figsize=(4.2 * len(runs), 1.9 * n_rows + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, len(runs), figsize=(4.2 * len(runs), 1.9 * n_rows + 0.6), squeeze=False
+    )
     for col, (init, diag) in enumerate(runs.items()):
         steps = diag["first_steps"]["step"][:max_steps]
         colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(steps), 1)))
@@ -82,24 +100,38 @@ def plot_gradient_flow(results_by_init: dict[str, dict], path, max_steps: int | 
             entry = diag["first_steps"]["layers"][layer["name"]]
             # x range: where 99% of each step's entries lie, so a few outliers don't squash
             # the distributions (they are drawn, just off the axis)
-            ranges = [_central_range(e, c) for e, c in zip(entry["hist_edges"][: len(steps)],
-                                                           entry["hist_counts"])]
+            ranges = [
+                _central_range(e, c)
+                for e, c in zip(entry["hist_edges"][: len(steps)], entry["hist_counts"])
+            ]
             lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
             span = (hi - lo) or 1.0
             ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
-            for i, (step, edges, counts) in enumerate(zip(steps, entry["hist_edges"],
-                                                          entry["hist_counts"])):
+            for i, (step, edges, counts) in enumerate(
+                zip(steps, entry["hist_edges"], entry["hist_counts"])
+            ):
                 base = i
                 if edges[0] == edges[-1]:  # constant gradient: a spike
                     ax.plot([edges[0]] * 2, [base, base + 0.85], color=colors[i], lw=2)
                     if edges[0] == 0:
-                        ax.text(lo + 0.02 * span, base + 0.3, f"step {step}: all zero",
-                                fontsize=7, color=colors[i])
+                        ax.text(
+                            lo + 0.02 * span,
+                            base + 0.3,
+                            f"step {step}: all zero",
+                            fontsize=7,
+                            color=colors[i],
+                        )
                     continue
                 heights = np.asarray(counts, float)
                 heights = 0.85 * heights / heights.max() if heights.max() > 0 else heights
-                ax.fill_between(np.repeat(edges, 2)[1:-1], base, base + np.repeat(heights, 2),
-                                color=colors[i], alpha=0.6, lw=0)
+                ax.fill_between(
+                    np.repeat(edges, 2)[1:-1],
+                    base,
+                    base + np.repeat(heights, 2),
+                    color=colors[i],
+                    alpha=0.6,
+                    lw=0,
+                )
             ax.set_yticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
             ax.set_ylim(-0.1, len(steps))
             ax.tick_params(axis="x", labelsize=7)
@@ -107,12 +139,15 @@ def plot_gradient_flow(results_by_init: dict[str, dict], path, max_steps: int | 
             ax.xaxis.get_offset_text().set_fontsize(7)
             shape = "x".join(map(str, layer["shape"]))
             wake = diag.get("wakeup_step", {}).get(layer["name"])
-            ax.set_title(f"{init}: layer {layer['name']} ({layer['type']} {shape}), "
-                         f"wakes at step {wake}", fontsize=8)
+            ax.set_title(
+                f"{init}: layer {layer['name']} ({layer['type']} {shape}), wakes at step {wake}",
+                fontsize=8,
+            )
             if col == 0:
                 ax.set_ylabel("step", fontsize=8)
-    fig.suptitle("Weight-gradient distribution per layer over the first steps (input at top)",
-                 fontsize=10)
+    fig.suptitle(
+        "Weight-gradient distribution per layer over the first steps (input at top)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

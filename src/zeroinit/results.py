@@ -28,6 +28,7 @@ resume, diagnostics, benchmarks). Extend it; don't fork it.
 The file is rewritten after every epoch by write-then-rename, so a crash or a kill leaves
 either the previous complete file or the new one, never a torn one.
 """
+
 import json
 import math
 import os
@@ -65,8 +66,11 @@ def read_results(run_dir) -> dict:
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "lightning": L.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
 
 
 def describe_device(device: torch.device) -> str:
@@ -93,9 +97,16 @@ class ResultsWriter(L.Callback):
 
     def __init__(self, run_dir, config: dict, overrides=(), verbose: bool = True):
         self.path = Path(run_dir) / FILENAME
-        self.results = {"status": "running", "config": config, "overrides": list(overrides),
-                        "epochs": [], "final": None, "wall_time_s": 0.0, "device": None,
-                        "versions": versions()}
+        self.results = {
+            "status": "running",
+            "config": config,
+            "overrides": list(overrides),
+            "epochs": [],
+            "final": None,
+            "wall_time_s": 0.0,
+            "device": None,
+            "versions": versions(),
+        }
         self.verbose = verbose
         self._start = self._epoch_start = None
         self._elapsed_before = 0.0  # wall time of earlier attempts, when resumed
@@ -110,8 +121,19 @@ class ResultsWriter(L.Callback):
         """How another callback adds its part to results.json (Diagnostics: "diagnostics"):
         `section` is a dict the callback keeps updating; every later write carries it, and
         the callback calls write() when it wants it on disk before the next epoch's write."""
-        if key in ("status", "config", "overrides", "epochs", "final", "wall_time_s",
-                   "device", "versions", "error", "resumed_from_epoch", "stack_size"):
+        if key in (
+            "status",
+            "config",
+            "overrides",
+            "epochs",
+            "final",
+            "wall_time_s",
+            "device",
+            "versions",
+            "error",
+            "resumed_from_epoch",
+            "stack_size",
+        ):
             raise ValueError(f"results.json key {key!r} belongs to the run itself")
         self.results[key] = section
 
@@ -149,22 +171,27 @@ class ResultsWriter(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         metrics = pl_module.epoch_metrics()
-        entry = {"epoch": trainer.current_epoch + 1,
-                 **{k: metrics.get(k) for k in ("test_acc", "test_loss", "train_loss",
-                                                "train_acc")},
-                 "epoch_time_s": time.perf_counter() - self._epoch_start}
+        entry = {
+            "epoch": trainer.current_epoch + 1,
+            **{k: metrics.get(k) for k in ("test_acc", "test_loss", "train_loss", "train_acc")},
+            "epoch_time_s": time.perf_counter() - self._epoch_start,
+        }
         self.results["epochs"].append(entry)
         if trainer.logger is not None and self._is_writer():
             for key, value in entry.items():
                 if key not in ("epoch",) and value is not None:
                     tag = key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s"
                     trainer.logger.experiment.add_scalar(tag, value, entry["epoch"])
-        diverged = not math.isfinite(entry["train_loss"] if entry["train_loss"] is not None
-                                     else 0.0)
+        diverged = not math.isfinite(
+            entry["train_loss"] if entry["train_loss"] is not None else 0.0
+        )
         if self.verbose and self._is_writer():
-            print(f"epoch {entry['epoch']:>3}/{trainer.max_epochs}  "
-                  f"train_loss {entry['train_loss']:.4f}  test_loss {entry['test_loss']:.4f}  "
-                  f"test_acc {entry['test_acc']:.4f}  ({entry['epoch_time_s']:.2f}s)", flush=True)
+            print(
+                f"epoch {entry['epoch']:>3}/{trainer.max_epochs}  "
+                f"train_loss {entry['train_loss']:.4f}  test_loss {entry['test_loss']:.4f}  "
+                f"test_acc {entry['test_acc']:.4f}  ({entry['epoch_time_s']:.2f}s)",
+                flush=True,
+            )
         if diverged:
             trainer.should_stop = True
             self.write("diverged")

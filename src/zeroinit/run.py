@@ -10,6 +10,7 @@
 launcher (zeroinit.stacked) builds each member with it, which is why a member starts bitwise
 equal to the separate run with the same config and seed.
 """
+
 import logging
 import os
 import sys
@@ -61,18 +62,22 @@ def quiet_lightning():
     # Lightning's start-up chatter (GPU available, TPU available, ...) buries the results.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*does not have many workers.*", ".*LeafSpec.*",
-                    ".*smaller than the logging interval.*",
-                    ".*srun. command is available.*",  # a local run on a SLURM login node
-                    # a mid-epoch resume: the data module skips the trained batches itself
-                    ".*your dataloader is not resumable.*"):
+    for message in (
+        ".*does not have many workers.*",
+        ".*LeafSpec.*",
+        ".*smaller than the logging interval.*",
+        ".*srun. command is available.*",  # a local run on a SLURM login node
+        # a mid-epoch resume: the data module skips the trained batches itself
+        ".*your dataloader is not resumable.*",
+    ):
         warnings.filterwarnings("ignore", message=message)
 
 
 def build_data(cfg: DictConfig):
     """The run's ImageDataModule, read (the dataset decides input shape and class count)."""
-    return build(cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
-                 name=cfg.dataset.name).load()
+    return build(
+        cfg.dataset, batch_size=cfg.batch_size, seed=cfg.seed, name=cfg.dataset.name
+    ).load()
 
 
 def build_net(cfg: DictConfig, data) -> torch.nn.Module:
@@ -118,20 +123,39 @@ def experiment_hparams(cfg: DictConfig) -> dict:
     numbers as floats ('3.0000'), a seed should read '3'."""
     settings = speed._settings(cfg.get("speed"))
     precision = str(cfg.trainer.get("precision"))
-    speed_name = "+".join([*([precision] if precision != "32-true" else []),
-                           *(k for k in ("tf32", "cudnn_benchmark", "channels_last", "compile")
-                             if settings[k])]) or "fp32"
+    speed_name = (
+        "+".join(
+            [
+                *([precision] if precision != "32-true" else []),
+                *(
+                    k
+                    for k in ("tf32", "cudnn_benchmark", "channels_last", "compile")
+                    if settings[k]
+                ),
+            ]
+        )
+        or "fp32"
+    )
     values = {
-        "dataset": cfg.dataset.name, "model": cfg.model.name,
-        "init": cfg.init.name, "init.weight": cfg.init.weight, "init.bias": cfg.init.bias,
-        "init.bias_scale": float(cfg.init.bias_scale), "seed": cfg.seed,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "init": cfg.init.name,
+        "init.weight": cfg.init.weight,
+        "init.bias": cfg.init.bias,
+        "init.bias_scale": float(cfg.init.bias_scale),
+        "seed": cfg.seed,
         "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
-        "optimizer.lr": cfg.optimizer.get("lr"), "batch_size": cfg.batch_size,
-        "epochs": cfg.trainer.max_epochs, "activation": cfg.model.get("activation"),
+        "optimizer.lr": cfg.optimizer.get("lr"),
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "activation": cfg.model.get("activation"),
         "speed": speed_name,
     }
-    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in values.items() if v is not None}
+    return {
+        k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in values.items()
+        if v is not None
+    }
 
 
 def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
@@ -141,8 +165,11 @@ def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = Tr
     also every `checkpoint_every_min` minutes inside an epoch (stacked members: no)."""
     extra = [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     every = cfg.get("checkpoint_every_min") if mid_epoch else None
-    return [writer, *extra,
-            LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", every_min=every)]
+    return [
+        writer,
+        *extra,
+        LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", every_min=every),
+    ]
 
 
 def build_run(cfg: DictConfig, overrides=(), data=None):
@@ -164,8 +191,11 @@ def build_run(cfg: DictConfig, overrides=(), data=None):
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
     logger = build_logger(cfg, config)
     # Progress first: its line is erased before the results writer prints the epoch's.
-    trainer = build(cfg.trainer, logger=logger or False,
-                    callbacks=[Progress(), *build_callbacks(cfg, writer), StopOnSignal()])
+    trainer = build(
+        cfg.trainer,
+        logger=logger or False,
+        callbacks=[Progress(), *build_callbacks(cfg, writer), StopOnSignal()],
+    )
     return trainer, module, data, writer
 
 
@@ -190,8 +220,12 @@ def claim_gpu(cfg) -> GpuSlot | None:
     or share one only as far as `runs_per_gpu` allows. Single-device runs only: DDP and an
     explicit device list keep what they asked for."""
     t = cfg.trainer
-    if (t.get("accelerator") not in ("auto", "gpu", "cuda") or t.get("devices") not in (1, "1")
-            or "ddp" in str(t.get("strategy", "")) or not torch.cuda.is_available()):
+    if (
+        t.get("accelerator") not in ("auto", "gpu", "cuda")
+        or t.get("devices") not in (1, "1")
+        or "ddp" in str(t.get("strategy", ""))
+        or not torch.cuda.is_available()
+    ):
         return None
     slot = GpuSlot(torch.cuda.device_count(), int(cfg.get("runs_per_gpu", 1)))
     slot.acquire()

@@ -7,6 +7,7 @@ The scripts and conf/ stay in the source tree, where the paper's users type `pyt
 src/train.py ...`; the project is therefore installed editable (`pip install -e .`, what
 `make setup` and environment.yml do), and these entry points find the tree through it.
 """
+
 import runpy
 import sys
 from pathlib import Path
@@ -17,8 +18,10 @@ SRC = Path(__file__).resolve().parent.parent
 def _run(script: str):
     path = SRC / script
     if not path.exists():
-        sys.exit(f"error: {path} not found: the zeroinit-* commands need the project's source "
-                 "tree, installed with `pip install -e .` (make setup)")
+        sys.exit(
+            f"error: {path} not found: the zeroinit-* commands need the project's source "
+            "tree, installed with `pip install -e .` (make setup)"
+        )
     sys.argv[0] = str(path)
     runpy.run_path(str(path), run_name="__main__")
 

@@ -21,6 +21,7 @@ A rerun of the same sweep command, or the requeued job, resumes the run from las
 A second stop signal does what it would have done without this module (Ctrl-C twice: stop
 at once).
 """
+
 import os
 import signal
 import subprocess
@@ -106,8 +107,11 @@ class StopOnSignal(L.Callback):
         if trainer.world_size > 1:  # every rank stops at the same batch, or DDP hangs
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            print(f"stopping: {signal.Signals(self.signum or signal.SIGTERM).name} received",
-                  file=sys.stderr, flush=True)
+            print(
+                f"stopping: {signal.Signals(self.signum or signal.SIGTERM).name} received",
+                file=sys.stderr,
+                flush=True,
+            )
             raise Interrupted(self.signum or signal.SIGTERM, trainer.current_epoch + 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -173,14 +177,22 @@ def leave(stop: BaseException, run_dir, hint: str = RESUME_HINT, then: str | Non
     epoch = getattr(stop, "epoch", None)  # None: Lightning's SIGTERMException, Ctrl-C at once
     during = ""
     if epoch:
-        kept = ("no epoch finished yet" if epoch == 1 else "epoch 1 kept" if epoch == 2
-                else f"epochs 1-{epoch - 1} kept")
+        kept = (
+            "no epoch finished yet"
+            if epoch == 1
+            else "epoch 1 kept"
+            if epoch == 2
+            else f"epochs 1-{epoch - 1} kept"
+        )
         during = f" during epoch {epoch} ({kept})"
     if should_requeue(signum):
         job = slurm_job_id()
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        hint = (f"SLURM job {job} requeued: it resumes when it starts again" if not done.returncode
-                else f"requeue of SLURM job {job} failed ({done.stderr.strip()}); {hint}")
+        hint = (
+            f"SLURM job {job} requeued: it resumes when it starts again"
+            if not done.returncode
+            else f"requeue of SLURM job {job} failed ({done.stderr.strip()}); {hint}"
+        )
     print(f"interrupted: {run_dir} by {name}{during}; {hint}", flush=True)
     if then:
         print(then, flush=True)

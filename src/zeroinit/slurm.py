@@ -15,6 +15,7 @@
 - Every job limits torch's threads to its CPUs and learns how often it may requeue itself
   (zeroinit/signals.py) (`job_setup`).
 """
+
 import contextlib
 import io
 import json
@@ -56,24 +57,30 @@ def job_setup(params: dict) -> list[str]:
 # ---------------------------------------------------------------- a rejected submission
 # sbatch's reason -> the keys that decide it. First match wins; the order matters.
 _REASONS = [
-    ("unable to contact", "nothing in the config: SLURM's controller does not answer; "
-                          "try again, or ask the cluster's admins"),
-    ("timed out", "nothing in the config: SLURM's controller does not answer in time; "
-                  "try again"),
+    (
+        "unable to contact",
+        "nothing in the config: SLURM's controller does not answer; "
+        "try again, or ask the cluster's admins",
+    ),
+    ("timed out", "nothing in the config: SLURM's controller does not answer in time; try again"),
     ("generic resource", "gpus"),
     ("invalid partition", "hydra.launcher.partition (`sinfo -s` lists the partitions)"),
     ("account", "hydra.launcher.account (`sacctmgr show assoc user=$USER` lists yours)"),
     ("qos", "hydra.launcher.qos"),
-    ("feature specification", "hydra.launcher.constraint (`sinfo -o '%P %f'` lists the "
-                              "features)"),
+    ("feature specification", "hydra.launcher.constraint (`sinfo -o '%P %f'` lists the features)"),
     ("time limit", "hydra.launcher.timeout_min (`sinfo -o '%P %l'` lists the time limits)"),
     ("--time", "hydra.launcher.timeout_min (minutes)"),
     ("memory", "hydra.launcher.mem_gb (`sinfo -N -o '%N %P %m'` lists MB per node)"),
-    ("node configuration", "hydra.launcher.cpus_per_task, mem_gb, gpus_per_task or "
-                           "constraint: no node of the partition has that much "
-                           "(`sinfo -N -o '%N %P %c %m %G'`)"),
-    ("unrecognized option", "hydra.launcher.additional_parameters (sbatch's long options "
-                            "without the --)"),
+    (
+        "node configuration",
+        "hydra.launcher.cpus_per_task, mem_gb, gpus_per_task or "
+        "constraint: no node of the partition has that much "
+        "(`sinfo -N -o '%N %P %c %m %G'`)",
+    ),
+    (
+        "unrecognized option",
+        "hydra.launcher.additional_parameters (sbatch's long options without the --)",
+    ),
     ("invalid option", "hydra.launcher.additional_parameters"),
 ]
 
@@ -94,23 +101,25 @@ def rejection(stderr: str, gpus=None, accelerator=None) -> str:
             key = keys
             break
     if key == "gpus":
-        key = (f"the trainer: the job asks for {gpus} GPU per task because "
-               f"trainer.accelerator={accelerator}; on nodes without GPUs use trainer=cpu, "
-               "else a partition with GPUs (hydra.launcher.partition) or "
-               "hydra.launcher.gpus_per_task")
+        key = (
+            f"the trainer: the job asks for {gpus} GPU per task because "
+            f"trainer.accelerator={accelerator}; on nodes without GPUs use trainer=cpu, "
+            "else a partition with GPUs (hydra.launcher.partition) or "
+            "hydra.launcher.gpus_per_task"
+        )
     return f"error: SLURM rejected the sweep: {reason}; change {key}"
 
 
 # Why a job pends -> why it will never start, and the key to change (squeue's %r).
 NEVER_STARTS = {
     "PartitionConfig": "it asks for more than any node of the partition has; change "
-                       "hydra.launcher.cpus_per_task, mem_gb or gpus_per_task "
-                       "(`sinfo -N -o '%N %P %c %m %G'` lists the nodes)",
+    "hydra.launcher.cpus_per_task, mem_gb or gpus_per_task "
+    "(`sinfo -N -o '%N %P %c %m %G'` lists the nodes)",
     "PartitionTimeLimit": "hydra.launcher.timeout_min exceeds the partition's time limit "
-                          "(`sinfo -o '%P %l'`)",
+    "(`sinfo -o '%P %l'`)",
     "PartitionNodeLimit": "hydra.launcher.nodes exceeds the partition's node limit",
     "BadConstraints": "no node has what it asks for; change hydra.launcher.constraint, "
-                      "cpus_per_task, mem_gb or gpus_per_task",
+    "cpus_per_task, mem_gb or gpus_per_task",
     "InvalidAccount": "change hydra.launcher.account",
     "InvalidQOS": "change hydra.launcher.qos",
 }
@@ -168,14 +177,24 @@ class JobStates(SlurmInfoWatcher):
         return {job: seen.get(job, {"State": self.GONE}) for job in mine}
 
     def _sacct(self, ids) -> dict:
-        done = _run(["sacct", "-o", "JobID,State,NodeList", "--parsable2",
-                     *[a for i in ids for a in ("-j", i)]])
+        done = _run(
+            [
+                "sacct",
+                "-o",
+                "JobID,State,NodeList",
+                "--parsable2",
+                *[a for i in ids for a in ("-j", i)],
+            ]
+        )
         if done.returncode == 0:
             return self.read_info(done.stdout)
         self.use_sacct = False  # once: submitit would warn three times per poll, forever
         why = (done.stderr.strip().splitlines() or ["no output"])[0]
-        log.info("sacct: %s: the final state of jobs is not known (squeue has forgotten "
-                 "them), only whether they left a result", why)
+        log.info(
+            "sacct: %s: the final state of jobs is not known (squeue has forgotten "
+            "them), only whether they left a result",
+            why,
+        )
         return {}
 
     def reason(self, job_id: str) -> str | None:
@@ -196,15 +215,25 @@ class SlurmLauncher(_Base):
         calls = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            calls.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
-                          Singleton.get_state()))
+            calls.append(
+                (
+                    list(overrides),
+                    "hydra.sweep.dir",
+                    idx,
+                    f"job_id_for_{idx}",
+                    Singleton.get_state(),
+                )
+            )
         jobs = self._run_array(self, *zip(*calls))
         return [self._result(job, call[0], call[2], sweep_dir) for job, call in zip(jobs, calls)]
 
     def _run_array(self, fn, *arguments) -> list:
         """fn(*arguments[i]) as array task i; returns submitit's jobs once all are done."""
-        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        executor = submitit.AutoExecutor(
+            cluster="slurm",
+            folder=self.params["submitit_folder"],
+            slurm_max_num_timeout=self.params["max_num_timeout"],
+        )
         executor.update_parameters(**self._executor_params())
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr
@@ -213,8 +242,10 @@ class SlurmLauncher(_Base):
             trainer = self.config.get("trainer") or {}
             _fail(rejection(str(e), self.params.get("gpus_per_task"), trainer.get("accelerator")))
         except FileNotFoundError:
-            _fail("error: launcher=slurm: sbatch is not installed here; submit from a SLURM "
-                  "login node, or use launcher=parallel, stacked or slurm_local on this machine")
+            _fail(
+                "error: launcher=slurm: sbatch is not installed here; submit from a SLURM "
+                "login node, or use launcher=parallel, stacked or slurm_local on this machine"
+            )
         states = JobStates()
         for job in jobs:
             job.watcher = states  # this instance only: submitit's class-wide watcher stays
@@ -227,13 +258,18 @@ class SlurmLauncher(_Base):
         partition has: sbatch accepts that where the cluster does not enforce partition
         limits at submission) ends the sweep with one line instead of a wait without end."""
         while not all(job.done() for job in jobs):
-            stuck = {job.job_id: states.reason(job.job_id) for job in jobs
-                     if states.reason(job.job_id) in NEVER_STARTS}
+            stuck = {
+                job.job_id: states.reason(job.job_id)
+                for job in jobs
+                if states.reason(job.job_id) in NEVER_STARTS
+            }
             if stuck:
                 _run(["scancel", *[job.job_id for job in jobs]])
                 job_id, reason = next(iter(stuck.items()))
-                _fail(f"error: SLURM will never start job {job_id} ({reason}: "
-                      f"{NEVER_STARTS[reason]}); cancelled the sweep's {len(jobs)} jobs")
+                _fail(
+                    f"error: SLURM will never start job {job_id} ({reason}: "
+                    f"{NEVER_STARTS[reason]}); cancelled the sweep's {len(jobs)} jobs"
+                )
             time.sleep(poll_s)
 
     def _executor_params(self) -> dict:
@@ -241,29 +277,43 @@ class SlurmLauncher(_Base):
         params = dict(self.params)
         params["setup"] = [*job_setup(params), *(params.get("setup") or [])]
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        return {k if k in shared else f"slurm_{k}": v for k, v in params.items()
-                if k not in ("submitit_folder", "max_num_timeout", "stack_size")}
+        return {
+            k if k in shared else f"slurm_{k}": v
+            for k, v in params.items()
+            if k not in ("submitit_folder", "max_num_timeout", "stack_size")
+        }
 
     def _result(self, job, overrides, idx, sweep_dir) -> JobReturn:
         try:
             return job.results()[0]
         except (UncompletedJobError, FailedJobError) as e:
             state = job.watcher.get_state(job.job_id, mode="cache")
-            log.warning("SLURM job %s (#%d) ended without a result (%s); its log: %s",
-                        job.job_id, idx, state, job.paths.stdout)
+            log.warning(
+                "SLURM job %s (#%d) ended without a result (%s); its log: %s",
+                job.job_id,
+                idx,
+                state,
+                job.paths.stdout,
+            )
             if not _reported(sweep_dir, job.job_id):  # killed before it could say why
                 from zeroinit.sweep import record_outcome
 
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
-                shown = [o for o in overrides
-                         if not o.startswith(("paths.", "hydra.", "launcher="))]
+                shown = [
+                    o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))
+                ]
                 label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
-                record_outcome(sweep_dir, label, "failed",
-                               f"SLURM job {job.job_id} ended ({state}) without a result"
-                               + (f": {last[0].strip()[:200]}" if last else ""))
+                record_outcome(
+                    sweep_dir,
+                    label,
+                    "failed",
+                    f"SLURM job {job.job_id} ended ({state}) without a result"
+                    + (f": {last[0].strip()[:200]}" if last else ""),
+                )
             # Not FAILED: Hydra would raise it as a traceback; the sweep summary says it.
-            return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
-                             _return_value=None)
+            return JobReturn(
+                overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None
+            )
 
 
 def _fail(line: str):
@@ -308,28 +358,40 @@ class StackedSlurmLauncher(SlurmLauncher):
         try:
             check_setting(size)
             if not isinstance(size, int):
-                raise UserError(f"hydra.launcher.stack_size: {size!r} is not allowed with "
-                                "launcher=slurm_stacked; allowed: an integer >= 1 (the login "
-                                "node cannot measure the compute nodes)")
+                raise UserError(
+                    f"hydra.launcher.stack_size: {size!r} is not allowed with "
+                    "launcher=slurm_stacked; allowed: an integer >= 1 (the login "
+                    "node cannot measure the compute nodes)"
+                )
         except UserError as e:
             _fail(f"error: {e}")
         jobs, sweep_overrides = [], {}
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_overrides[idx] = list(overrides)  # what a task composes its member from
-            config = self.hydra_context.config_loader.load_sweep_config(self.config,
-                                                                        list(overrides))
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
             with open_dict(config.hydra.job):
                 config.hydra.job.num = idx
             job = Job(idx, config)
             job.prepare()
             jobs.append(job)
         stacks = [s for place in plan(jobs, size, places=1) for s in place]
-        calls = [([sweep_overrides[job.idx] for job in stack], [job.idx for job in stack])
-                 for stack in stacks]
-        log.info("%d runs in %d stacks: %s", len(jobs), len(stacks),
-                 "/".join(str(len(s)) for s in stacks))
-        print(f"stacked: {len(jobs)} runs -> {len(stacks)} SLURM array tasks: "
-              + "/".join(str(len(s)) for s in stacks), flush=True)
+        calls = [
+            ([sweep_overrides[job.idx] for job in stack], [job.idx for job in stack])
+            for stack in stacks
+        ]
+        log.info(
+            "%d runs in %d stacks: %s",
+            len(jobs),
+            len(stacks),
+            "/".join(str(len(s)) for s in stacks),
+        )
+        print(
+            f"stacked: {len(jobs)} runs -> {len(stacks)} SLURM array tasks: "
+            + "/".join(str(len(s)) for s in stacks),
+            flush=True,
+        )
         returns = {}
         for (overrides, nums), ret in zip(calls, self._submit(calls)):
             returns.update(ret)
@@ -340,8 +402,9 @@ class StackedSlurmLauncher(SlurmLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
-        tasks = self._run_array(self.train_stack, [o for o, _ in calls], [n for _, n in calls],
-                                [state] * len(calls))
+        tasks = self._run_array(
+            self.train_stack, [o for o, _ in calls], [n for _, n in calls], [state] * len(calls)
+        )
         out = []
         for task, (overrides, nums) in zip(tasks, calls):
             try:
@@ -351,8 +414,12 @@ class StackedSlurmLauncher(SlurmLauncher):
                 pass
             # ended without its stack's results: _result records it for the sweep summary
             self._result(task, [o for ov in overrides for o in ov], nums[0], sweep_dir)
-            out.append({n: JobReturn(overrides=list(o), status=JobStatus.COMPLETED,
-                                     _return_value=None) for o, n in zip(overrides, nums)})
+            out.append(
+                {
+                    n: JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=None)
+                    for o, n in zip(overrides, nums)
+                }
+            )
         return out
 
     def train_stack(self, overrides: list, nums: list, singleton_state) -> dict:
@@ -366,8 +433,9 @@ class StackedSlurmLauncher(SlurmLauncher):
         setup_globals()
         jobs = []
         for job_overrides, num in zip(overrides, nums):
-            config = self.hydra_context.config_loader.load_sweep_config(self.config,
-                                                                        list(job_overrides))
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(job_overrides)
+            )
             with open_dict(config.hydra.job):
                 config.hydra.job.id = submitit.JobEnvironment().job_id
                 config.hydra.job.num = num

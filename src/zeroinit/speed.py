@@ -28,6 +28,7 @@ options on where a result is known to hold, then check it on a few seeds in fp32
 jobs in one process, so a run must not inherit the previous run's settings); `prepare`
 applies the per-net ones.
 """
+
 import os
 
 import torch
@@ -35,22 +36,32 @@ from torch import nn
 
 from zeroinit.errors import check
 
-DEFAULTS = {"tf32": False, "cudnn_benchmark": False, "channels_last": False, "compile": False,
-            "compile_mode": "default"}
+DEFAULTS = {
+    "tf32": False,
+    "cudnn_benchmark": False,
+    "channels_last": False,
+    "compile": False,
+    "compile_mode": "default",
+}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _settings(speed) -> dict:
     settings = {**DEFAULTS, **dict(speed or {})}
     unknown = sorted(set(settings) - set(DEFAULTS))
-    check(not unknown,
-          f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}")
+    check(
+        not unknown, f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}"
+    )
     for key in ("tf32", "cudnn_benchmark", "channels_last", "compile"):
-        check(isinstance(settings[key], bool),
-              f"speed.{key}: {settings[key]!r} is not allowed; allowed: true, false")
-    check(settings["compile_mode"] in COMPILE_MODES,
-          f"speed.compile_mode: {settings['compile_mode']!r} is not one of "
-          f"{', '.join(COMPILE_MODES)}")
+        check(
+            isinstance(settings[key], bool),
+            f"speed.{key}: {settings[key]!r} is not allowed; allowed: true, false",
+        )
+    check(
+        settings["compile_mode"] in COMPILE_MODES,
+        f"speed.compile_mode: {settings['compile_mode']!r} is not one of "
+        f"{', '.join(COMPILE_MODES)}",
+    )
     return settings
 
 
@@ -83,8 +94,7 @@ def cpu_note(cfg) -> str | None:
     """What GPU speed options do when the run is on the CPU (one line), or None: they are
     allowed (bf16 autocast works on a CPU), but rarely what was meant."""
     accelerator = str(cfg.trainer.get("accelerator"))
-    if accelerator not in ("cpu", "auto") or (accelerator == "auto"
-                                              and torch.cuda.is_available()):
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
         return None
     settings = _settings(cfg.get("speed"))
     idle = [f"speed.{k}" for k in GPU_ONLY if settings[k]]
@@ -93,9 +103,11 @@ def cpu_note(cfg) -> str | None:
         return None
     parts = []
     if bf16:
-        parts.append(f"trainer.precision={cfg.trainer.precision} runs bf16 autocast on the "
-                     "CPU (bf16 matmuls: results change at ~1e-2, and most CPUs are slower "
-                     "at it than at fp32)")
+        parts.append(
+            f"trainer.precision={cfg.trainer.precision} runs bf16 autocast on the "
+            "CPU (bf16 matmuls: results change at ~1e-2, and most CPUs are slower "
+            "at it than at fp32)"
+        )
     if idle:
         parts.append(f"{', '.join(idle)} do nothing without a GPU")
     return f"speed: this run is on the CPU: {'; '.join(parts)}. speed=fp32 is the CPU's setting"

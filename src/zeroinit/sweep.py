@@ -9,6 +9,7 @@ A lock file in the run directory keeps two processes from training the same run 
 A failure that every run would share (zeroinit.errors.SweepError, a full disk) stops the sweep
 at the first run that meets it; the sweep's end says it once, exit code 2.
 """
+
 import errno
 import fcntl
 import json
@@ -28,8 +29,8 @@ from zeroinit.signals import slurm_job_id
 
 FINISHED = ("completed", "diverged")
 RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
-SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"        # <time>-<pid of the process that started it>
-SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"    # how many runs the sweep launches, if known
+SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"  # <time>-<pid of the process that started it>
+SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"  # how many runs the sweep launches, if known
 SWEEP_START_ENV = "ZEROINIT_SWEEP_START"  # its start (time.time())
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -62,13 +63,19 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         kept = ""
         if results.exists():  # its curve belongs to the checkpoint set aside: keep it too
             kept = f", {results.name} as {set_aside(results, 'before-restart').name}"
-        print(f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
-              " starting over from epoch 1", flush=True)
+        print(
+            f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
+            " starting over from epoch 1",
+            flush=True,
+        )
         return None
     if results_unreadable:
         aside = set_aside(results, "unreadable")
-        print(f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
-              "which holds the curve", flush=True)
+        print(
+            f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
+            "which holds the curve",
+            flush=True,
+        )
     return ckpt
 
 
@@ -163,14 +170,20 @@ def outcome_dir(sweep_dir) -> Path | None:
     return Path(sweep_dir) / ".outcomes" / sweep_id if sweep_id else None
 
 
-def record_outcome(sweep_dir, run_dir, status: str, error: str | None = None,
-                   resumed: bool = False) -> None:
+def record_outcome(
+    sweep_dir, run_dir, status: str, error: str | None = None, resumed: bool = False
+) -> None:
     """Called by each job of a sweep (in whatever process runs it): what became of it."""
     out = outcome_dir(sweep_dir)
     if out is None:
         return
-    entry = {"run": Path(run_dir).name, "status": status, "error": error, "resumed": resumed,
-             "slurm_job": slurm_job_id()}  # lets the launcher tell which jobs reported
+    entry = {
+        "run": Path(run_dir).name,
+        "status": status,
+        "error": error,
+        "resumed": resumed,
+        "slurm_job": slurm_job_id(),
+    }  # lets the launcher tell which jobs reported
     try:  # whole or not at all: a full disk leaves no empty record behind
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / f"{Path(run_dir).name}.json", entry)
@@ -186,19 +199,34 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     counts = {}
     for o in outcomes:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
-    labels = {"skipped": "skipped (already finished)", "busy": "busy (running elsewhere)",
-              "interrupted": "interrupted (rerun the same command to resume)"}
-    parts = [f"{counts[k]} {labels.get(k, k)}"
-             for k in ("completed", "diverged", "skipped", "busy", "interrupted", "failed",
-                       "not started")
-             if counts.get(k)]
+    labels = {
+        "skipped": "skipped (already finished)",
+        "busy": "busy (running elsewhere)",
+        "interrupted": "interrupted (rerun the same command to resume)",
+    }
+    parts = [
+        f"{counts[k]} {labels.get(k, k)}"
+        for k in (
+            "completed",
+            "diverged",
+            "skipped",
+            "busy",
+            "interrupted",
+            "failed",
+            "not started",
+        )
+        if counts.get(k)
+    ]
     resumed = sum(1 for o in outcomes if o.get("resumed"))
     if resumed:
         parts.append(f"{resumed} of them resumed from a checkpoint")
     lines = [f"sweep: {len(outcomes)} runs: " + ", ".join(parts)]
     failed = [o for o in outcomes if o["status"] == "failed"]
-    lines += [f"  failed: {o['run']}: {o['error']}" for o in failed
-              if not (said and said in str(o["error"]))]
+    lines += [
+        f"  failed: {o['run']}: {o['error']}"
+        for o in failed
+        if not (said and said in str(o["error"]))
+    ]
     interrupted = [o for o in outcomes if o["status"] == "interrupted"]
     lines += [f"  interrupted: {o['run']}: {o['error']}" for o in interrupted]
     return "\n".join(lines), bool(failed or interrupted)
@@ -227,8 +255,10 @@ def position(done: int, count: int = 1) -> str | None:
     if not done or not start:
         return runs
     elapsed = time.time() - start
-    return (f"{runs}  (sweep: {done} done in {_duration(elapsed)}, "
-            f"ETA {_duration(elapsed / done * (total - done))})")
+    return (
+        f"{runs}  (sweep: {done} done in {_duration(elapsed)}, "
+        f"ETA {_duration(elapsed / done * (total - done))})"
+    )
 
 
 def summary_so_far(sweep_dir, current: dict | None = None, said: str | None = None) -> str:
@@ -269,8 +299,12 @@ def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = No
     own files for the next run would fail first), so the sweep stops here, in one line and
     its summary so far; exit 2. The runs that were training keep their last complete
     results.json and checkpoint: the same command resumes them once there is room."""
-    print(f"error: {e.strerror or e} writing {run_dir}: the sweep stops here; free space (or "
-          "fix the folder) and run the same command to resume", file=sys.stderr, flush=True)
+    print(
+        f"error: {e.strerror or e} writing {run_dir}: the sweep stops here; free space (or "
+        "fix the folder) and run the same command to resume",
+        file=sys.stderr,
+        flush=True,
+    )
     print(summary_so_far(sweep_dir, current, said=str(e)), flush=True)  # the error: said above
     raise SystemExit(2)
 
@@ -307,12 +341,12 @@ def skip_if_stopped(sweep_dir, run_dir) -> bool:
     if stopped(sweep_dir) is None:
         return False
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log"
-                                for p in run_dir.iterdir()):
+    if run_dir.is_dir() and all(
+        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
+    ):
         shutil.rmtree(run_dir, ignore_errors=True)
     record_outcome(sweep_dir, run_dir, "not started")
     return True
-
 
 
 class SweepSummary(Callback):
@@ -343,4 +377,3 @@ class SweepSummary(Callback):
             raise SystemExit(2)
         if failed:
             raise SystemExit(1)
-

@@ -2,6 +2,7 @@
 
 Kept light: Hydra imports every plugin module at start-up, so torch and the training code
 are imported only when a sweep is launched."""
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -21,8 +22,9 @@ class StackedLauncherConf:
     workers: Any = "auto"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf,
-                             provider="zeroinit")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="zeroinit"
+)
 
 
 class ComposedOnce:
@@ -64,8 +66,9 @@ class StackedLauncher(Launcher):
             hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
-    def launch(self, job_overrides: Sequence[Sequence[str]],
-               initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
         from zeroinit.stacked.launch import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,5 +1,6 @@
 """Hidden-layer activations. The paper uses ELU: with zero weights only the bias sets the
 sign of a pre-activation, and ReLU would silence every unit whose bias is negative."""
+
 from torch import nn
 
 from zeroinit.errors import check
@@ -15,6 +16,5 @@ ACTIVATIONS = {
 
 
 def make_activation(name: str) -> nn.Module:
-    check(name in ACTIVATIONS,
-          f"model.activation: {name!r} is not one of {', '.join(ACTIVATIONS)}")
+    check(name in ACTIVATIONS, f"model.activation: {name!r} is not one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()

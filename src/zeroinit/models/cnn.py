@@ -9,6 +9,7 @@ behind zero-weight convs cancels their random biases).
   MNIST CNN: stages [[16, 32]], kernel 5, no pool/BN, hidden []
   CIFAR CNN: stages [[32, 64], [128, 128], [256, 256]], kernel 3, pool_bn, hidden [1024, 512]
 """
+
 from torch import nn
 
 from zeroinit.models.activation import make_activation
@@ -16,20 +17,32 @@ from zeroinit.models.fnn import layer_widths
 
 
 class CNN(nn.Sequential):
-    def __init__(self, input_shape, num_classes: int, stages, kernel_size: int = 3,
-                 pool_bn: bool = False, hidden=(), activation: str = "elu",
-                 batchnorm: bool = True):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        stages,
+        kernel_size: int = 3,
+        pool_bn: bool = False,
+        hidden=(),
+        activation: str = "elu",
+        batchnorm: bool = True,
+    ):
         channels, height, width = input_shape
         hidden = layer_widths(hidden)
         layers = []
         for stage in (layer_widths(stage, "model.stages[i]") for stage in stages):
             for out in stage:
-                layers += [nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2),
-                           make_activation(activation)]
+                layers += [
+                    nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2),
+                    make_activation(activation),
+                ]
                 channels = out
             if pool_bn:
-                layers += [nn.MaxPool2d(2, 2),
-                           nn.BatchNorm2d(channels) if batchnorm else nn.Identity()]
+                layers += [
+                    nn.MaxPool2d(2, 2),
+                    nn.BatchNorm2d(channels) if batchnorm else nn.Identity(),
+                ]
                 height, width = height // 2, width // 2
         widths = [channels * height * width, *hidden, num_classes]
         layers.append(nn.Flatten())

@@ -8,6 +8,7 @@ the shape changes. `batchnorm=False` puts an Identity in place of every BatchNor
 follows a conv; docs/findings.md: behind zero-weight convs a BatchNorm cancels their random
 biases).
 """
+
 from torch import nn
 
 from zeroinit.models.activation import make_activation
@@ -20,8 +21,9 @@ def norm(channels: int, batchnorm: bool) -> nn.Module:
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int, activation: str,
-                 batchnorm: bool = True):
+    def __init__(
+        self, in_ch: int, width: int, stride: int, activation: str, batchnorm: bool = True
+    ):
         super().__init__()
         out_ch = width * self.expansion
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=True)
@@ -33,8 +35,9 @@ class Bottleneck(nn.Module):
         self.bn3 = norm(out_ch, batchnorm)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=True),
-                                          norm(out_ch, batchnorm))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=True), norm(out_ch, batchnorm)
+            )
         self.act_out = make_activation(activation)
 
     def forward(self, x):
@@ -45,12 +48,22 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, input_shape, num_classes: int, blocks=(3, 4, 6, 3),
-                 widths=(64, 128, 256, 512), activation: str = "elu", batchnorm: bool = True):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        blocks=(3, 4, 6, 3),
+        widths=(64, 128, 256, 512),
+        activation: str = "elu",
+        batchnorm: bool = True,
+    ):
         super().__init__()
         stem = widths[0]  # 64 in the paper's net; follows the widths so a narrow net is narrow
-        self.stem = nn.Sequential(nn.Conv2d(input_shape[0], stem, 3, padding=1, bias=True),
-                                  norm(stem, batchnorm), make_activation(activation))
+        self.stem = nn.Sequential(
+            nn.Conv2d(input_shape[0], stem, 3, padding=1, bias=True),
+            norm(stem, batchnorm),
+            make_activation(activation),
+        )
         stages, in_ch = [], stem
         for i, (n, width) in enumerate(zip(blocks, widths)):
             for j in range(n):

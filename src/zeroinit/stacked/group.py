@@ -7,6 +7,7 @@ rest start from their seed. Runs
 resuming from different epochs cannot share a loop, so they train in separate stacks;
 `stack_size` caps the members of one stack (zeroinit.stacked.size: auto measures the fastest).
 """
+
 import logging
 import math
 import time
@@ -41,8 +42,9 @@ from zeroinit.sweep import is_disk_error, is_sweep_wide
 log = logging.getLogger("zeroinit")
 
 
-def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
-                on_outcome=None) -> list[tuple[str, dict | None, str | None]]:
+def train_group(
+    jobs: list[tuple[DictConfig, list]], stack_size="auto", on_outcome=None
+) -> list[tuple[str, dict | None, str | None]]:
     """jobs: [(resolved config with paths.output_dir, overrides)] of one group.
     Returns [(outcome, results, error)] in the jobs' order; `on_outcome(i, outcome, results,
     error)` is called as each job's outcome is known."""
@@ -75,7 +77,7 @@ def train_group(jobs: list[tuple[DictConfig, list]], stack_size="auto",
         for _, members in sorted(todo.items()):
             size = resolve(stack_size, jobs[members[0][0]][0], len(members))
             for start in range(0, len(members), size):
-                chunk = members[start: start + size]
+                chunk = members[start : start + size]
                 if len(chunk) == 1:  # a stack of one is slower than the plain network
                     _train_alone(*chunk[0], jobs[chunk[0][0]], done)
                 else:
@@ -97,8 +99,12 @@ def _train_alone(i, ckpt, job, done) -> None:
         if is_sweep_wide(e):
             raise
         saved = Path(cfg.paths.output_dir) / FILENAME
-        done(i, "failed", read_results(cfg.paths.output_dir) if saved.exists() else None,
-             f"{type(e).__name__}: {e}")
+        done(
+            i,
+            "failed",
+            read_results(cfg.paths.output_dir) if saved.exists() else None,
+            f"{type(e).__name__}: {e}",
+        )
         return
     done(i, results["status"], results, results.get("error"))
 
@@ -124,15 +130,26 @@ def _train_stack(members, done) -> None:
             config = OmegaConf.to_container(cfg, resolve=True)
             writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
             writer.results["stack_size"] = len(members)
-            group.append(Member(k, cfg, nets[k], build_callbacks(cfg, writer, mid_epoch=False),
-                                build_logger(cfg, config), writer))
+            group.append(
+                Member(
+                    k,
+                    cfg,
+                    nets[k],
+                    build_callbacks(cfg, writer, mid_epoch=False),
+                    build_logger(cfg, config),
+                    writer,
+                )
+            )
         stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
         module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
-        trainer = build(trainer_cfg, logger=False,
-                        callbacks=[Progress(), runs, _EpochLine(group), StopOnSignal()],
-                        enable_checkpointing=False)
+        trainer = build(
+            trainer_cfg,
+            logger=False,
+            callbacks=[Progress(), runs, _EpochLine(group), StopOnSignal()],
+            enable_checkpointing=False,
+        )
         ckpt_path = _group_checkpoint(members, cfg0)
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -185,16 +202,22 @@ class _EpochLine(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         epoch = trainer.current_epoch + 1
-        accs = sorted(e["test_acc"] if e["test_acc"] is not None else math.nan
-                      for e in (m.writer.results["epochs"][-1] for m in self.members
-                                if m.writer.results["epochs"])
-                      if e["epoch"] == epoch)  # the members that trained this epoch
+        accs = sorted(
+            e["test_acc"] if e["test_acc"] is not None else math.nan
+            for e in (
+                m.writer.results["epochs"][-1] for m in self.members if m.writer.results["epochs"]
+            )
+            if e["epoch"] == epoch
+        )  # the members that trained this epoch
         if not accs:
             return
         seconds = time.perf_counter() - self._start
         diverged = sum(m.writer.results["status"] == "diverged" for m in self.members)
-        print(f"epoch {trainer.current_epoch + 1:>3}/{trainer.max_epochs}  "
-              f"{len(accs)} runs  test_acc min {accs[0]:.4f}  median "
-              f"{accs[len(accs) // 2]:.4f}  max {accs[-1]:.4f}"
-              + (f"  ({diverged} diverged)" if diverged else "") + f"  ({seconds:.2f}s)",
-              flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1:>3}/{trainer.max_epochs}  "
+            f"{len(accs)} runs  test_acc min {accs[0]:.4f}  median "
+            f"{accs[len(accs) // 2]:.4f}  max {accs[-1]:.4f}"
+            + (f"  ({diverged} diverged)" if diverged else "")
+            + f"  ({seconds:.2f}s)",
+            flush=True,
+        )

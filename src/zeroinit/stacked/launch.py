@@ -9,6 +9,7 @@ layers with stacked twins (zeroinit.stacked.layers), an elementwise optimizer, o
 and no fp16 loss scaler (one scaler would skip a step for every member when one member
 overflows).
 """
+
 import copy
 import json
 import logging
@@ -69,8 +70,10 @@ class Job:
         """What hydra.core.utils.run_job does before the task function: the output directory
         and Hydra's runtime config; then resolve the run's config with it."""
         HydraConfig.instance().set_config(self.config)
-        out_dir = os.path.join(str(OmegaConf.select(self.config, "hydra.sweep.dir")),
-                               str(OmegaConf.select(self.config, "hydra.sweep.subdir")))
+        out_dir = os.path.join(
+            str(OmegaConf.select(self.config, "hydra.sweep.dir")),
+            str(OmegaConf.select(self.config, "hydra.sweep.subdir")),
+        )
         with read_write(self.config.hydra.runtime), open_dict(self.config.hydra.runtime):
             self.config.hydra.runtime.output_dir = os.path.abspath(out_dir)
         HydraConfig.instance().set_config(self.config)
@@ -92,9 +95,14 @@ class Job:
         _save_config(self.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
 
     def job_return(self, value) -> JobReturn:
-        ret = JobReturn(overrides=self.overrides, cfg=self.task_cfg, hydra_cfg=self.hydra_cfg,
-                        working_dir=os.getcwd(), task_name=self.hydra_cfg.hydra.job.name,
-                        status=JobStatus.COMPLETED)
+        ret = JobReturn(
+            overrides=self.overrides,
+            cfg=self.task_cfg,
+            hydra_cfg=self.hydra_cfg,
+            working_dir=os.getcwd(),
+            task_name=self.hydra_cfg.hydra.job.name,
+            status=JobStatus.COMPLETED,
+        )
         ret.return_value = value
         return ret
 
@@ -102,9 +110,12 @@ class Job:
 def group_key(cfg) -> str | None:
     """Jobs with equal keys train together; None: this job cannot be stacked."""
     t = cfg.trainer
-    if ("ddp" in str(t.get("strategy", "")) or t.get("devices") not in (1, "1", None)
-            or str(t.get("precision")) in ("16", "16-mixed", "16-true")
-            or cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1] not in ELEMENTWISE_OPTIMIZERS):
+    if (
+        "ddp" in str(t.get("strategy", ""))
+        or t.get("devices") not in (1, "1", None)
+        or str(t.get("precision")) in ("16", "16-mixed", "16-true")
+        or cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1] not in ELEMENTWISE_OPTIMIZERS
+    ):
         return None
     shared = OmegaConf.to_container(cfg)
     for key in MEMBER_KEYS:
@@ -115,7 +126,8 @@ def group_key(cfg) -> str | None:
         node.pop(leaf, None)
     # Paths inside the run's own directory (the logger's save_dir, ...) differ by design.
     return json.dumps(shared, sort_keys=True, default=str).replace(
-        json.dumps(str(cfg.paths.output_dir))[1:-1], "<run dir>")
+        json.dumps(str(cfg.paths.output_dir))[1:-1], "<run dir>"
+    )
 
 
 def stackable_model(cfg) -> bool:
@@ -168,11 +180,15 @@ def places_for(setting, jobs: list[Job]) -> int:
     sees when the runs ask for a GPU (trainer=default or gpu), else 1."""
     if setting not in (None, "auto"):
         if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-            raise UserError(f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
-                            "an integer >= 1, or auto (one per GPU, else 1)")
+            raise UserError(
+                f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
+                "an integer >= 1, or auto (one per GPU, else 1)"
+            )
         return setting
-    wants_gpu = any(job.cfg is not None and str(job.cfg.trainer.get("accelerator"))
-                    in ("auto", "gpu", "cuda") for job in jobs)
+    wants_gpu = any(
+        job.cfg is not None and str(job.cfg.trainer.get("accelerator")) in ("auto", "gpu", "cuda")
+        for job in jobs
+    )
     return max(1, torch.cuda.device_count()) if wants_gpu and torch.cuda.is_available() else 1
 
 
@@ -203,15 +219,17 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
     places = places_for(launcher.workers, jobs)
     schedule = [stacks for stacks in plan(jobs, launcher.stack_size, places) if stacks]
     if len(schedule) == 1:
-        returns = train_place(schedule[0], launcher.hydra_context, launcher.task_function,
-                              config, count=True)
+        returns = train_place(
+            schedule[0], launcher.hydra_context, launcher.task_function, config, count=True
+        )
     else:
         returns = _train_places(schedule, launcher, config)
     return [returns[job.idx] for job in jobs]
 
 
-def train_place(stacks: list[list[Job]], hydra_context, task_function, config,
-                count: bool = False) -> dict:
+def train_place(
+    stacks: list[list[Job]], hydra_context, task_function, config, count: bool = False
+) -> dict:
     """One place's stacks, one after another: {job index: JobReturn}. `count`: print each
     stack's position in the sweep and the ETA (one place trains the whole sweep)."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -219,9 +237,13 @@ def train_place(stacks: list[list[Job]], hydra_context, task_function, config,
     for stack in stacks:
         if stack[0].key is None:  # alone: train.py's job function, as the basic launcher
             job = stack[0]
-            returns[job.idx] = run_job(hydra_context=hydra_context, task_function=task_function,
-                                       config=job.config, job_dir_key="hydra.sweep.dir",
-                                       job_subdir_key="hydra.sweep.subdir")
+            returns[job.idx] = run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=job.config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
             continue
         if count and position(len(returns), len(stack)):
@@ -239,18 +261,30 @@ def _train_places(schedule, launcher, config) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k.startswith("ZEROINIT_")}
     threads = max(1, (os.cpu_count() or 1) // len(schedule))
-    print(f"stacked: {sum(len(s) for p in schedule for s in p)} runs on {len(schedule)} "
-          f"places at once: " + ", ".join(
-              "/".join(str(len(s)) for s in stacks) for stacks in schedule), flush=True)
+    print(
+        f"stacked: {sum(len(s) for p in schedule for s in p)} runs on {len(schedule)} "
+        f"places at once: "
+        + ", ".join("/".join(str(len(s)) for s in stacks) for stacks in schedule),
+        flush=True,
+    )
     parts = Parallel(n_jobs=len(schedule), backend="loky")(
-        delayed(_place_worker)(stacks, launcher.hydra_context, launcher.task_function, config,
-                               Singleton.get_state(), env, threads)
-        for stacks in schedule)
+        delayed(_place_worker)(
+            stacks,
+            launcher.hydra_context,
+            launcher.task_function,
+            config,
+            Singleton.get_state(),
+            env,
+            threads,
+        )
+        for stacks in schedule
+    )
     return {idx: ret for part in parts for idx, ret in part.items()}
 
 
-def _place_worker(stacks, hydra_context, task_function, config, singleton_state, env,
-                  threads) -> dict:
+def _place_worker(
+    stacks, hydra_context, task_function, config, singleton_state, env, threads
+) -> dict:
     """A place's process: the sweep's environment (loky reuses workers, so it is set, not
     inherited), Hydra's global state, its share of the cores; then its stacks."""
     from hydra.core.singleton import Singleton
@@ -280,7 +314,7 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
         if outcome == "failed" and not (out_dir / FILENAME).exists():
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-written
             if error and error.startswith("UserError: "):
-                print(f"error: {error[len('UserError: '):]}", flush=True)
+                print(f"error: {error[len('UserError: ') :]}", flush=True)
         record(sweep_dir, out_dir, outcome, results, error)
         line = outcome_line(outcome, results, out_dir, out_dir.name)
         if line:
@@ -293,14 +327,21 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
         for job in group:
             if job.idx not in returns:
                 record(sweep_dir, job.cfg.paths.output_dir, "interrupted", error=str(stop))
-        leave(stop, f"{len(group)} stacked runs in {sweep_dir}",
-              then=summary_so_far(sweep_dir) if started_here() else None)
+        leave(
+            stop,
+            f"{len(group)} stacked runs in {sweep_dir}",
+            then=summary_so_far(sweep_dir) if started_here() else None,
+        )
     except Exception as e:  # noqa: BLE001 - train_group re-raises only sweep-wide failures
         if not is_sweep_wide(e):
             raise
         if is_disk_error(e) and started_here():  # nothing later could be written: stop here
             failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-            stop_on_disk_error(sweep_dir, f"{len(group)} stacked runs in {sweep_dir}", e,
-                               {Path(job.cfg.paths.output_dir).name: failed for job in group})
+            stop_on_disk_error(
+                sweep_dir,
+                f"{len(group)} stacked runs in {sweep_dir}",
+                e,
+                {Path(job.cfg.paths.output_dir).name: failed for job in group},
+            )
         stop_sweep(sweep_dir, e)
     return {job.idx: returns.get(job.idx) or job.job_return(None) for job in group}

@@ -18,6 +18,7 @@ Members never mix: no operation above reads across the member dimension, so a me
 values become NaN/inf leaves the others untouched. A layer this file does not know cannot be
 stacked (`StackError`): the launcher then trains those runs one by one.
 """
+
 import copy
 
 import torch
@@ -48,8 +49,11 @@ class StackedLinear(nn.Module):
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
-        self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
-                     if layers[0].bias is not None else None)
+        self.bias = (
+            nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
+            if layers[0].bias is not None
+            else None
+        )
 
     def forward(self, x):  # (K, B, in) -> (K, B, out), a transposed view of (K, out, B)
         # W @ x^T, not x @ W^T: autograd then computes the weight's gradient (gy^T @ x)
@@ -72,14 +76,18 @@ class StackedConv2d(nn.Module):
         self.k, self.groups = len(layers), first.groups
         self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
-        self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
-                     if first.bias is not None else None)
+        self.bias = (
+            nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
+            if first.bias is not None
+            else None
+        )
 
     def forward(self, x):
         w = self.weight.flatten(0, 1)  # (K*out, in/groups, kh, kw): member k's filters k-th
         b = None if self.bias is None else self.bias.flatten()
-        y = F.conv2d(_conv_in(x), w, b, self.stride, self.padding, self.dilation,
-                     self.groups * self.k)
+        y = F.conv2d(
+            _conv_in(x), w, b, self.stride, self.padding, self.dilation, self.groups * self.k
+        )
         return _conv_out(y, self.k)
 
 
@@ -113,10 +121,16 @@ class StackedBatchNorm(nn.Module):
         use_batch = self.training or self.running_mean is None
         flat = lambda t: None if t is None else t.view(-1)  # noqa: E731 - views update in place
         running = not self.training or self.track_running_stats
-        y = F.batch_norm(_conv_in(x) if x.dim() > 3 else x.transpose(0, 1).flatten(1, 2),
-                         flat(self.running_mean) if running else None,
-                         flat(self.running_var) if running else None,
-                         flat(self.weight), flat(self.bias), use_batch, factor, self.eps)
+        y = F.batch_norm(
+            _conv_in(x) if x.dim() > 3 else x.transpose(0, 1).flatten(1, 2),
+            flat(self.running_mean) if running else None,
+            flat(self.running_var) if running else None,
+            flat(self.weight),
+            flat(self.bias),
+            use_batch,
+            factor,
+            self.eps,
+        )
         if x.dim() > 3:
             return _conv_out(y, self.k)
         return y.view(x.shape[1], self.k, -1).transpose(0, 1)  # BatchNorm1d on (K, B, C)
@@ -167,7 +181,8 @@ def _stacked_layer(layers: list[nn.Module]) -> nn.Module | None:
     if isinstance(first, CONTAINERS):  # (an empty Sequential is the identity: a shortcut)
         return None
     if any(True for _ in first.parameters(recurse=False)) or any(
-            True for _ in first.buffers(recurse=False)):
+        True for _ in first.buffers(recurse=False)
+    ):
         raise StackError(f"no stacked version of {type(first).__name__}")
     if not list(first.children()):  # a parameter-free leaf we do not know: it may mix
         raise StackError(f"no stacked version of {type(first).__name__}")
@@ -203,12 +218,16 @@ def stack_nets(nets: list[nn.Module]) -> nn.Module:
 
 def member_state_dict(stacked: nn.Module, k: int) -> dict:
     """Member k's state_dict, with the keys and shapes of the separate run's network."""
-    return {name: (t if t.dim() == 0 else t[k]).detach().clone()
-            for name, t in stacked.state_dict().items()}
+    return {
+        name: (t if t.dim() == 0 else t[k]).detach().clone()
+        for name, t in stacked.state_dict().items()
+    }
 
 
 def stacked_state_dict(members: list[dict]) -> dict:
     """The inverse: a stacked net's state_dict from its members' state_dicts (in order).
     Shared scalars (num_batches_tracked, equal in every member) are taken from member 0."""
-    return {name: t if t.dim() == 0 else torch.stack([m[name] for m in members])
-            for name, t in members[0].items()}
+    return {
+        name: t if t.dim() == 0 else torch.stack([m[name] for m in members])
+        for name, t in members[0].items()
+    }

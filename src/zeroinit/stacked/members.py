@@ -11,6 +11,7 @@ checkpoint the separate run would write (see `member_checkpoint`). So the Result
 diagnostics and the checkpoint callback run per member unchanged, and a new callback in
 conf/callbacks/ works stacked without knowing about it.
 """
+
 import lightning as L
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class Member:
         self.callbacks, self.logger, self.writer = callbacks, logger, writer
         self.metrics: dict = {}
         self.stop_requested = False  # set through MemberTrainer.should_stop (divergence)
-        self.ended = False           # its fit-end hooks have run; it no longer trains
+        self.ended = False  # its fit-end hooks have run; it no longer trains
         self.frozen: dict | None = None  # its parameters when it ended, restored every step
         self.proxies = None  # (MemberTrainer, MemberModule), made once per fit
 
@@ -141,18 +142,33 @@ def point_grads(stacked: nn.Module, member: Member) -> None:
 
 def member_optimizer_state(state: dict, k: int) -> dict:
     """Row k of a stacked optimizer's state_dict: a separate run's optimizer state."""
-    return {"state": {i: {key: v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v
-                          for key, v in s.items()} for i, s in state["state"].items()},
-            "param_groups": state["param_groups"]}
+    return {
+        "state": {
+            i: {
+                key: v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v
+                for key, v in s.items()
+            }
+            for i, s in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
 
 
 def stacked_optimizer_state(states: list[dict]) -> dict:
     """The inverse of member_optimizer_state: the members' optimizer states stacked."""
     first = states[0]
-    return {"state": {i: {key: torch.stack([s["state"][i][key] for s in states])
-                          if torch.is_tensor(v) and v.dim() > 0 else v
-                          for key, v in entry.items()} for i, entry in first["state"].items()},
-            "param_groups": first["param_groups"]}
+    return {
+        "state": {
+            i: {
+                key: torch.stack([s["state"][i][key] for s in states])
+                if torch.is_tensor(v) and v.dim() > 0
+                else v
+                for key, v in entry.items()
+            }
+            for i, entry in first["state"].items()
+        },
+        "param_groups": first["param_groups"],
+    }
 
 
 def _callback_states(callbacks) -> dict:
@@ -167,20 +183,35 @@ def _callback_states(callbacks) -> dict:
 def combine_checkpoints(checkpoints: list[dict]) -> dict:
     """A group checkpoint for Trainer.fit(ckpt_path=...) from its members' checkpoints (all
     at the same epoch): stacked weights and optimizer state, the members' callback states."""
-    combined = {k: v for k, v in checkpoints[0].items()
-                if k not in ("state_dict", "optimizer_states", "callbacks")}
+    combined = {
+        k: v
+        for k, v in checkpoints[0].items()
+        if k not in ("state_dict", "optimizer_states", "callbacks")
+    }
     combined["state_dict"] = stacked_state_dict([c["state_dict"] for c in checkpoints])
-    combined["optimizer_states"] = [stacked_optimizer_state([c["optimizer_states"][0]
-                                                             for c in checkpoints])]
-    combined["callbacks"] = {StackedRuns.__qualname__: {
-        "members": [c.get("callbacks", {}) for c in checkpoints]}}
+    combined["optimizer_states"] = [
+        stacked_optimizer_state([c["optimizer_states"][0] for c in checkpoints])
+    ]
+    combined["callbacks"] = {
+        StackedRuns.__qualname__: {"members": [c.get("callbacks", {}) for c in checkpoints]}
+    }
     return combined
 
 
-HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start", "on_before_backward",
-         "on_after_backward", "on_train_batch_start", "on_validation_start",
-         "on_validation_epoch_start", "on_validation_epoch_end", "on_validation_end",
-         "on_train_end", "on_fit_end")
+HOOKS = (
+    "on_fit_start",
+    "on_train_start",
+    "on_train_epoch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_train_batch_start",
+    "on_validation_start",
+    "on_validation_epoch_start",
+    "on_validation_epoch_end",
+    "on_validation_end",
+    "on_train_end",
+    "on_fit_end",
+)
 
 
 class StackedRuns(L.Callback):
@@ -224,12 +255,18 @@ class StackedRuns(L.Callback):
         if step != trainer.global_step or group is None:
             group = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             self._dump = (trainer.global_step, group)
-        ckpt = {k: v for k, v in group.items() if k not in ("state_dict", "optimizer_states",
-                                                            "callbacks")}
-        ckpt["state_dict"] = {f"net.{k}": v for k, v in
-                              member_state_dict(trainer.lightning_module.net, member.index).items()}
-        ckpt["optimizer_states"] = [member_optimizer_state(s, member.index)
-                                    for s in group["optimizer_states"]]
+        ckpt = {
+            k: v
+            for k, v in group.items()
+            if k not in ("state_dict", "optimizer_states", "callbacks")
+        }
+        ckpt["state_dict"] = {
+            f"net.{k}": v
+            for k, v in member_state_dict(trainer.lightning_module.net, member.index).items()
+        }
+        ckpt["optimizer_states"] = [
+            member_optimizer_state(s, member.index) for s in group["optimizer_states"]
+        ]
         ckpt["callbacks"] = _callback_states(member.callbacks)
         return ckpt
 
@@ -254,10 +291,12 @@ class StackedRuns(L.Callback):
         self._restore_frozen(pl_module)
         self._call("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
-                                dataloader_idx=0):
-        self._call("on_validation_batch_end", trainer, pl_module, outputs, batch, batch_idx,
-                   dataloader_idx)
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        self._call(
+            "on_validation_batch_end", trainer, pl_module, outputs, batch, batch_idx, dataloader_idx
+        )
 
     def on_train_epoch_end(self, trainer, pl_module):
         for m, metrics in zip(self.members, pl_module.epoch_metrics()):
@@ -291,6 +330,7 @@ class StackedRuns(L.Callback):
 def _forward(hook):
     def method(self, trainer, pl_module, *args):
         self._call(hook, trainer, pl_module, *args)
+
     method.__name__ = hook
     return method
 

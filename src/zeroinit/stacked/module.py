@@ -9,6 +9,7 @@ StackedBatches zips the K members' own DeviceBatches (each seeded with its membe
 so member k sees the very batches, in the same order and with the same augmentation draws,
 as the separate run with its config.
 """
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,17 @@ from zeroinit.data import DeviceBatches, ImageDataModule
 # Optimizers whose update of an entry depends only on that entry's own history: one of them
 # over stacked tensors is K independent optimizers. (LBFGS, LARS-like and norm-based
 # optimizers look at whole tensors and would mix members.)
-ELEMENTWISE_OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                          "NAdam", "RAdam"}
+ELEMENTWISE_OPTIMIZERS = {
+    "Adam",
+    "AdamW",
+    "SGD",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+}
 
 
 class StackedClassifier(L.LightningModule):
@@ -83,8 +93,7 @@ class StackedBatches:
     def __iter__(self):
         first = self.members[0]  # the members share the data and how it is prepared
         for parts in zip(*(m.indices() for m in self.members)):
-            idx, offsets, flips = (None if p[0] is None else torch.stack(p)
-                                   for p in zip(*parts))
+            idx, offsets, flips = (None if p[0] is None else torch.stack(p) for p in zip(*parts))
             yield first.take(idx, offsets, flips)
 
 
@@ -106,17 +115,33 @@ class StackedDataModule(ImageDataModule):
     """The group's dataset, on the device once; training batches per member seed."""
 
     def __init__(self, data: ImageDataModule, seeds: list[int]):
-        super().__init__(data.source, data.batch_size, data.eval_batch_size, data.data_dir,
-                         data.download, augment=data.augment, seed=seeds[0], name=data.name)
+        super().__init__(
+            data.source,
+            data.batch_size,
+            data.eval_batch_size,
+            data.data_dir,
+            data.download,
+            augment=data.augment,
+            seed=seeds[0],
+            name=data.name,
+        )
         self.mean, self.std = data.mean, data.std
         self.declared_shape, self.declared_classes = data.declared_shape, data.declared_classes
         self.train_set, self.test_set, self.classes = data.train_set, data.test_set, data.classes
         self.seeds = list(seeds)
 
     def member_train_batches(self, seed: int) -> DeviceBatches:
-        return DeviceBatches(*self.train_set, self.batch_size, self._epoch, seed=seed,
-                             shuffle=True, augment=self.augment, mean=self.mean, std=self.std,
-                             dtype=self.dtype)
+        return DeviceBatches(
+            *self.train_set,
+            self.batch_size,
+            self._epoch,
+            seed=seed,
+            shuffle=True,
+            augment=self.augment,
+            mean=self.mean,
+            std=self.std,
+            dtype=self.dtype,
+        )
 
     def train_dataloader(self):
         return StackedBatches([self.member_train_batches(s) for s in self.seeds])

@@ -11,6 +11,7 @@ every place trains its stacks one after another.
 
 Pure functions over lists: `split`, `spread` and `assign` know nothing of Hydra or torch.
 """
+
 import math
 
 
@@ -23,7 +24,7 @@ def split(items: list, cap: int) -> list[list]:
     sizes = [n // parts + (i < n % parts) for i in range(parts)]
     out, start = [], 0
     for size in sizes:
-        out.append(items[start: start + size])
+        out.append(items[start : start + size])
         start += size
     return out
 

@@ -24,6 +24,7 @@ ms per step and run at sizes 1/2/4/8/15): mnist_fnn 2.5/1.9/1.7/1.9/2.3, cifar_f
 13.1/13.1/13.2/16.2/16.3; the README's 15-run sweep took 22.5 s in stacks of 4 and 23.5 s
 as one stack of 15.
 """
+
 import hashlib
 import json
 import logging
@@ -40,9 +41,9 @@ from zeroinit.errors import UserError
 
 log = logging.getLogger("zeroinit")
 MAX_AUTO_STACK = 64  # beyond this a stack's first results arrive late for little more speed
-MIN_GAIN = 1.05      # runs per second this close to the best count as equal (noise)
-BUDGET_S = 8.0       # the probe stops growing the stack after this many seconds
-TIMED_S = 0.25       # each size: steps until this much time has passed (at least 2 steps)
+MIN_GAIN = 1.05  # runs per second this close to the best count as equal (noise)
+BUDGET_S = 8.0  # the probe stops growing the stack after this many seconds
+TIMED_S = 0.25  # each size: steps until this much time has passed (at least 2 steps)
 FILE = "stack-probe.json"
 
 
@@ -63,11 +64,17 @@ def resolve(setting, cfg, n: int, measure: bool = True) -> int:
         return cap
     size = choice["size"]
     stacks = -(-n // size)
-    said = (f"{size} runs per stack ({choice['gain']:.1f}x one at a time)" if size > 1 else
-            f"1 run per stack (stacked: {choice['best_stacked']:.2f}x one at a time at best)")
-    print(f"stacked: {cfg.model.name} on {choice['device']}: {said}; {n} runs -> "
-          f"{'one at a time' if size == 1 else f'{stacks} stack' + ('s' if stacks > 1 else '')}"
-          f"{' (measured before)' if choice['cached'] else ''}", flush=True)
+    said = (
+        f"{size} runs per stack ({choice['gain']:.1f}x one at a time)"
+        if size > 1
+        else f"1 run per stack (stacked: {choice['best_stacked']:.2f}x one at a time at best)"
+    )
+    print(
+        f"stacked: {cfg.model.name} on {choice['device']}: {said}; {n} runs -> "
+        f"{'one at a time' if size == 1 else f'{stacks} stack' + ('s' if stacks > 1 else '')}"
+        f"{' (measured before)' if choice['cached'] else ''}",
+        flush=True,
+    )
     return size
 
 
@@ -75,8 +82,10 @@ def check_setting(setting) -> None:
     if setting in (None, "auto"):
         return
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-        raise UserError(f"hydra.launcher.stack_size: {setting!r} is not allowed; "
-                        "allowed: an integer >= 1, or auto")
+        raise UserError(
+            f"hydra.launcher.stack_size: {setting!r} is not allowed; "
+            "allowed: an integer >= 1, or auto"
+        )
 
 
 # ------------------------------------------------------------------------- choosing a size
@@ -98,8 +107,9 @@ def best_size(seconds: dict[int, float]) -> int:
     return max(k for k, r in rate.items() if r * MIN_GAIN >= top)
 
 
-def measure(sizes: list[int], step_seconds, budget_s: float = BUDGET_S,
-            rounds: int = 2) -> dict[int, float]:
+def measure(
+    sizes: list[int], step_seconds, budget_s: float = BUDGET_S, rounds: int = 2
+) -> dict[int, float]:
     """{size: seconds per step} for `sizes` in order, from `step_seconds(size)`. The first
     round stops at a size slower per run than the best so far by more than noise (larger ones
     would be slower still) or after `budget_s`; later rounds time the same sizes again, in
@@ -152,8 +162,14 @@ def step_timer(cfg, device: torch.device):
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 logits = net(x)  # each member's own mean loss, summed (StackedClassifier)
-                loss = F.cross_entropy(logits.reshape(-1, classes).float(), y.reshape(-1),
-                                       reduction="none").view(-1, b).mean(1).sum()
+                loss = (
+                    F.cross_entropy(
+                        logits.reshape(-1, classes).float(), y.reshape(-1), reduction="none"
+                    )
+                    .view(-1, b)
+                    .mean(1)
+                    .sum()
+                )
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
@@ -186,11 +202,17 @@ def probe_key(cfg, device: torch.device) -> dict:
     from omegaconf import OmegaConf
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    return {"model": model, "init": cfg.init.get("weight"), "shape": list(cfg.dataset.input_shape),
-            "classes": int(cfg.dataset.num_classes), "batch_size": int(cfg.batch_size),
-            "precision": str(cfg.trainer.get("precision")),
-            "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
-            "device": _device_name(device), "torch": torch.__version__}
+    return {
+        "model": model,
+        "init": cfg.init.get("weight"),
+        "shape": list(cfg.dataset.input_shape),
+        "classes": int(cfg.dataset.num_classes),
+        "batch_size": int(cfg.batch_size),
+        "precision": str(cfg.trainer.get("precision")),
+        "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+    }
 
 
 def probe(cfg, cap: int, step_seconds=None) -> dict:
@@ -207,15 +229,24 @@ def probe(cfg, cap: int, step_seconds=None) -> dict:
         seconds = measure(candidate_sizes(cap), step_seconds or step_timer(cfg, device))
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the probe's stacks, before the real one
-        entries[digest] = {"key": key, "seconds": seconds,
-                           "stopped_early": max(seconds) < cap, "when": time.time()}
+        entries[digest] = {
+            "key": key,
+            "seconds": seconds,
+            "stopped_early": max(seconds) < cap,
+            "when": time.time(),
+        }
         _write(path, entries)
     size = best_size(seconds)
     gain = {k: k * seconds[1] / s for k, s in seconds.items()}  # runs/s vs one at a time
     log.debug("stack probe %s: seconds per step %s -> %d", cfg.model.name, seconds, size)
-    return {"size": size, "gain": gain[size], "seconds": seconds, "device": device.type,
-            "best_stacked": max((g for k, g in gain.items() if k > 1), default=1.0),
-            "cached": cached}
+    return {
+        "size": size,
+        "gain": gain[size],
+        "seconds": seconds,
+        "device": device.type,
+        "best_stacked": max((g for k, g in gain.items() if k > 1), default=1.0),
+        "cached": cached,
+    }
 
 
 def _usable(entry, cap: int) -> dict[int, float] | None:
@@ -261,8 +292,11 @@ def memory_cap(cfg) -> int:
     with torch.device("meta"):
         net = build_model(cfg, shape, classes)
         sizes = []
-        hooks = [m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
-                 for m in net.modules() if not list(m.children())]
+        hooks = [
+            m.register_forward_hook(lambda m, a, out: sizes.append(out.numel()))
+            for m in net.modules()
+            if not list(m.children())
+        ]
         net(torch.empty(int(cfg.batch_size), *shape))
         for h in hooks:
             h.remove()
