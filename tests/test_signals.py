@@ -15,10 +15,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 
+from zeroinit.lifecycle import resume_checkpoint
 from zeroinit.results import read_results
 from zeroinit.run import run
 from zeroinit.signals import Interrupted, StopOnSignal, should_requeue
-from zeroinit.sweep import resume_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from zeroinit.gpus import GpuSlot, default_gpu_lock_dir, slot_gpu
+from zeroinit.lifecycle import RunLock
 from zeroinit.run import build_data, build_net, compose
 from zeroinit.slurm import rejection
-from zeroinit.sweep import GpuSlot, RunLock, default_gpu_lock_dir, slot_gpu, summarize
+from zeroinit.sweep import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {  # preset -> (dataset, epochs, runs in the sweep)
@@ -79,7 +81,7 @@ def test_gpu_slots_are_exclusive_across_processes(tmp_path):
     held = GpuSlot(1, 1, lock_dir=tmp_path)
     held.acquire()
     code = (
-        "from zeroinit.sweep import GpuSlot\n"
+        "from zeroinit.gpus import GpuSlot\n"
         f"try:\n    GpuSlot(1, 1, lock_dir={str(tmp_path)!r}, poll_s=0.01).acquire(0.1)\n"
         "except TimeoutError:\n    print('waited')\n"
     )

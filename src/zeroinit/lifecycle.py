@@ -11,13 +11,98 @@ edit here.
   outcome_line(...)  what became of it, as the one line a user reads
 """
 
+import fcntl
 import math
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from zeroinit import events
-from zeroinit.results import read_results
-from zeroinit.sweep import FINISHED, RunLock, previous_status, record_outcome, resume_checkpoint
+from zeroinit.checkpoint import set_aside, unreadable
+from zeroinit.results import FILENAME, read_results
+from zeroinit.sweep import record_outcome
+
+# A run's directory is named by its configuration and seed (conf/hydra/default.yaml), so the
+# same command finds the runs it made before:
+#   completed / diverged            -> skipped: a finished result is never overwritten
+#   running / failed / interrupted  -> resumed from checkpoints/last.ckpt (or restarted)
+FINISHED = ("completed", "diverged")
+RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def previous_status(run_dir: Path) -> str | None:
+    try:
+        return read_results(run_dir).get("status")
+    except (OSError, ValueError):  # no results.json yet (or unreadable: start afresh)
+        return None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from, if the run was interrupted or failed after an epoch.
+
+    Neither file is ever deleted, and no rerun meets the same bad file twice:
+    - an unreadable checkpoint is set aside (renamed), with the results.json that goes with
+      it (its curve kept), and the run starts over; one line says so;
+    - an unreadable results.json next to a readable checkpoint is set aside and the run
+      resumes from the checkpoint, which holds the curve; one line says so."""
+    run_dir = Path(run_dir)
+    ckpt, results = run_dir / CHECKPOINT, run_dir / FILENAME
+    status = previous_status(run_dir)
+    results_unreadable = status is None and results.exists()
+    if not ckpt.exists() or not (status in RESUMABLE or results_unreadable):
+        return None
+    problem = unreadable(ckpt)
+    if problem:
+        ckpt_aside = set_aside(ckpt, "unreadable")
+        kept = ""
+        if results.exists():  # its curve belongs to the checkpoint set aside: keep it too
+            kept = f", {results.name} as {set_aside(results, 'before-restart').name}"
+        print(
+            f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
+            " starting over from epoch 1",
+            flush=True,
+        )
+        return None
+    if results_unreadable:
+        aside = set_aside(results, "unreadable")
+        print(
+            f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
+            "which holds the curve",
+            flush=True,
+        )
+    return ckpt
+
+
+class RunLock:
+    """An exclusive flock on <run_dir>/.lock, held while the run trains. The kernel drops it
+    when the process dies, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            self.file = None
+            return False
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{socket.gethostname()} {os.getpid()}\n")
+        self.file.flush()
+        return True
+
+    def release(self):
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
 
 
 @dataclass

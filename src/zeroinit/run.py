@@ -24,13 +24,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
+from zeroinit.gpus import GpuSlot
 from zeroinit.keys import NAME_KEYS
 from zeroinit.lifecycle import claim
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
 from zeroinit.results import ResultsWriter
 from zeroinit.signals import StopOnSignal
-from zeroinit.sweep import GpuSlot
 
 log = logging.getLogger("zeroinit")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"

@@ -1,167 +1,27 @@
-"""Sweeps that do not lose work: skip finished runs, resume interrupted ones, one run per GPU,
-and a summary of the whole sweep at its end.
-
-A run's directory is named by its configuration and seed (conf/hydra/default.yaml), so
-rerunning a sweep command finds the runs it already made:
-  completed / diverged            -> skipped: a finished result is never overwritten
-  running / failed / interrupted  -> resumed from checkpoints/last.ckpt (or restarted if none)
-A lock file in the run directory keeps two processes from training the same run at once.
-A failure that every run would share (zeroinit.errors.SweepError, a full disk) stops the sweep
-at the first run that meets it; the sweep's end says it once, exit code 2.
+"""A sweep as a whole: what became of each run (outcome records, in whatever process ran it),
+its position and ETA, the summary at its end, and the failures that every run would share
+(zeroinit.errors.SweepError, a full disk), which stop the sweep at the first run that meets
+them and are said once, exit code 2. (One run's own lifecycle, skip / lock / resume, is
+zeroinit.lifecycle; GPU slots are zeroinit.gpus.)
 """
 
 import errno
-import fcntl
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from zeroinit.checkpoint import set_aside, unreadable
 from zeroinit.errors import SweepError
-from zeroinit.results import FILENAME, read_results, write_json_atomic
+from zeroinit.results import write_json_atomic
 from zeroinit.signals import slurm_job_id
 
-FINISHED = ("completed", "diverged")
-RESUMABLE = ("running", "failed", "interrupted")  # killed, crashed, stopped by a signal
 SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"  # <time>-<pid of the process that started it>
 SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"  # how many runs the sweep launches, if known
 SWEEP_START_ENV = "ZEROINIT_SWEEP_START"  # its start (time.time())
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
-
-
-# ---------------------------------------------------------------- skip / resume
-def previous_status(run_dir: Path) -> str | None:
-    try:
-        return read_results(run_dir).get("status")
-    except (OSError, ValueError):  # no results.json yet (or unreadable: start afresh)
-        return None
-
-
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, if the run was interrupted or failed after an epoch.
-
-    Neither file is ever deleted, and no rerun meets the same bad file twice:
-    - an unreadable checkpoint is set aside (renamed), with the results.json that goes with
-      it (its curve kept), and the run starts over; one line says so;
-    - an unreadable results.json next to a readable checkpoint is set aside and the run
-      resumes from the checkpoint, which holds the curve; one line says so."""
-    run_dir = Path(run_dir)
-    ckpt, results = run_dir / CHECKPOINT, run_dir / FILENAME
-    status = previous_status(run_dir)
-    results_unreadable = status is None and results.exists()
-    if not ckpt.exists() or not (status in RESUMABLE or results_unreadable):
-        return None
-    problem = unreadable(ckpt)
-    if problem:
-        ckpt_aside = set_aside(ckpt, "unreadable")
-        kept = ""
-        if results.exists():  # its curve belongs to the checkpoint set aside: keep it too
-            kept = f", {results.name} as {set_aside(results, 'before-restart').name}"
-        print(
-            f"unreadable checkpoint {ckpt} ({problem}): set aside as {ckpt_aside.name}{kept};"
-            " starting over from epoch 1",
-            flush=True,
-        )
-        return None
-    if results_unreadable:
-        aside = set_aside(results, "unreadable")
-        print(
-            f"unreadable {results} (set aside as {aside.name}): resuming from {ckpt}, "
-            "which holds the curve",
-            flush=True,
-        )
-    return ckpt
-
-
-class RunLock:
-    """An exclusive flock on <run_dir>/.lock, held while the run trains. The kernel drops it
-    when the process dies, so a killed run never leaves a stale lock behind."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.file = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            self.file = None
-            return False
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{socket.gethostname()} {os.getpid()}\n")
-        self.file.flush()
-        return True
-
-    def release(self):
-        if self.file is not None:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = None
-
-
-# ---------------------------------------------------------------- GPU slots
-def slot_gpu(slot: int, n_gpus: int, runs_per_gpu: int = 1) -> int:
-    """Slot k of n_gpus * runs_per_gpu slots -> its GPU. Slots fill GPU 0, 1, ... first, so
-    with runs_per_gpu=1 no two concurrent runs share a GPU."""
-    if not 0 <= slot < n_gpus * runs_per_gpu:
-        raise ValueError(f"slot {slot} out of range for {n_gpus} GPUs x {runs_per_gpu}")
-    return slot % n_gpus
-
-
-class GpuSlot:
-    """Claims one of n_gpus * runs_per_gpu slots by flock on files in `lock_dir` (shared by
-    every process of the machine: joblib workers, several sweeps); waits while all are busy."""
-
-    def __init__(self, n_gpus: int, runs_per_gpu: int = 1, lock_dir=None, poll_s: float = 1.0):
-        if n_gpus < 1 or runs_per_gpu < 1:
-            raise ValueError("n_gpus and runs_per_gpu must be >= 1")
-        self.n_gpus, self.runs_per_gpu, self.poll_s = n_gpus, runs_per_gpu, poll_s
-        self.lock_dir = Path(lock_dir or default_gpu_lock_dir())
-        self.file = self.slot = self.index = None
-
-    def acquire(self, timeout_s: float | None = None) -> int:
-        """Block until a slot is free; return its GPU index."""
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
-        while True:
-            for slot in range(self.n_gpus * self.runs_per_gpu):
-                f = open(self.lock_dir / f"slot{slot}.lock", "a")
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    f.close()
-                    continue
-                self.file, self.slot = f, slot
-                self.index = slot_gpu(slot, self.n_gpus, self.runs_per_gpu)
-                return self.index
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise TimeoutError(f"no free GPU slot in {self.lock_dir} after {timeout_s}s")
-            time.sleep(self.poll_s)
-
-    def release(self):
-        if self.file is not None:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-            self.file = self.slot = self.index = None
-
-
-def default_gpu_lock_dir(env=os.environ) -> Path:
-    """Shared by the processes of one machine, but per SLURM job: two jobs on one node each
-    see their own GPUs as cuda:0.., so one machine-wide slot0.lock would make the second job
-    wait for the first to end."""
-    job = env.get("SLURM_JOB_ID")
-    name = f"zeroinit-gpus-slurm{job}" if job else "zeroinit-gpus"
-    return Path(env.get("TMPDIR", "/tmp")) / name
 
 
 # ---------------------------------------------------------------- sweep summary
