@@ -10,7 +10,6 @@ and no fp16 loss scaler (one scaler would skip a step for every member when one 
 overflows).
 """
 
-import copy
 import json
 import logging
 import os
@@ -76,11 +75,12 @@ class Job:
         )
         with read_write(self.config.hydra.runtime), open_dict(self.config.hydra.runtime):
             self.config.hydra.runtime.output_dir = os.path.abspath(out_dir)
-        HydraConfig.instance().set_config(self.config)
-        self.task_cfg = copy.deepcopy(self.config)
-        with read_write(self.task_cfg), open_dict(self.task_cfg):
-            del self.task_cfg["hydra"]
-        self.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        HydraConfig.instance().set_config(self.config)  # a fresh copy of the hydra node
+        # The job's config without its hydra node, copied without copying that node first (it
+        # is most of the config: ~0.03 s a job on 2 cores); Hydra's own copy, as it is: each
+        # set_config makes a new one, which nothing changes afterwards.
+        self.task_cfg = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+        self.hydra_cfg = HydraConfig.instance().cfg
         try:
             self.cfg = OmegaConf.create(OmegaConf.to_container(self.task_cfg, resolve=True))
         except Exception as e:  # noqa: BLE001 - the normal path reports it, one job at a time
