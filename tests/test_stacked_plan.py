@@ -2,6 +2,7 @@
 balanced; and a sweep over 2 CPU workers that trains run for run as over 1."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,88 @@ def test_a_bad_workers_value_is_one_line(tmp_path, here):
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.workers: 0 ")
+
+
+def test_a_stop_signal_to_the_sweep_alone_stops_every_place_and_a_rerun_resumes(tmp_path, here):
+    # `kill <pid>` (or a scheduler) signals the process that started the sweep, not its
+    # workers: it passes the signal on, every stack stops at a batch boundary, and the sweep
+    # ends with its summary and 128 + the signal, leaving no worker behind.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [
+        "-m",
+        "seed=0,1,2,3",
+        "launcher=stacked",
+        "hydra.launcher.stack_size=2",
+        "hydra.launcher.workers=2",
+        "trainer.max_epochs=40",
+        "callbacks.diagnostics=null",
+        f"paths.log_dir={tmp_path}",
+    ]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "src/train.py", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sweep = tmp_path / "sweeps" / "default"
+    deadline, workers = time.time() + 240, []
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(sweep.glob("*/checkpoints/last.ckpt"))) == 4:
+                workers = [
+                    int(p.parent.name)
+                    for p in Path("/proc").glob("[0-9]*/stat")
+                    if _parent(p) == proc.pid and "LokyProcess" in _cmdline(p)
+                ]
+                os.kill(proc.pid, signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert workers, "never signalled"
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "sweep: 4 runs: 4 interrupted" in stdout, stdout[-2000:]
+    for r in sweep.glob("*/results.json"):
+        assert json.loads(r.read_text())["status"] == "interrupted"
+    time.sleep(1)
+    assert not [
+        pid
+        for pid in workers
+        if Path(f"/proc/{pid}").exists()
+        and "LokyProcess" in _cmdline(Path(f"/proc/{pid}/stat"))
+        and _state(pid) != "Z"
+    ], "a worker kept running"
+    again = here("train.py", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "4 of them resumed" in again.stdout
+
+
+def _parent(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmdline(stat: Path) -> str:
+    try:
+        return (stat.parent / "cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

@@ -22,11 +22,13 @@ A second stop signal does what it would have done without this module (Ctrl-C tw
 at once).
 """
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -145,6 +147,45 @@ def interrupt_on_ctrl_c() -> None:
     run trains and puts this back after (a second Ctrl-C then stops at once through it)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _raise_interrupted)
+
+
+@contextlib.contextmanager
+def forwarded_to(children):
+    """While it lasts, a stop signal this process receives goes to the processes
+    `children()` lists (a stacked sweep's workers) instead of stopping it: they stop at a batch
+    boundary, record their runs `interrupted` and return, and this process waits for them and
+    then says so. Yields the signals received. (Ctrl-C in a terminal reaches the workers by
+    itself; `kill <pid>` or a scheduler's signal to this process alone would not.)"""
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for pid in children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def child_processes(name: str) -> list[int]:
+    """This process's children whose command line holds `name` (Linux /proc)."""
+    me, out = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me and name in (stat.parent / "cmdline").read_text():
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return out
 
 
 # ---------------------------------------------------------------- after the run stopped

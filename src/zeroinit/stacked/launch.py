@@ -34,7 +34,7 @@ from zeroinit.errors import UserError
 from zeroinit.keys import MEMBER_KEYS
 from zeroinit.lifecycle import outcome_line, record
 from zeroinit.results import FILENAME
-from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
+from zeroinit.signals import STOPPED, child_processes, forwarded_to, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
@@ -267,26 +267,38 @@ def _train_places(schedule, launcher, config) -> dict:
         + ", ".join("/".join(str(len(s)) for s in stacks) for stacks in schedule),
         flush=True,
     )
-    parts = Parallel(n_jobs=len(schedule), backend="loky")(
-        delayed(_place_worker)(
-            stacks,
-            launcher.hydra_context,
-            launcher.task_function,
-            config,
-            Singleton.get_state(),
-            env,
-            threads,
-        )
-        for stacks in schedule
-    )
-    return {idx: ret for part in parts for idx, ret in part.items()}
+    parts = []
+    with forwarded_to(lambda: child_processes("LokyProcess")) as received:
+        try:
+            parts = Parallel(n_jobs=len(schedule), backend="loky")(
+                delayed(_place_worker)(
+                    stacks,
+                    launcher.hydra_context,
+                    launcher.task_function,
+                    config,
+                    Singleton.get_state(),
+                    env,
+                    threads,
+                )
+                for stacks in schedule
+            )
+        except Exception:  # noqa: BLE001 - a worker the signal ended outside its training
+            if not received:
+                raise
+    codes = [code for _, code in parts if code]
+    if codes or received:  # stopped by a signal: every place saved and said what it stopped
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        print(summary_so_far(sweep_dir) if started_here() else "", flush=True)
+        raise SystemExit(codes[0] if codes else 128 + received[0])
+    return {idx: ret for part, _ in parts for idx, ret in part.items()}
 
 
 def _place_worker(
     stacks, hydra_context, task_function, config, singleton_state, env, threads
 ) -> dict:
     """A place's process: the sweep's environment (loky reuses workers, so it is set, not
-    inherited), Hydra's global state, its share of the cores; then its stacks."""
+    inherited), Hydra's global state, its share of the cores; then its stacks. Returns
+    ({job index: JobReturn}, the exit code a stop signal ended it with, or None)."""
     from hydra.core.singleton import Singleton
 
     os.environ.update(env)
@@ -295,7 +307,12 @@ def _place_worker(
     torch.set_num_threads(threads)
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     interrupt_on_ctrl_c()
-    return train_place(stacks, hydra_context, task_function, config)
+    returns: dict = {}
+    try:
+        returns = train_place(stacks, hydra_context, task_function, config)
+    except SystemExit as e:  # a stop signal: the place's stack recorded it and said so
+        return returns, e.code or 1
+    return returns, None
 
 
 def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
