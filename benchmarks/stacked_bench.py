@@ -120,8 +120,7 @@ def probe_choice(model, device, work_dir, extra, members) -> str:
     """The stack size launcher=stacked takes for this model here, e.g. '(4 per stack, 1.3x)'
     (measured here, or read from the probe's cache)."""
     cfg = jobs(model, device, Path(work_dir), 1024, extra, members)[0][0]
-    cap = max(1, min(members, size.MAX_AUTO_STACK, size.memory_cap(cfg)))
-    choice = size.probe(cfg, cap)
+    choice = size.probe(cfg, size.largest(cfg, members))
     return f"({choice['size']} per stack, {choice['gain']:.2f}x)"
 
 

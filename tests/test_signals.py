@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def terminate_when(args, ready, signum=signal.SIGTERM, timeout=300):
-    """Start `args` in the project root, send `signum` once `ready()` is true; returns
+    """Start `args` in the project root, send `signum` once `ready(process)` is true; returns
     (process, stdout, stderr) after it exits."""
     proc = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -32,7 +32,7 @@ def terminate_when(args, ready, signum=signal.SIGTERM, timeout=300):
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
-            if ready():
+            if ready(proc) if ready.__code__.co_argcount else ready():
                 proc.send_signal(signum)
                 break
             time.sleep(0.05)
@@ -139,7 +139,7 @@ def test_sigterm_to_a_sweep_records_interrupted_and_a_rerun_resumes(tmp_path, he
     ]
     # signal the run once it has checkpointed an epoch
     proc, stdout, stderr = terminate_when(
-        args, lambda: list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))
+        args, lambda proc: list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))
     )
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     (run_dir,) = tmp_path.glob("sweeps/default/*-s0")
@@ -198,7 +198,7 @@ def test_ctrl_c_on_a_single_run_says_how_to_resume_it_and_that_command_does(tmp_
         f"paths.log_dir={tmp_path}",
     ]
     proc, stdout, stderr = terminate_when(
-        args, lambda: list(tmp_path.rglob("last.ckpt")), signum=signal.SIGINT
+        args, lambda proc: list(tmp_path.rglob("last.ckpt")), signum=signal.SIGINT
     )
     assert proc.returncode == 130, stderr[-2000:]
     (line,) = [s for s in stdout.splitlines() if s.startswith("interrupted:")]
@@ -228,7 +228,7 @@ def test_ctrl_c_stops_a_sweep_with_its_summary_so_far(tmp_path):
     ]
     proc, stdout, stderr = terminate_when(
         args,
-        lambda: list(tmp_path.glob("sweeps/default/*-s1/checkpoints/last.ckpt")),
+        lambda proc: list(tmp_path.glob("sweeps/default/*-s1/checkpoints/last.ckpt")),
         signum=signal.SIGINT,
     )
     assert proc.returncode == 130, stderr[-2000:]

@@ -68,6 +68,15 @@ def submitted_job(sweep_dir: Path, task: int) -> str:
     return folder.name
 
 
+def make_report(log_dir, sweep_name) -> subprocess.CompletedProcess:
+    """src/report.py on one sweep, into <log_dir>/report."""
+    return subprocess.run(
+        [sys.executable, "src/report.py", str(log_dir / "sweeps" / sweep_name), "-o",
+         str(log_dir / "report")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def explain(out, cluster) -> str:
     return f"stdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}\n{cluster.logs()}"
 
@@ -96,19 +105,7 @@ def test_sweep_on_slurm_completes_with_results_summary_and_report(slurm_cluster,
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert curve(results(done[0])) != curve(results(done[1]))
 
-    report = subprocess.run(
-        [
-            sys.executable,
-            "src/report.py",
-            str(log_dir / "sweeps" / "ref"),
-            "-o",
-            str(log_dir / "report"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = make_report(log_dir, "ref")
     assert report.returncode == 0, report.stderr[-2000:]
     rows = list((log_dir / "report").glob("**/results.csv"))
     assert rows, list((log_dir / "report").rglob("*"))
@@ -271,19 +268,7 @@ def test_stacks_go_to_slurm_as_one_array_task_each(slurm_cluster, stacked_refere
         assert r["stack_size"] == 2 and r["config"]["seed"] == seed
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
         assert (run_dir / ".hydra" / "config.yaml").exists()
-    report = subprocess.run(
-        [
-            sys.executable,
-            "src/report.py",
-            str(log_dir / "sweeps" / "sref"),
-            "-o",
-            str(log_dir / "report"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = make_report(log_dir, "sref")
     assert report.returncode == 0, report.stderr[-2000:]
 
 

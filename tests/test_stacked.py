@@ -390,7 +390,7 @@ def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun
     ]
     # signal the stack once both members have checkpointed an epoch
     proc, stdout, stderr = terminate_when(
-        args, lambda: len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2
+        args, lambda proc: len(list(tmp_path.glob("sweeps/default/*/checkpoints/last.ckpt"))) == 2
     )
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "by SIGTERM during epoch" in stdout and "rerun the same command to resume" in stdout

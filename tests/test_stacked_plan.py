@@ -95,81 +95,42 @@ def test_a_stop_signal_to_the_sweep_alone_stops_every_place_and_a_rerun_resumes(
     # `kill <pid>` (or a scheduler) signals the process that started the sweep, not its
     # workers: it passes the signal on, every stack stops at a batch boundary, and the sweep
     # ends with its summary and 128 + the signal, leaving no worker behind.
-    import os
-    import signal
-    import subprocess
     import sys
     import time
 
+    from test_signals import terminate_when
+    from zeroinit.signals import child_processes
+
     args = [
-        "-m",
-        "seed=0,1,2,3",
-        "launcher=stacked",
-        "hydra.launcher.stack_size=2",
-        "hydra.launcher.workers=2",
-        "trainer.max_epochs=40",
-        "callbacks.diagnostics=null",
+        "-m", "seed=0,1,2,3", "launcher=stacked", "hydra.launcher.stack_size=2",
+        "hydra.launcher.workers=2", "trainer.max_epochs=40", "callbacks.diagnostics=null",
         f"paths.log_dir={tmp_path}",
-    ]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(
-        [sys.executable, "src/train.py", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    ]  # fmt: skip
     sweep = tmp_path / "sweeps" / "default"
-    deadline, workers = time.time() + 240, []
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(sweep.glob("*/checkpoints/last.ckpt"))) == 4:
-                workers = [
-                    int(p.parent.name)
-                    for p in Path("/proc").glob("[0-9]*/stat")
-                    if _parent(p) == proc.pid and "LokyProcess" in _cmdline(p)
-                ]
-                os.kill(proc.pid, signal.SIGTERM)
-                break
-            time.sleep(0.05)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    workers = []
+
+    def ready(proc):  # every member has checkpointed an epoch: note the workers, then signal
+        if len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 4:
+            return False
+        workers.extend(child_processes("LokyProcess", parent=proc.pid))
+        return True
+
+    done, stdout, stderr = terminate_when([sys.executable, "src/train.py", *args], ready)
     assert workers, "never signalled"
-    assert proc.returncode == 143, stderr[-2000:]
+    assert done.returncode == 143, stderr[-2000:]
     assert "sweep: 4 runs: 4 interrupted" in stdout, stdout[-2000:]
     for r in sweep.glob("*/results.json"):
         assert json.loads(r.read_text())["status"] == "interrupted"
     time.sleep(1)
-    assert not [
-        pid
-        for pid in workers
-        if Path(f"/proc/{pid}").exists()
-        and "LokyProcess" in _cmdline(Path(f"/proc/{pid}/stat"))
-        and _state(pid) != "Z"
-    ], "a worker kept running"
+    alive = [pid for pid in workers if _state(pid) not in ("", "Z")]
+    assert not alive, f"workers {alive} kept running"
     again = here("train.py", *args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "4 of them resumed" in again.stdout
 
 
-def _parent(stat: Path) -> int:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-def _cmdline(stat: Path) -> str:
-    try:
-        return (stat.parent / "cmdline").read_text()
-    except OSError:
-        return ""
-
-
 def _state(pid: int) -> str:
+    """A process's state letter ('' when it is gone)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

@@ -175,13 +175,14 @@ def forwarded_to(children):
             signal.signal(s, handler)
 
 
-def child_processes(name: str) -> list[int]:
-    """This process's children whose command line holds `name` (Linux /proc)."""
-    me, out = str(os.getpid()), []
+def child_processes(name: str, parent: int | None = None) -> list[int]:
+    """The children of `parent` (this process by default) whose command line holds `name`
+    (Linux /proc)."""
+    wanted, out = str(parent or os.getpid()), []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[1] == me and name in (stat.parent / "cmdline").read_text():
+            if fields[1] == wanted and name in (stat.parent / "cmdline").read_text():
                 out.append(int(stat.parent.name))
         except (OSError, IndexError):
             continue

@@ -444,5 +444,5 @@ class StackedSlurmLauncher(SlurmLauncher):
             jobs.append(job)
         if len(jobs) > 1:
             for job in jobs:
-                job.key, job.stack_size = group_key(job.cfg), len(jobs)
+                job.key = group_key(job.cfg)
         return train_place([jobs], self.hydra_context, self.task_function, self.config)

@@ -61,7 +61,6 @@ class Job:
     def __init__(self, idx: int, config):
         self.idx, self.config = idx, config
         self.cfg = self.key = None  # resolved run config; group key (None: runs alone)
-        self.stack_size = 1
         self.task_cfg = self.hydra_cfg = None
         self.overrides = list(OmegaConf.to_container(config.hydra.overrides.task))
 
@@ -168,10 +167,8 @@ def plan(jobs: list[Job], stack_size="auto", places: int = 1) -> list[list[list[
             stacks += [[job] for job in members]
     schedule = assign(spread(stacks, places), places)
     for stack in (s for place in schedule for s in place):
-        for job in stack:
-            job.stack_size = len(stack)
-            if len(stack) == 1:
-                job.key = None
+        if len(stack) == 1:
+            stack[0].key = None
     return schedule
 
 

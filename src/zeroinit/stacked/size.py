@@ -54,7 +54,7 @@ def resolve(setting, cfg, n: int, measure: bool = True) -> int:
     if setting not in (None, "auto"):
         check_setting(setting)
         return min(n, setting)
-    cap = max(1, min(n, MAX_AUTO_STACK, memory_cap(cfg)))
+    cap = largest(cfg, n)
     if cap == 1 or not measure or not cfg.dataset.get("input_shape"):
         return cap  # (a user's image folder: its shape is known once read)
     try:
@@ -76,6 +76,11 @@ def resolve(setting, cfg, n: int, measure: bool = True) -> int:
         flush=True,
     )
     return size
+
+
+def largest(cfg, n: int) -> int:
+    """The most members one stack of `n` runs may hold: what fits, at most MAX_AUTO_STACK."""
+    return max(1, min(n, MAX_AUTO_STACK, memory_cap(cfg)))
 
 
 def check_setting(setting) -> None:
