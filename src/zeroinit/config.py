@@ -1,6 +1,7 @@
 """Turning a composed config into objects, checking what Hydra cannot check itself."""
 
 import math
+import os
 import re
 
 from hydra.errors import InstantiationException
@@ -137,6 +138,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("slurm_gpus"):  # conf/launcher/slurm.yaml
         OmegaConf.register_new_resolver("slurm_gpus", gpus_for)
+    if not OmegaConf.has_resolver("basename"):  # conf/logger: a run's name is its folder's
+        OmegaConf.register_new_resolver("basename", lambda path: os.path.basename(str(path)))
 
 
 __all__ = [

@@ -48,6 +48,7 @@ from zeroinit.layer_metrics import (
     weight_metrics,
     widened,
 )
+from zeroinit.loggers import log_scalars, tensorboard
 from zeroinit.results import ResultsWriter
 
 
@@ -159,8 +160,12 @@ class Diagnostics(L.Callback):
         return self.enabled and trainer.is_global_zero
 
     def _tb(self, trainer):
-        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-        return experiment if hasattr(experiment, "add_histogram_raw") else None
+        """TensorBoard's writer, for what only it shows (histograms, text tables)."""
+        return tensorboard(trainer.loggers)
+
+    def _log(self, trainer, metrics: dict, step: int) -> None:
+        """Scalars go to every logger."""
+        log_scalars(trainer.loggers, metrics, step)
 
     # -- hooks
     def on_fit_start(self, trainer, pl_module):
@@ -295,12 +300,14 @@ class Diagnostics(L.Callback):
                 for _, m in self.layers
             ]
         ).tolist()
-        tb = self._tb(trainer)
+        woken = {}
         for (name, _), nz in zip(self.layers, nonzero):
             if nz and wake[name] is None:
                 wake[name] = step
-                if tb:
-                    tb.add_scalar(f"wakeup_step/{self.labels[name]}", step, step)
+                woken[f"wakeup_step/{self.labels[name]}"] = step
+        if woken:
+            self._log(trainer, woken, step)
+        tb = self._tb(trainer)
         self.record["wakeup_watched_steps"] = step
         if all(v is not None for v in wake.values()) or step >= self.wakeup_max_steps:
             self._watching = False
@@ -318,7 +325,11 @@ class Diagnostics(L.Callback):
         tb = self._tb(trainer)
         self.record["first_steps"]["step"].append(step)
         stats = gradient_stats([m for _, m in self.layers], self.bins)
+        scalars = {}
         for (name, _), s in zip(self.layers, stats):
+            label = self.labels[name]
+            scalars[f"gradients_by_step/norm/{label}"] = s["norm"]
+            scalars[f"gradients_by_step/nonzero_frac/{label}"] = s["nonzero_frac"]
             entry = self.record["first_steps"]["layers"][name]
             entry["grad_norm"].append(round_json(s["norm"]))
             entry["grad_nonzero_frac"].append(round_json(s["nonzero_frac"]))
@@ -326,7 +337,6 @@ class Diagnostics(L.Callback):
             entry["hist_edges"].append([round_json(e) for e in s["edges"]])
             entry["hist_counts"].append(s["counts"])
             if tb:
-                label = self.labels[name]
                 tb.add_histogram_raw(
                     f"gradients_by_step/{label}",
                     min=s["min"],
@@ -338,8 +348,7 @@ class Diagnostics(L.Callback):
                     bucket_counts=s["counts"],
                     global_step=step,
                 )
-                tb.add_scalar(f"gradients_by_step/norm/{label}", s["norm"], step)
-                tb.add_scalar(f"gradients_by_step/nonzero_frac/{label}", s["nonzero_frac"], step)
+        self._log(trainer, scalars, step)
 
     @_hook
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -360,12 +369,17 @@ class Diagnostics(L.Callback):
             widened(m.weight.detach() - self._init_weights[name]).norm() for name, m in self.layers
         ]
         changes = torch.stack([c.double() for c in changes]).tolist()  # one host sync
-        tb = self._tb(trainer)
         for (name, _), change in zip(self.layers, changes):
             entry = self.record["first_steps"]["layers"][name]["weight_change"]
             entry.append(round_json(change))
-            if tb:
-                tb.add_scalar(f"gradients_by_step/weight_change/{self.labels[name]}", change, step)
+        self._log(
+            trainer,
+            {
+                f"gradients_by_step/weight_change/{self.labels[name]}": change
+                for (name, _), change in zip(self.layers, changes)
+            },
+            step,
+        )
         if step >= self.steps:
             self._init_weights = {}  # no longer needed: free the copy
 
@@ -397,12 +411,13 @@ class Diagnostics(L.Callback):
         history = self.record["symmetry"]["history"]
         history["step"].append(step)
         history["epoch"].append(epoch)
-        tb = self._tb(trainer)
+        scalars = {}
         for name, values in metrics.items():
             for key, value in values.items():
                 history["layers"][name][key].append(round_json(value))
-                if tb and value is not None:
-                    tb.add_scalar(f"symmetry_by_step/{key}/{self.labels[name]}", value, step)
+                if value is not None:
+                    scalars[f"symmetry_by_step/{key}/{self.labels[name]}"] = value
+        self._log(trainer, scalars, step)
         self.record["symmetry"]["final"] = {  # the latest measurement
             name: {k: values[k][-1] for k in METRICS} for name, values in history["layers"].items()
         }

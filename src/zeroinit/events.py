@@ -24,7 +24,8 @@ from pathlib import Path
 log = logging.getLogger("zeroinit")
 PATTERN = "events.out.tfevents.*"
 PER_EPOCH = ("test/", "train/", "time/")  # zeroinit.results.ResultsWriter's tags: step = epoch
-WRITTEN_AT_START = ("_hparams_/", "config/")  # zeroinit.run.build_logger writes them each start
+# zeroinit.loggers.tensorboard_header writes these at each start
+WRITTEN_AT_START = ("_hparams_/", "config/")
 
 
 def tidy(run_dir, checkpoint) -> None:

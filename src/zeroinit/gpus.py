@@ -60,3 +60,9 @@ def default_gpu_lock_dir(env=os.environ) -> Path:
     job = env.get("SLURM_JOB_ID")
     name = f"zeroinit-gpus-slurm{job}" if job else "zeroinit-gpus"
     return Path(env.get("TMPDIR", "/tmp")) / name
+
+
+def ddp_worker() -> bool:
+    """Whether this process is a DDP rank > 0 (Lightning's DDP launcher starts them as new
+    processes of the script, LOCAL_RANK or NODE_RANK set): rank 0 writes and reports."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0

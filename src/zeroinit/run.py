@@ -24,12 +24,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
-from zeroinit.gpus import GpuSlot
-from zeroinit.keys import NAME_KEYS
+from zeroinit.gpus import GpuSlot, ddp_worker
 from zeroinit.lifecycle import claim
+from zeroinit.loggers import build_loggers, run_ids
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
-from zeroinit.results import ResultsWriter
+from zeroinit.results import FILENAME, ResultsWriter, read_results
 from zeroinit.signals import StopOnSignal
 
 log = logging.getLogger("zeroinit")
@@ -62,6 +62,9 @@ def quiet_lightning():
     # Lightning's start-up chatter (GPU available, TPU available, ...) buries the results.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow: "Experiment ... not found. Creating it." and its database set-up, every run
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     for message in (
         ".*does not have many workers.*",
         ".*LeafSpec.*",
@@ -87,77 +90,6 @@ def build_net(cfg: DictConfig, data) -> torch.nn.Module:
     return build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
 
 
-def build_logger(cfg: DictConfig, config: dict):
-    """The run's logger (TensorBoard), or None. HPARAMS: the keys that define the experiment
-    (experiment_hparams), with test/acc and test/loss as its metric columns; TEXT: the whole
-    resolved config (also in results.json)."""
-    if not cfg.get("logger"):
-        return None
-    logger = build(cfg.logger)
-    if ddp_worker():  # rank 0 writes
-        return logger
-    from tensorboard.plugins.hparams import plugin_data_pb2
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    # Written directly: Lightning's log_hyperparams wants a metric value, which it logs at
-    # step 0 (a fake 0 at the start of every curve). The columns read the test/* scalars.
-    hparams = experiment_hparams(cfg)
-    experiment, *session = hparams_summary(hparams, {"test/acc": 0, "test/loss": 0})
-    logger.hparams.update(hparams)  # what Lightning writes to the run's hparams.yaml
-    # TensorBoard's table shows the first 5 hparams, those marked `differs` first: the keys of
-    # a run's name (dataset-model-init-x<bias scale>-s<seed>), what a sweep varies.
-    meta = experiment.value[0].metadata.plugin_data
-    data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in NAME_KEYS
-    meta.content = data.SerializeToString()
-    for summary in (experiment, *session):
-        logger.experiment.file_writer.add_summary(summary)
-    text = OmegaConf.to_yaml(OmegaConf.create(config))
-    logger.experiment.add_text("config", "    " + text.replace("\n", "\n    "))  # Markdown code
-    return logger
-
-
-def experiment_hparams(cfg: DictConfig) -> dict:
-    """What tells runs apart in TensorBoard's HPARAMS table. Integers as text: the table shows
-    numbers as floats ('3.0000'), a seed should read '3'."""
-    settings = speed._settings(cfg.get("speed"))
-    precision = str(cfg.trainer.get("precision"))
-    speed_name = (
-        "+".join(
-            [
-                *([precision] if precision != "32-true" else []),
-                *(
-                    k
-                    for k in ("tf32", "cudnn_benchmark", "channels_last", "compile")
-                    if settings[k]
-                ),
-            ]
-        )
-        or "fp32"
-    )
-    values = {
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "init": cfg.init.name,
-        "init.weight": cfg.init.weight,
-        "init.bias": cfg.init.bias,
-        "init.bias_scale": float(cfg.init.bias_scale),
-        "seed": cfg.seed,
-        "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
-        "optimizer.lr": cfg.optimizer.get("lr"),
-        "batch_size": cfg.batch_size,
-        "epochs": cfg.trainer.max_epochs,
-        "activation": cfg.model.get("activation"),
-        "speed": speed_name,
-    }
-    return {
-        k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        for k, v in values.items()
-        if v is not None
-    }
-
-
 def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
     """The run's callbacks: its results writer, the configured extras (conf/callbacks), and
     the checkpoint (a Lightning Checkpoint: Lightning runs it after the others, wherever it
@@ -172,11 +104,23 @@ def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = Tr
     ]
 
 
-def build_run(cfg: DictConfig, overrides=(), data=None):
+def build_run_loggers(cfg: DictConfig, writer: ResultsWriter, resume: bool = False) -> list:
+    """The run's loggers (conf/logger). A resumed run's continue the MLflow / W&B runs that
+    its results.json names (`logger_runs`), and the new writer keeps naming them."""
+    saved = Path(cfg.paths.output_dir) / FILENAME
+    previous = read_results(saved.parent).get("logger_runs") if resume and saved.exists() else None
+    loggers = build_loggers(cfg, writer.results["config"], previous)
+    if not ddp_worker():
+        writer.results["logger_runs"] = run_ids(cfg, loggers)
+    return loggers
+
+
+def build_run(cfg: DictConfig, overrides=(), data=None, resume: bool = False):
     """The objects of one run: (trainer, module, data, writer), ready for `trainer.fit`.
 
     `data` replaces the configured dataset (any object with ImageDataModule's interface:
-    benchmarks/ passes one holding random images of the real sizes)."""
+    benchmarks/ passes one holding random images of the real sizes). `resume`: the fit
+    will restore a checkpoint (the loggers continue their runs)."""
     quiet_lightning()
     validate(cfg)
     check_device(cfg)
@@ -189,11 +133,11 @@ def build_run(cfg: DictConfig, overrides=(), data=None):
     module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
-    logger = build_logger(cfg, config)
+    loggers = build_run_loggers(cfg, writer, resume)
     # Progress first: its line is erased before the results writer prints the epoch's.
     trainer = build(
         cfg.trainer,
-        logger=logger or False,
+        logger=loggers or False,
         callbacks=[Progress(), *build_callbacks(cfg, writer), StopOnSignal()],
     )
     return trainer, module, data, writer
@@ -207,7 +151,7 @@ def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:
         if gpu is not None:
             cfg = cfg.copy()
             cfg.trainer.devices = [gpu.index]
-        trainer, module, data, writer = build_run(cfg, overrides)
+        trainer, module, data, writer = build_run(cfg, overrides, resume=ckpt_path is not None)
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     finally:
         if gpu is not None:
@@ -231,11 +175,6 @@ def claim_gpu(cfg) -> GpuSlot | None:
     slot.acquire()
     log.info("GPU slot %s -> cuda:%d", slot.slot, slot.index)
     return slot
-
-
-def ddp_worker() -> bool:
-    # Lightning's DDP launcher starts ranks > 0 as new processes of this script, LOCAL_RANK set.
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
 def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:

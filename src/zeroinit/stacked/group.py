@@ -21,13 +21,14 @@ from zeroinit import speed
 from zeroinit.config import build, validate
 from zeroinit.errors import UserError
 from zeroinit.lifecycle import claim
+from zeroinit.loggers import finalize
 from zeroinit.progress import Progress
 from zeroinit.results import FILENAME, ResultsWriter, read_results
 from zeroinit.run import (
     build_callbacks,
     build_data,
-    build_logger,
     build_net,
+    build_run_loggers,
     claim_gpu,
     quiet_lightning,
     run,
@@ -126,7 +127,7 @@ def _train_stack(members, done) -> None:
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"devices": [gpu.index]})
         data = build_data(cfg0)
         nets = [build_net(cfg, data) for _, (cfg, _), _ in members]
-        for k, (_, (cfg, overrides), _) in enumerate(members):
+        for k, (_, (cfg, overrides), ckpt) in enumerate(members):
             config = OmegaConf.to_container(cfg, resolve=True)
             writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
             writer.results["stack_size"] = len(members)
@@ -136,7 +137,7 @@ def _train_stack(members, done) -> None:
                     cfg,
                     nets[k],
                     build_callbacks(cfg, writer, mid_epoch=False),
-                    build_logger(cfg, config),
+                    build_run_loggers(cfg, writer, resume=ckpt is not None),
                     writer,
                 )
             )
@@ -173,6 +174,9 @@ def _train_stack(members, done) -> None:
             raise
         return
     finally:
+        for m in group:  # the group's trainer has no loggers: Lightning would not end theirs
+            ended = m.writer.results["status"] in ("completed", "diverged")
+            finalize(m.loggers, "success" if ended else "failed")
         if gpu is not None:
             gpu.release()
     for m, (i, _, _) in zip(group, members):

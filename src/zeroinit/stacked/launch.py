@@ -123,9 +123,13 @@ def group_key(cfg) -> str | None:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    # Paths inside the run's own directory (the logger's save_dir, ...) differ by design.
-    return json.dumps(shared, sort_keys=True, default=str).replace(
-        json.dumps(str(cfg.paths.output_dir))[1:-1], "<run dir>"
+    # Paths inside the run's own directory (the logger's save_dir, ...) and the run's name
+    # (MLflow's and W&B's run names) differ by design.
+    run_dir = str(cfg.paths.output_dir)
+    return (
+        json.dumps(shared, sort_keys=True, default=str)
+        .replace(json.dumps(run_dir)[1:-1], "<run dir>")
+        .replace(json.dumps(Path(run_dir).name)[1:-1], "<run name>")
     )
 
 

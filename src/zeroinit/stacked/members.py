@@ -3,7 +3,7 @@ events and checkpoint, exactly the objects a separate run has (zeroinit.run.buil
 
 The group's Trainer holds one callback, `StackedRuns`, which calls every hook of every
 member's callbacks with a `MemberTrainer` and a `MemberModule` in place of the trainer and the
-LightningModule. To a callback, these look like a separate run's: the logger is the member's,
+LightningModule. To a callback, these look like a separate run's: the loggers are the member's,
 `pl_module.net` is a network with the member's parameters (views into the stacked tensors,
 so nothing is copied), `epoch_metrics()` returns the member's metrics, setting
 `trainer.should_stop` stops only this member, and `trainer.save_checkpoint` writes the
@@ -22,9 +22,9 @@ from zeroinit.stacked.layers import member_state_dict, stacked_state_dict
 class Member:
     """One run of the group: its config, its network view and its callbacks."""
 
-    def __init__(self, index: int, cfg, net: nn.Module, callbacks: list, logger, writer):
+    def __init__(self, index: int, cfg, net: nn.Module, callbacks: list, loggers: list, writer):
         self.index, self.cfg, self.net = index, cfg, net
-        self.callbacks, self.logger, self.writer = callbacks, logger, writer
+        self.callbacks, self.loggers, self.writer = callbacks, loggers, writer
         self.metrics: dict = {}
         self.stop_requested = False  # set through MemberTrainer.should_stop (divergence)
         self.ended = False  # its fit-end hooks have run; it no longer trains
@@ -55,11 +55,11 @@ class MemberTrainer:
 
     @property
     def logger(self):
-        return self._member.logger
+        return self._member.loggers[0] if self._member.loggers else None
 
     @property
     def loggers(self):
-        return [self._member.logger] if self._member.logger else []
+        return self._member.loggers
 
     @property
     def callbacks(self):

@@ -1,0 +1,170 @@
+"""conf/logger as a set: TensorBoard, CSV, MLflow and W&B get the same numbers, tested against
+the real packages (MLflow's SQLite store read back with mlflow.search_runs; W&B's offline run
+file parsed record by record)."""
+
+import csv
+import glob
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from zeroinit.loggers import build_loggers
+
+SWEEP = [
+    "init=zero,bias_normal",
+    "seed=0,1",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "callbacks.diagnostics.symmetry_min_gap=1",
+]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("sweeps/*/*/results.json"))
+
+
+def tensorboard_scalars(run_dir: Path) -> dict:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The protobuf records of a W&B offline run file (LevelDB log format, as W&B's own
+    reader reads it): 7-byte header, then 32 KiB blocks of [crc32c, length, type] chunks."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb"))
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left in the block for a header
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending += chunk
+        if kind in (1, 4):  # full, last
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+        elif kind == 0:
+            break
+    return records
+
+
+@pytest.mark.parametrize("selection", ["~logger", "logger=[tensorboard,csv,mlflow,wandb]"])
+def test_logger_group_composes_into_a_set(make_cfg, selection):
+    cfg = make_cfg(selection)
+    if selection == "~logger":  # no logger at all
+        assert build_loggers(cfg, {}) == []
+    else:
+        assert list(cfg.logger) == ["tensorboard", "csv", "mlflow", "wandb"]
+        assert all("_target_" in spec for spec in cfg.logger.values())
+
+
+def test_a_stacked_sweep_logs_the_same_numbers_to_every_logger(tmp_path, here, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # sqlite:///outputs/mlflow.db, relative to where train.py runs
+    out = here(
+        "train.py",
+        "-m",
+        *SWEEP,
+        "logger=[tensorboard,csv,mlflow,wandb]",
+        "launcher=stacked",
+        "hydra.launcher.stack_size=4",
+        "sweep_name=loggers",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stacked: 4 runs in one fit" in out.stdout
+    runs = run_dirs(tmp_path / "outputs")
+    assert len(runs) == 4
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    found = mlflow.search_runs(experiment_names=["loggers"])  # one experiment per sweep
+    assert len(found) == 4 and set(found["status"]) == {"FINISHED"}
+    client = mlflow.MlflowClient()
+    for run_dir in runs:
+        results = json.loads((run_dir / "results.json").read_text())
+        cfg = results["config"]
+        want = [(e["epoch"], e["test_acc"]) for e in results["epochs"]]
+        assert len(want) == 2
+
+        tb = tensorboard_scalars(run_dir)
+        assert [(s, pytest.approx(v)) for s, v in tb["test/acc"]] == want
+        assert "symmetry_by_step/effective_rank/01_1_Linear_500x784" in tb  # diagnostics too
+
+        # MLflow: found by its params, named after its folder, the same curve
+        (run_id,) = found.loc[
+            (found["params.init"] == cfg["init"]["name"])
+            & (found["params.seed"] == str(cfg["seed"])),
+            "run_id",
+        ]
+        assert results["logger_runs"]["mlflow"] == run_id
+        run = client.get_run(run_id)
+        assert run.info.run_name == run_dir.name
+        assert run.data.params["init.bias_scale"] == "1.0"
+        history = client.get_metric_history(run_id, "test/acc")
+        assert sorted((m.step, pytest.approx(m.value)) for m in history) == want
+        ranks = client.get_metric_history(
+            run_id, "symmetry_by_step/effective_rank/01_1_Linear_500x784"
+        )
+        assert [(m.step, m.value) for m in ranks] == [
+            (s, pytest.approx(v))
+            for s, v in tb["symmetry_by_step/effective_rank/01_1_Linear_500x784"]
+        ]
+
+        # CSV: the epoch rows
+        rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+        got = [(int(r["step"]), float(r["test/acc"])) for r in rows if r.get("test/acc")]
+        assert got == [(s, pytest.approx(v)) for s, v in want]
+
+        # W&B: one offline run of its own, config = the experiment's keys, the same curve
+        records = wandb_records(run_dir)
+        (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run_record.display_name == run_dir.name and run_record.run_group == "loggers"
+        assert run_record.run_id == results["logger_runs"]["wandb"]
+        config = {
+            item.key: json.loads(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "config"
+            for item in r.config.update
+        }
+        assert config["init"] == cfg["init"]["name"] and config["seed"] == str(cfg["seed"])
+        history = [
+            {
+                item.key or ".".join(item.nested_key): json.loads(item.value_json)
+                for item in r.history.item
+            }
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+        ]
+        got = [(h["trainer/global_step"], h["test/acc"]) for h in history if "test/acc" in h]
+        assert got == [(s, pytest.approx(v)) for s, v in want]
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path, here, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    args = ["+trainer.limit_train_batches=3", "logger=[mlflow]", "sweep_name=resume"]
+    args += ["hydra.sweep.subdir=run"]  # one folder for both commands
+    first = here("train.py", "-m", *args, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # as if stopped after its first epoch: the same run, asked for two, resumes
+    run_dir = tmp_path / "outputs" / "sweeps" / "resume" / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**results, "status": "interrupted"}))
+    again = here("train.py", "-m", *args, "trainer.max_epochs=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    found = mlflow.search_runs(experiment_names=["resume"])
+    assert len(found) == 1, "the resume made a second MLflow run"
+    history = mlflow.MlflowClient().get_metric_history(found.run_id[0], "test/acc")
+    assert sorted(m.step for m in history) == [1, 2]
