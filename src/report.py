@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from zeroinit.report import (
-    find_runs,
     gradient_flow,
     group_runs,
     not_averaged,
@@ -24,6 +23,7 @@ from zeroinit.report import (
     table_rows,
     write_tables,
 )
+from zeroinit.results import load
 
 
 def main(argv=None) -> int:
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--out", help="output folder (default: <first path>/report)")
     args = parser.parse_args(argv)
 
-    runs = find_runs(args.paths)
-    if not runs:
+    runs = load(*args.paths)  # one row per run and epoch (zeroinit.results.load)
+    if runs.empty:
         print(f"error: no runs (results.json files) under {', '.join(args.paths)}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     csv_path, md_path = write_tables(rows, out)
     skipped = not_averaged(runs)
     report = [
-        f"# Report: {len(runs)} runs from {', '.join(args.paths)}",
+        f"# Report: {runs['run'].nunique()} runs from {', '.join(args.paths)}",
         "",
         "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
         "confidence interval (n-1 degrees of freedom); n = completed runs.",

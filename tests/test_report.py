@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 import report
-from zeroinit.report import find_runs, group_runs, mean_ci, table_rows
-from zeroinit.results import write_json_atomic
+from zeroinit.report import group_runs, mean_ci, table_rows
+from zeroinit.results import load, read_runs, write_json_atomic
 
 
 def fake_run(
@@ -88,7 +88,7 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
     fake_run(tmp_path, "fnn-bias-s5", init="bias_normal", seed=5, accs=(0.1,), status="interrupted")
     fake_run(tmp_path, "logreg-s0", model="logreg", accs=(0.8, 0.91))
 
-    figures = group_runs(find_runs([tmp_path]))
+    figures = group_runs(load(tmp_path))
     assert list(figures) == ["fig03_mnist_fnn-mnist"]
     rows = {r["configuration"]: r for r in table_rows(figures)}
     assert set(rows) == {"mnist_fnn pytorch", "mnist_fnn bias_normal", "logreg pytorch"}
@@ -126,8 +126,6 @@ def test_cli_fails_clearly_without_runs(tmp_path, capsys):
 
 
 def test_a_results_json_of_the_wrong_shape_is_skipped_and_named(tmp_path, capsys):
-    from zeroinit.report import find_runs
-
     for name, text in (
         ("list", "[1, 2]"),
         ("bare", '{"status": "completed"}'),
@@ -135,6 +133,35 @@ def test_a_results_json_of_the_wrong_shape_is_skipped_and_named(tmp_path, capsys
     ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
-    runs = find_runs([tmp_path])
-    assert sorted(r.status for r in runs) == ["unreadable"] * 3
-    assert all("not a run's results.json" in r.results["error"] for r in runs)
+    runs = read_runs(tmp_path)
+    assert sorted(r["status"] for _, r in runs) == ["unreadable"] * 3
+    assert all("not a run's results.json" in r["error"] for _, r in runs)
+
+
+def test_load_gives_the_frame_the_reports_tables_are_computed_from(tmp_path):
+    accs = {"pytorch": [0.90, 0.92, 0.97], "bias_normal": [0.80, 0.84, 0.83]}
+    for init, finals in accs.items():
+        for seed, acc in enumerate(finals):
+            fake_run(tmp_path, f"{init}-s{seed}", init=init, seed=seed, accs=(0.5, acc))
+    fake_run(tmp_path, "zero-s0", init="zero", accs=(0.1,), status="failed")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+
+    frame = load(tmp_path)
+    assert frame["run"].nunique() == 8 and len(frame) == 6 * 2 + 1 + 1  # runs x epochs
+    assert frame.loc[frame["init.name"] == "zero", "status"].tolist() == ["failed"]
+    assert frame.loc[frame["status"] == "unreadable", "run"].tolist() == [str(tmp_path / "broken")]
+    assert {"figure", "configuration", "seed", "init.bias_scale", "epoch", "test_acc"} <= set(
+        frame.columns
+    )
+    # What a notebook computes from the frame is what the report's table says.
+    last = frame[frame["status"] == "completed"].sort_values("epoch").groupby("run").tail(1)
+    means = (100 * last.groupby("configuration")["test_acc"].mean()).to_dict()
+    assert means == pytest.approx({"pytorch": 93.0, "bias_normal": 82.333333})
+    assert report.main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "results.csv") as f:
+        table = {r["configuration"]: r for r in csv.DictReader(f)}
+    for label, mean in means.items():
+        assert float(table[label]["final_test_acc_%"]) == pytest.approx(mean)
+        assert table[label]["n"] == "3"
+    assert table["zero"]["failed"] == "1" and table["zero"]["n"] == "0"

@@ -8,79 +8,70 @@ resumes both).
 """
 
 import csv
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from zeroinit.config import flatten
-from zeroinit.init import bias_is_scaled
-from zeroinit.keys import ignored_by_report
 from zeroinit.paper import paper_accuracy
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
-from zeroinit.results import FILENAME
-
-# Friendly names for the keys that usually tell the lines of a figure apart.
-SHORT = {"model.name": "model", "init.name": "init", "init.bias_scale": "x"}
-
-
-@dataclass
-class Run:
-    path: Path
-    results: dict
-
-    @property
-    def status(self) -> str:
-        return self.results.get("status", "unknown")
-
-    @property
-    def config(self) -> dict:
-        return flatten(self.results.get("config") or {})
-
-    def group_key(self) -> str:
-        return json.dumps(
-            {k: v for k, v in self.config.items() if not ignored_by_report(k)},
-            sort_keys=True,
-            default=str,
-        )
+from zeroinit.results import EPOCH_COLUMNS, RUN_COLUMNS, read_results
 
 
 @dataclass
 class Group:
+    """One line of a figure: its runs' rows of the results frame (zeroinit.results.load)."""
+
     key: str
-    runs: list = field(default_factory=list)
+    rows: "pandas.DataFrame"  # noqa: F821 - pandas is imported where the frame is made
     label: str = ""
 
     @property
     def config(self) -> dict:
-        return self.runs[0].config
+        """The line's config (dotted keys), as its first run has it."""
+        first = self.rows.iloc[0]
+        diagnostics = set(summary_columns({}))
+        return {
+            k: v
+            for k, v in first.items()
+            if k not in RUN_COLUMNS
+            and k not in EPOCH_COLUMNS
+            and k not in diagnostics
+            and not (isinstance(v, float) and math.isnan(v))
+        }
 
-    def by_status(self, status: str) -> list:
-        return [r for r in self.runs if r.status == status]
+    def runs(self, status: str | None = None) -> list[str]:
+        """The line's run folders (with `status`), in the frame's order."""
+        rows = self.rows if status is None else self.rows[self.rows["status"] == status]
+        return list(dict.fromkeys(rows["run"]))
+
+    def count(self, status: str) -> int:
+        return len(self.runs(status))
 
     def curve(self, metric: str = "test_acc"):
         """(epochs, mean, ci half-width, n) over completed runs; epochs common to all."""
-        done = self.by_status("completed")
-        if not done:
+        done = self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
+        per_run = [g.sort_values("epoch")[metric].to_numpy(float) for _, g in done.groupby("run")]
+        if not per_run:
             return np.array([]), np.array([]), np.array([]), 0
-        length = min(len(r.results["epochs"]) for r in done)
-        values = np.array(
-            [[e[metric] for e in r.results["epochs"][:length]] for r in done], dtype=float
-        )
-        mean, half = mean_ci(values)
-        return np.arange(1, length + 1), mean, half, len(done)
+        length = min(len(v) for v in per_run)
+        mean, half = mean_ci(np.array([v[:length] for v in per_run]))
+        return np.arange(1, length + 1), mean, half, len(per_run)
 
     def mean_epoch_time(self) -> float:
-        times = [
-            e["epoch_time_s"]
-            for r in self.runs
-            for e in r.results.get("epochs", [])
-            if e.get("epoch_time_s") is not None
-        ]
-        return float(np.mean(times)) if times else math.nan
+        times = self.rows["epoch_time_s"].dropna()
+        return float(times.mean()) if len(times) else math.nan
+
+    def diagnostic_columns(self) -> dict:
+        """Mean of the diagnostics summary over the line's completed runs that have one."""
+        rows = self.rows
+        done = rows[rows["status"].eq("completed") & rows["has_diagnostics"].eq(True)]
+        per_run = done.drop_duplicates("run")
+        if per_run.empty:
+            return {}
+        return {k: float(np.mean(per_run[k].to_numpy(float))) for k in summary_columns({})}
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95):
@@ -94,83 +85,16 @@ def mean_ci(values: np.ndarray, level: float = 0.95):
     return mean, stats.t.ppf(0.5 + level / 2, n - 1) * sem
 
 
-def find_runs(paths) -> list[Run]:
-    runs, seen = [], set()
-    for p in map(Path, paths):
-        files = [p] if p.name == FILENAME else sorted(p.rglob(FILENAME)) if p.is_dir() else []
-        for f in files:
-            if f.resolve() in seen:
-                continue
-            seen.add(f.resolve())
-            try:
-                results = json.loads(f.read_text())
-                problem = shape_problem(results)
-                if problem:
-                    raise ValueError(f"not a run's results.json: {problem}")
-                runs.append(Run(f.parent, results))
-            except (OSError, ValueError) as e:
-                runs.append(Run(f.parent, {"status": "unreadable", "error": str(e)}))
-    return runs
-
-
-def shape_problem(results) -> str | None:
-    """Why valid JSON is not a results.json the report can read (zeroinit.results), or None."""
-    if not isinstance(results, dict):
-        return f"a JSON {type(results).__name__}, not an object"
-    for key, kind in (("status", str), ("config", dict), ("epochs", list)):
-        if not isinstance(results.get(key), kind):
-            return f"no {key!r} ({kind.__name__})"
-    if not all(isinstance(e, dict) and "epoch" in e for e in results["epochs"]):
-        return "an entry of 'epochs' without its epoch"
-    return None
-
-
-def figure_key(run: Run) -> str:
-    cfg = run.config
-    return f"{cfg.get('sweep_name', 'runs')}-{cfg.get('dataset.name', '?')}"
-
-
-def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
-    """figure -> its groups (lines), each labelled by the config keys that differ between the
-    figure's lines."""
-    figures: dict[str, dict[str, Group]] = {}
-    for run in runs:
-        if run.status == "unreadable":
-            continue
-        groups = figures.setdefault(figure_key(run), {})
-        groups.setdefault(run.group_key(), Group(run.group_key())).runs.append(run)
+def group_runs(frame) -> dict[str, list[Group]]:
+    """figure -> its lines, from zeroinit.results.load's frame (unreadable runs left out)."""
+    readable = frame[frame["status"] != "unreadable"] if len(frame) else frame
     out = {}
-    for fig, groups in sorted(figures.items()):
-        groups = list(groups.values())
-        configs = [{k: v for k, v in g.config.items() if not ignored_by_report(k)} for g in groups]
-        keys = sorted({k for c in configs for k in c})
-        varying = [
-            k
-            for k in keys
-            if len({json.dumps(c.get(k), default=str) for c in configs}) > 1
-            and not k.endswith("._target_")
+    for fig in sorted(set(readable["figure"])) if len(readable) else []:
+        rows = readable[readable["figure"] == fig]
+        groups = [
+            Group(key, lines, label=lines["configuration"].iloc[0])
+            for key, lines in rows.groupby("line", sort=False)
         ]
-        # A figure's lines are told apart by model, init and scale first, then by any other
-        # key that these do not already determine (init.weight follows from init.name).
-        varying.sort(key=lambda k: (list(SHORT).index(k) if k in SHORT else len(SHORT), k))
-        shown = []
-        for k in varying:
-            seen = {}
-            for c in configs:
-                ident = json.dumps([c.get(s) for s in shown], default=str)
-                seen.setdefault(ident, set()).add(json.dumps(c.get(k), default=str))
-            if any(len(v) > 1 for v in seen.values()):
-                shown.append(k)
-        for g in groups:
-            c = g.config
-            parts = [
-                str(c.get(k))
-                if k in ("model.name", "init.name")
-                else f"{SHORT.get(k, k)}{'' if k in SHORT else '='}{c.get(k)}"
-                for k in shown
-                if k != "init.bias_scale" or bias_is_scaled(c.get("init.bias"))
-            ]
-            g.label = " ".join(parts) or f"{c.get('model.name')} {c.get('init.name')}"
         out[fig] = sorted(groups, key=lambda g: (g.config.get("model.name") == "logreg", g.label))
     return out
 
@@ -192,9 +116,9 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                 "n": n,
                 "final_test_acc_%": 100 * mean[-1] if n else math.nan,
                 "ci95_%": 100 * half[-1] if n else math.nan,
-                "diverged": len(g.by_status("diverged")),
-                "failed": len(g.by_status("failed")),
-                "running": len(g.by_status("running")) + len(g.by_status("interrupted")),
+                "diverged": g.count("diverged"),
+                "failed": g.count("failed"),
+                "running": g.count("running") + g.count("interrupted"),
                 "mean_epoch_time_s": g.mean_epoch_time(),
                 "paper_%": paper_accuracy(
                     c.get("dataset.name"),
@@ -203,22 +127,9 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                     c.get("init.bias_scale", 1.0),
                 ),
             }
-            row.update(_diagnostic_columns(g))
+            row.update(g.diagnostic_columns())
             rows.append(row)
     return rows
-
-
-def _diagnostic_columns(group: Group) -> dict:
-    """Mean of the diagnostics summary over the group's completed runs, where runs have it."""
-    values = [
-        summary_columns(r.results)
-        for r in group.by_status("completed")
-        if r.results.get("diagnostics")
-    ]
-    values = [v for v in values if v]
-    if not values:
-        return {}
-    return {k: float(np.mean([v[k] for v in values if k in v])) for k in values[0]}
 
 
 def _fmt(v) -> str:
@@ -313,13 +224,10 @@ def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, lis
     Returns the PNG and one line per column with its layers' wake-up steps."""
     chosen = {}
     for g in groups:
-        runs = [
-            r
-            for r in g.by_status("completed")
-            if (r.results.get("diagnostics") or {}).get("first_steps")
-        ]
+        runs = [read_results(r) for r in g.runs("completed")]
+        runs = [r for r in runs if (r.get("diagnostics") or {}).get("first_steps")]
         if runs:
-            chosen[g.label] = min(runs, key=lambda r: r.config.get("seed", 0)).results
+            chosen[g.label] = min(runs, key=lambda r: r["config"].get("seed", 0))
     if not chosen:
         return None
     chosen = dict(sorted(chosen.items(), key=lambda kv: "pytorch" not in kv[0]))  # as the paper
@@ -332,10 +240,10 @@ def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, lis
     return path, wake
 
 
-def not_averaged(runs: list[Run]) -> list[str]:
+def not_averaged(frame) -> list[str]:
+    """One line per run that is not averaged: its folder, status and error."""
+    runs = frame[frame["status"] != "completed"].drop_duplicates("run")
     return [
-        f"- {r.path}: {r.status}"
-        + (f" ({r.results.get('error')})" if r.results.get("error") else "")
-        for r in runs
-        if r.status != "completed"
+        f"- {r.run}: {r.status}" + (f" ({r.error})" if isinstance(r.error, str) else "")
+        for r in runs.itertuples()
     ]

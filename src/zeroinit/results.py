@@ -9,6 +9,7 @@ resume, diagnostics, benchmarks). Extend it; don't fork it.
   {python, torch, lightning}, error (failed runs only),
   stopped_by (interrupted runs only: the signal, e.g. SIGTERM)
   resumed_from_epoch (resumed runs);  stack_size (runs trained as a member of a stack)
+  logger_runs {conf/logger key: run id} of the loggers a resume continues (mlflow, wandb)
   diagnostics (when the Diagnostics callback is on; what each metric means: diagnostics.py
               and layer_metrics.py):
     settings       the callback's options
@@ -40,6 +41,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from zeroinit.loggers import log_scalars
 from zeroinit.signals import stopped_by
 
 FILENAME = "results.json"
@@ -91,8 +93,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def epoch_scalars(entry: dict) -> dict:
+    """An `epochs` entry as the loggers' tags: test/acc, train/loss, ..., time/epoch_s."""
+    return {
+        key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s": value
+        for key, value in entry.items()
+        if key != "epoch" and value is not None
+    }
+
+
 class ResultsWriter(L.Callback):
-    """Collects each epoch's metrics, logs them to TensorBoard against the epoch, prints one
+    """Collects each epoch's metrics, logs them to every logger against the epoch, prints one
     line, and rewrites results.json. A non-finite training loss stops the run as `diverged`."""
 
     def __init__(self, run_dir, config: dict, overrides=(), verbose: bool = True):
@@ -133,6 +144,7 @@ class ResultsWriter(L.Callback):
             "error",
             "resumed_from_epoch",
             "stack_size",
+            "logger_runs",
         ):
             raise ValueError(f"results.json key {key!r} belongs to the run itself")
         self.results[key] = section
@@ -177,11 +189,8 @@ class ResultsWriter(L.Callback):
             "epoch_time_s": time.perf_counter() - self._epoch_start,
         }
         self.results["epochs"].append(entry)
-        if trainer.logger is not None and self._is_writer():
-            for key, value in entry.items():
-                if key not in ("epoch",) and value is not None:
-                    tag = key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s"
-                    trainer.logger.experiment.add_scalar(tag, value, entry["epoch"])
+        if self._is_writer():
+            log_scalars(trainer.loggers, epoch_scalars(entry), entry["epoch"])
         diverged = not math.isfinite(
             entry["train_loss"] if entry["train_loss"] is not None else 0.0
         )
@@ -215,3 +224,92 @@ class ResultsWriter(L.Callback):
             self.write("interrupted", stopped_by=signal_name)
         else:
             self.write("failed", error=f"{type(exception).__name__}: {exception}")
+
+
+def shape_problem(results) -> str | None:
+    """Why valid JSON is not a results.json of this format, or None."""
+    if not isinstance(results, dict):
+        return f"a JSON {type(results).__name__}, not an object"
+    for key, kind in (("status", str), ("config", dict), ("epochs", list)):
+        if not isinstance(results.get(key), kind):
+            return f"no {key!r} ({kind.__name__})"
+    if not all(isinstance(e, dict) and "epoch" in e for e in results["epochs"]):
+        return "an entry of 'epochs' without its epoch"
+    return None
+
+
+def read_runs(*paths) -> list[tuple[Path, dict]]:
+    """(run folder, results) of every results.json under `paths` (run or sweep folders, or
+    the files), each once. A file that cannot be read, or is not of this format, comes back
+    as {"status": "unreadable", "error": why}."""
+    runs, seen = [], set()
+    for p in map(Path, paths):
+        files = [p] if p.name == FILENAME else sorted(p.rglob(FILENAME)) if p.is_dir() else []
+        for f in files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
+            try:
+                results = json.loads(f.read_text())
+                problem = shape_problem(results)
+                if problem:
+                    raise ValueError(f"not a run's results.json: {problem}")
+            except (OSError, ValueError) as e:
+                results = {"status": "unreadable", "error": str(e)}
+            runs.append((f.parent, results))
+    return runs
+
+
+EPOCH_COLUMNS = ("epoch", "test_acc", "test_loss", "train_loss", "train_acc", "epoch_time_s")
+RUN_COLUMNS = ("figure", "configuration", "line", "run", "status", "error", "has_diagnostics")
+
+
+def load(*paths):
+    """Every run under `paths` (sweep, run or output folders) as a pandas DataFrame, one row
+    per run and epoch (a run without a finished epoch: one row, epoch NaN). Columns:
+
+      figure, configuration   the report's figure (sweep-dataset) and line label
+      line                    the line's key: runs equal in it are seeds of one configuration
+      run, status, error      the run's folder, its status (zeroinit.results), why it failed
+      <config keys>           the resolved config, dotted: init.name, init.bias_scale, seed, ...
+      epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s
+      has_diagnostics, wakeup_all, erank_mean, erank_first, ...   the diagnostics' summary
+                              (zeroinit.report_diagnostics.summary_columns), per run
+
+    zeroinit.report computes its tables and figures from this frame."""
+    import pandas as pd
+
+    from zeroinit.config import flatten
+    from zeroinit.figures import figure_key, line_key, line_labels
+    from zeroinit.report_diagnostics import summary_columns
+
+    runs = [
+        (path, results, flatten(results["config"]) if results["status"] != "unreadable" else {})
+        for path, results in read_runs(*paths)
+    ]
+    lines: dict[str, dict[str, dict]] = {}
+    for _, results, config in runs:
+        if config:
+            lines.setdefault(figure_key(config), {}).setdefault(line_key(config), config)
+    labels = {fig: line_labels(figure) for fig, figure in lines.items()}
+    rows = []
+    for path, results, config in runs:
+        run = {"run": str(path), "status": results["status"], "error": results.get("error")}
+        if not config:
+            rows.append(run)
+            continue
+        figure, line = figure_key(config), line_key(config)
+        diagnostics = bool(results.get("diagnostics"))
+        run.update(
+            figure=figure,
+            configuration=labels[figure][line],
+            line=line,
+            has_diagnostics=diagnostics,
+            **config,
+            **(summary_columns(results) if diagnostics else {}),
+        )
+        for entry in results["epochs"] or [{}]:
+            rows.append({**run, **{k: entry.get(k) for k in EPOCH_COLUMNS}})
+    frame = pd.DataFrame(rows)
+    first = [c for c in (*RUN_COLUMNS, *EPOCH_COLUMNS) if c in frame.columns]
+    return frame[first + [c for c in frame.columns if c not in first]]
