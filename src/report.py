@@ -6,9 +6,11 @@
 Writes, into the output folder (default: <first path>/report): one PNG per figure (a sweep
 on one dataset), results.md and results.csv (final mean test accuracy ± 95% CI per
 configuration, n, diverged/failed/running counts, mean epoch time, the paper's number,
-diagnostics columns), and report.md tying them together. For experiment=fig12_gradient_flow
-it also draws Figure 12 (per-layer gradient distributions over the first steps) and lists
-each init's wake-up order. Runs that are not `completed` are listed, never averaged.
+diagnostics columns), report.md tying them together, and tensorboard/ (per configuration
+the mean test accuracy per epoch with its 95% band, a Custom Scalars margin chart). For
+experiment=fig12_gradient_flow it also draws Figure 12 (per-layer gradient distributions over
+the first steps) and lists each init's wake-up order. Runs that are not `completed` are
+listed, never averaged.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from zeroinit.report import (
     plot_figure,
     table_rows,
     write_tables,
+    write_tensorboard,
 )
 from zeroinit.results import load
 
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
             wakeup += [f"{name}:", *drawn[1]]
     rows = table_rows(figures)
     csv_path, md_path = write_tables(rows, out)
+    board = write_tensorboard(figures, out)
     skipped = not_averaged(runs)
     report = [
         f"# Report: {runs['run'].nunique()} runs from {', '.join(args.paths)}",
@@ -70,6 +74,8 @@ def main(argv=None) -> int:
     if skipped:
         print("not averaged:\n" + "\n".join(skipped))
     print(f"wrote {out / 'report.md'}, {csv_path.name}, {len(pngs)} figure(s) in {out}")
+    if board:
+        print(f"TensorBoard, mean and 95% CI per configuration: tensorboard --logdir {board}")
     return 0
 
 

@@ -187,14 +187,14 @@ def test_tensorboard_tags_name_layers_and_steps(make_cfg, tmp_path):
     tags = events.Reload().Tags()
     first, last = "01_1_Linear_32x784", "04_7_Linear_10x32"  # position, module, type, shape
     assert {
-        f"gradients_by_step/norm/{first}",
-        f"gradients_by_step/weight_change/{last}",
-        f"symmetry_by_step/effective_rank/{first}",
+        f"weight_gradients/norm/{first}",
+        f"weight_change/{last}",
+        f"weight_symmetry/effective_rank/{first}",
         f"wakeup_step/{last}",
         "test/acc",
     } <= set(tags["scalars"])
-    assert f"gradients_by_step/{first}" in tags["histograms"]
-    steps = [e.step for e in events.Scalars(f"symmetry_by_step/effective_rank/{first}")]
+    assert f"weight_gradients/{first}" in tags["histograms"]
+    steps = [e.step for e in events.Scalars(f"weight_symmetry/effective_rank/{first}")]
     assert steps == [0, 1, 2, 3, 5, 8]  # optimizer steps, not epochs
 
 

@@ -100,7 +100,7 @@ def test_an_unreadable_checkpoint_sets_its_events_aside_with_it(tmp_path, here):
 def test_what_a_checkpoint_covers_is_kept():
     assert keep("test/acc", 2, epochs=2, steps=64)
     assert not keep("test/acc", 3, epochs=2, steps=64)
-    assert keep("gradients_by_step/norm/x", 64, epochs=2, steps=64)  # counted in steps
-    assert not keep("gradients_by_step/norm/x", 65, epochs=2, steps=64)
+    assert keep("weight_gradients/norm/x", 64, epochs=2, steps=64)  # counted in steps
+    assert not keep("weight_gradients/norm/x", 65, epochs=2, steps=64)
     assert not keep("_hparams_/session_start_info", 0, epochs=2, steps=64)  # written again
     assert not keep("config/text_summary", 0, epochs=2, steps=64)

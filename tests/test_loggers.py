@@ -98,7 +98,7 @@ def test_a_stacked_sweep_logs_the_same_numbers_to_every_logger(tmp_path, here, m
 
         tb = tensorboard_scalars(run_dir)
         assert [(s, pytest.approx(v)) for s, v in tb["test/acc"]] == want
-        assert "symmetry_by_step/effective_rank/01_1_Linear_500x784" in tb  # diagnostics too
+        assert "weight_symmetry/effective_rank/01_1_Linear_500x784" in tb  # diagnostics too
 
         # MLflow: found by its params, named after its folder, the same curve
         (run_id,) = found.loc[
@@ -113,11 +113,11 @@ def test_a_stacked_sweep_logs_the_same_numbers_to_every_logger(tmp_path, here, m
         history = client.get_metric_history(run_id, "test/acc")
         assert sorted((m.step, pytest.approx(m.value)) for m in history) == want
         ranks = client.get_metric_history(
-            run_id, "symmetry_by_step/effective_rank/01_1_Linear_500x784"
+            run_id, "weight_symmetry/effective_rank/01_1_Linear_500x784"
         )
         assert [(m.step, m.value) for m in ranks] == [
             (s, pytest.approx(v))
-            for s, v in tb["symmetry_by_step/effective_rank/01_1_Linear_500x784"]
+            for s, v in tb["weight_symmetry/effective_rank/01_1_Linear_500x784"]
         ]
 
         # CSV: the epoch rows
@@ -168,3 +168,36 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, here, monkeypatch):
     assert len(found) == 1, "the resume made a second MLflow run"
     history = mlflow.MlflowClient().get_metric_history(found.run_id[0], "test/acc")
     assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_a_logger_whose_package_is_missing_is_one_line_before_anything_is_written(
+    tmp_path, here, monkeypatch
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlflow" else find_spec(name, *a),
+    )
+    monkeypatch.chdir(tmp_path)
+    out = here("train.py", "logger=[tensorboard,mlflow]")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: logger.mlflow: mlflow is not installed; pip install -e '.[mlflow]'"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_mlflow_store_is_made_before_parallel_runs_would_race_for_it(tmp_path, make_cfg):
+    from zeroinit.preflight import check_loggers
+
+    cfg = make_cfg("logger=[mlflow]", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path}/m/ml.db")
+    check_loggers(cfg)
+    import sqlite3
+
+    tables = sqlite3.connect(tmp_path / "m" / "ml.db").execute(
+        "select name from sqlite_master where type='table'"
+    )
+    assert "experiments" in {name for (name,) in tables}

@@ -165,3 +165,39 @@ def test_load_gives_the_frame_the_reports_tables_are_computed_from(tmp_path):
         assert float(table[label]["final_test_acc_%"]) == pytest.approx(mean)
         assert table[label]["n"] == "3"
     assert table["zero"]["failed"] == "1" and table["zero"]["n"] == "0"
+
+
+def test_report_writes_each_lines_mean_and_95_band_for_tensorboards_margin_charts(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    for seed, acc in enumerate([0.90, 0.92, 0.97]):
+        fake_run(tmp_path, f"fnn-pytorch-s{seed}", seed=seed, accs=(0.5 + seed / 100, acc))
+    fake_run(tmp_path, "fnn-bias-s0", init="bias_normal", accs=(0.3, 0.8))  # n=1: no band
+    assert report.main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    board = tmp_path / "out" / "tensorboard"
+    tag = "test_mean_over_seeds/fig03_mnist_fnn-mnist/acc"
+
+    def scalars(folder):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        return acc
+
+    pytorch = scalars(board / "fig03_mnist_fnn-mnist" / "pytorch")
+    mean = [e.value for e in pytorch.Scalars(tag)]
+    half = stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3)
+    assert mean == pytest.approx([51.0, 93.0], abs=1e-4)
+    assert [e.value for e in pytorch.Scalars(tag + "_ci95_high")][1] == pytest.approx(
+        93.0 + 100 * half, abs=1e-4
+    )
+    bias = scalars(board / "fig03_mnist_fnn-mnist" / "bias_normal")
+    assert [e.value for e in bias.Scalars(tag + "_ci95_low")] == pytest.approx([30.0, 80.0])
+    (event,) = scalars(board).Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    (chart,) = layout.category[0].chart
+    (series,) = chart.margin.series
+    assert (series.value, series.lower, series.upper) == (
+        tag,
+        tag + "_ci95_low",
+        tag + "_ci95_high",
+    )

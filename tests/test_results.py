@@ -99,9 +99,10 @@ def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_c
         content["_hparams_/experiment"]
     ).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["test/acc", "test/loss"]
-    # TensorBoard's table shows 5 columns by default, `differs` first: the run name's keys
+    # TensorBoard's table shows 5 columns by default, `differs` first: what a sweep varies
+    # and the epochs (the dataset starts the run's name)
     assert sorted(h.name for h in experiment.hparam_infos if h.differs) == [
-        "dataset",
+        "epochs",
         "init",
         "init.bias_scale",
         "model",

@@ -25,8 +25,8 @@ What it writes: results.json "diagnostics" (its schema is in results.py, the res
 contract) through the run's ResultsWriter, and TensorBoard. TensorBoard tags name a layer
 by its position, module name, type and shape (`01_1_Linear_500x784`, `53_layers.15.conv3_
 Conv2d_2048x512x1x1`), and say `by_step` since their x axis is optimizer steps, not epochs:
-histograms `gradients_by_step/<layer>`, scalars `gradients_by_step/<metric>/<layer>`,
-`symmetry_by_step/<metric>/<layer>`, `wakeup_step/<layer>`, text `diagnostics/*`.
+histograms `weight_gradients/<layer>`, scalars `weight_gradients/<metric>/<layer>`,
+`weight_symmetry/<metric>/<layer>`, `wakeup_step/<layer>`, text `diagnostics/*`.
 
 A new metric: one function in layer_metrics.py, called from `_measure` or `_gradient_stats`.
 """
@@ -328,8 +328,8 @@ class Diagnostics(L.Callback):
         scalars = {}
         for (name, _), s in zip(self.layers, stats):
             label = self.labels[name]
-            scalars[f"gradients_by_step/norm/{label}"] = s["norm"]
-            scalars[f"gradients_by_step/nonzero_frac/{label}"] = s["nonzero_frac"]
+            scalars[f"weight_gradients/norm/{label}"] = s["norm"]
+            scalars[f"weight_gradients/nonzero_frac/{label}"] = s["nonzero_frac"]
             entry = self.record["first_steps"]["layers"][name]
             entry["grad_norm"].append(round_json(s["norm"]))
             entry["grad_nonzero_frac"].append(round_json(s["nonzero_frac"]))
@@ -338,7 +338,7 @@ class Diagnostics(L.Callback):
             entry["hist_counts"].append(s["counts"])
             if tb:
                 tb.add_histogram_raw(
-                    f"gradients_by_step/{label}",
+                    f"weight_gradients/{label}",
                     min=s["min"],
                     max=s["max"],
                     num=s["numel"],
@@ -375,7 +375,7 @@ class Diagnostics(L.Callback):
         self._log(
             trainer,
             {
-                f"gradients_by_step/weight_change/{self.labels[name]}": change
+                f"weight_change/{self.labels[name]}": change
                 for (name, _), change in zip(self.layers, changes)
             },
             step,
@@ -416,7 +416,7 @@ class Diagnostics(L.Callback):
             for key, value in values.items():
                 history["layers"][name][key].append(round_json(value))
                 if value is not None:
-                    scalars[f"symmetry_by_step/{key}/{self.labels[name]}"] = value
+                    scalars[f"weight_symmetry/{key}/{self.labels[name]}"] = value
         self._log(trainer, scalars, step)
         self.record["symmetry"]["final"] = {  # the latest measurement
             name: {k: values[k][-1] for k in METRICS} for name, values in history["layers"].items()

@@ -22,6 +22,8 @@ from zeroinit.config import build
 from zeroinit.gpus import ddp_worker
 from zeroinit.keys import NAME_KEYS
 
+SHOWN_HPARAMS = (*(k for k in NAME_KEYS if k != "dataset"), "epochs")
+
 
 def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = None) -> list:
     """The run's loggers, in conf/logger's order ([] for `logger=null`). `previous_runs`: a
@@ -31,6 +33,8 @@ def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = No
         if not spec:
             continue
         spec = OmegaConf.to_container(spec, resolve=True)
+        if isinstance(spec.get("tracking_uri"), str):
+            spec["tracking_uri"] = absolute_sqlite(spec["tracking_uri"])
         run_id = (previous_runs or {}).get(key)
         if run_id and "MLFlowLogger" in spec["_target_"]:
             spec["run_id"] = run_id
@@ -47,6 +51,16 @@ def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = No
         elif not again:  # a continued MLflow run has its params (MLflow never changes one)
             logger.log_hyperparams(hparams)
     return loggers
+
+
+def absolute_sqlite(uri: str) -> str:
+    """sqlite:///outputs/mlflow.db with the path made absolute. MLflow keeps one store per
+    URI in a process, with its open connections: a relative one would stay bound to the
+    first working directory (a notebook that changes it, a test)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + os.path.abspath(uri[len(prefix) :])
 
 
 def run_ids(cfg: DictConfig, loggers: list) -> dict:
@@ -91,12 +105,13 @@ def tensorboard_header(logger: TensorBoardLogger, hparams: dict, config: dict) -
     # step 0 (a fake 0 at the start of every curve). The columns read the test/* scalars.
     experiment, *session = hparams_summary(hparams, {"test/acc": 0, "test/loss": 0})
     logger.hparams.update(hparams)  # what Lightning writes to the run's hparams.yaml
-    # TensorBoard's table shows the first 5 hparams, those marked `differs` first: the keys of
-    # a run's name (dataset-model-init-x<bias scale>-s<seed>), what a sweep varies.
+    # TensorBoard's table shows 5 columns at first, those marked `differs` first: what a sweep
+    # varies (the keys of a run's name but the dataset, which starts the name) and the epochs,
+    # so a 1-epoch try does not pass for a 10-epoch run.
     meta = experiment.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
     for info in data.experiment.hparam_infos:
-        info.differs = info.name in NAME_KEYS
+        info.differs = info.name in SHOWN_HPARAMS
     meta.content = data.SerializeToString()
     for summary in (experiment, *session):
         logger.experiment.file_writer.add_summary(summary)

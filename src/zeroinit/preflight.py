@@ -264,6 +264,41 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+LOGGER_PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "WandbRun": "wandb"}
+
+
+def check_loggers(config: DictConfig) -> None:
+    """Every logger's class exists and its package is installed (`logger=mlflow` without
+    mlflow: one line saying what to install), and an MLflow SQLite store has its tables
+    before parallel runs would race to create them."""
+    import importlib.util
+
+    from hydra.utils import get_class
+
+    for key, spec in (config.get("logger") or {}).items():
+        if not spec:
+            continue
+        target = str(spec.get("_target_"))
+        package = LOGGER_PACKAGES.get(target.rsplit(".", 1)[-1])
+        if package and importlib.util.find_spec(package) is None:
+            raise UserError(
+                f"logger.{key}: {package} is not installed; pip install -e '.[{package}]'"
+            )
+        try:
+            get_class(target)
+        except Exception as e:  # noqa: BLE001 - any reason the class is not there
+            raise UserError(f"logger.{key}._target_: {target!r} cannot be imported ({e})")
+        if package == "mlflow":
+            from zeroinit.loggers import absolute_sqlite
+
+            uri = absolute_sqlite(str(OmegaConf.select(spec, "tracking_uri")))
+            if uri.startswith("sqlite:///"):
+                Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                from mlflow import MlflowClient
+
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def check_run(config: DictConfig) -> None:
     """What a single run (no -m) needs, checked before Hydra makes its folder, so a bad
     command line leaves nothing behind: the config's values, the device, the output folder,
@@ -277,12 +312,13 @@ def check_run(config: DictConfig) -> None:
     found = dataset_of(config)
     if found is None:
         check_parts(config)
-        return
-    source, data_dir, download = found
-    train, _, classes = data.read(
-        source, data_dir, download and not os.environ.get(data.NO_DOWNLOAD_ENV)
-    )
-    check_parts(config, train[0].shape[1:], len(classes))
+    else:
+        source, data_dir, download = found
+        train, _, classes = data.read(
+            source, data_dir, download and not os.environ.get(data.NO_DOWNLOAD_ENV)
+        )
+        check_parts(config, train[0].shape[1:], len(classes))
+    check_loggers(config)  # last: an MLflow store may be created
 
 
 def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
@@ -305,6 +341,7 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
         datasets[key] = (source, data_dir, allowed)
     for source, data_dir, download in datasets.values():
         data.read(source, data_dir, download)
+    check_loggers(config)  # last: an MLflow store may be created
     return [(source, data_dir) for source, data_dir, _ in datasets.values()]
 
 

@@ -9,6 +9,7 @@ resumes both).
 
 import csv
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,41 @@ def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
         lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | None:
+    """Each figure's lines as TensorBoard runs (<out>/tensorboard/<figure>/<configuration>):
+    the mean test accuracy per epoch over the line's completed runs and its 95% interval
+    (tags test_mean_over_seeds/<figure>/acc, acc_ci95_low, acc_ci95_high), and a Custom
+    Scalars margin chart per figure drawing each line with its band. Under the sweep's folder
+    by default, so `tensorboard --logdir outputs` shows them beside the runs. Rewritten from
+    the runs every time."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = out_dir / "tensorboard"
+    shutil.rmtree(root, ignore_errors=True)
+    layout, written = {}, False
+    for fig, groups in figures.items():
+        tag = f"test_mean_over_seeds/{fig}/acc"
+        for g in groups:
+            epochs, mean, half, n = g.curve()
+            if not n:
+                continue
+            folder = root / fig / g.label.replace("/", "_").replace(" ", "_")
+            with SummaryWriter(str(folder)) as w:
+                for epoch, m, h in zip(epochs, mean, half):
+                    h = 0.0 if math.isnan(h) else h  # one run: no interval, a zero-width band
+                    w.add_scalar(tag, 100 * m, int(epoch))
+                    w.add_scalar(f"{tag}_ci95_low", 100 * (m - h), int(epoch))
+                    w.add_scalar(f"{tag}_ci95_high", 100 * (m + h), int(epoch))
+            written = True
+        chart = f"test accuracy (%): mean and 95% CI over seeds, {fig}"
+        layout[fig] = {chart: ["Margin", [tag, f"{tag}_ci95_low", f"{tag}_ci95_high"]]}
+    if not written:
+        return None
+    with SummaryWriter(str(root)) as w:  # the layout, read from any run of the log folder
+        w.add_custom_scalars(layout)
+    return root
 
 
 def plot_figure(name: str, groups: list[Group], path: Path) -> Path:

@@ -94,9 +94,9 @@ def cpu_model() -> str:
 
 
 def epoch_scalars(entry: dict) -> dict:
-    """An `epochs` entry as the loggers' tags: test/acc, train/loss, ..., time/epoch_s."""
+    """An `epochs` entry as the loggers' tags: test/acc, train/loss, ..., train/epoch_time_s."""
     return {
-        key.replace("_", "/", 1) if key != "epoch_time_s" else "time/epoch_s": value
+        key.replace("_", "/", 1) if key != "epoch_time_s" else "train/epoch_time_s": value
         for key, value in entry.items()
         if key != "epoch" and value is not None
     }
