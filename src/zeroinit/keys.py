@@ -35,6 +35,7 @@ KEYS: dict[str, set[str]] = {
     "init.bias_scale": {NAME},
     "bias_scale": {ALIAS, NO_DATA},
     "experiment": {ALIAS},
+    "hparams_search": {ALIAS, NO_DATA},
     "trainer": {ALIAS, NO_DATA},
     "optimizer": {NO_DATA},
     "speed": {NO_DATA},
