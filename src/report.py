@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from zeroinit import rank_accuracy
 from zeroinit.report import (
     gradient_flow,
     group_runs,
@@ -33,6 +34,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run or sweep directories (searched recursively)")
     parser.add_argument("-o", "--out", help="output folder (default: <first path>/report)")
+    parser.add_argument(
+        "--rank-vs-accuracy",
+        action="store_true",
+        help="also: first layer's effective rank vs final accuracy, Spearman's rho with a "
+        "95%% bootstrap interval, and its scatter plot (docs/findings.md)",
+    )
     args = parser.parse_args(argv)
 
     runs = load(*args.paths)  # one row per run and epoch (zeroinit.results.load)
@@ -67,6 +74,11 @@ def main(argv=None) -> int:
     if wakeup:
         report += ["", "## Wake-up order (Figure 12)", *wakeup]
         print("\n".join(wakeup))
+    if args.rank_vs_accuracy:
+        section = rank_accuracy.report(runs, out)
+        report += ["", section or "## Rank and accuracy\n\nNo completed run with diagnostics."]
+        if section:
+            print(section)
     if skipped:
         report += ["", "## Not averaged", *skipped]
     (out / "report.md").write_text("\n".join(report) + "\n")

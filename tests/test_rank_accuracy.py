@@ -1,0 +1,62 @@
+"""Rank vs accuracy (docs/findings.md): Spearman's rho with its bootstrap interval, from the
+results frame."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from zeroinit import rank_accuracy
+
+
+def frame(ranks, accs, model="mnist_fnn", status="completed"):
+    rows = []
+    for i, (r, a) in enumerate(zip(ranks, accs)):
+        for epoch, acc in ((1, a / 2), (2, a)):  # the last epoch is the one compared
+            rows.append(
+                {
+                    "run": f"{model}-{i}",
+                    "status": status,
+                    "has_diagnostics": True,
+                    "model.name": model,
+                    "init.name": "bias_normal",
+                    "init.bias_scale": 1.0,
+                    "configuration": "bias_normal",
+                    "epoch": epoch,
+                    "test_acc": acc,
+                    "erank_first": r,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_spearman_and_its_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    y = x + rng.normal(scale=0.5, size=40)
+    rho, low, high, n = rank_accuracy.spearman_ci(x, y)
+    assert n == 40 and rho == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert low < rho < high and 0 < low  # a clear positive relation
+    assert rank_accuracy.spearman_ci(x, rng.normal(size=40))[1] < 0  # none: CI spans 0
+    assert math.isnan(rank_accuracy.spearman_ci([1, 2, 3], [1, 2, 3])[0])  # n < 4
+    assert math.isnan(rank_accuracy.spearman_ci([1] * 6, range(6))[0])  # constant rank
+
+
+def test_the_last_epoch_of_completed_runs_is_compared_and_logreg_left_out(tmp_path):
+    runs = pd.concat(
+        [
+            frame([1, 2, 3, 4, 5], [0.2, 0.3, 0.5, 0.6, 0.9]),
+            frame([9, 9], [0.1, 0.1], model="logreg"),
+            frame([0.5], [0.99], status="failed").assign(run="failed-0"),
+        ]
+    )
+    final = rank_accuracy.final_runs(runs)
+    assert sorted(final["run"]) == [f"mnist_fnn-{i}" for i in range(5)]
+    assert final.sort_values("run")["test_acc"].tolist() == [0.2, 0.3, 0.5, 0.6, 0.9]  # last epochs
+    (everything, fnn) = rank_accuracy.correlation_rows(final)
+    assert everything["rho"] == pytest.approx(1.0) and fnn["runs"] == "mnist_fnn"
+    text = rank_accuracy.report(runs, tmp_path)
+    assert "| all models | 5 | 1.00 |" in text
+    assert (tmp_path / "rank_vs_accuracy.png").stat().st_size > 10_000
