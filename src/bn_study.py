@@ -2,24 +2,30 @@
 
     python src/bn_study.py run [--seeds 5] [--models cifar_cnn_w4 mnist_fnn] [--threads 1]
     python src/bn_study.py report [--root ...] [-o outputs/bn_study.md]
+    python src/bn_study.py accuracy [--seeds 5] [--models cifar_cnn_w4 mnist_fnn]
+        # to the paper's length (experiment=bn_accuracy, stacked): then
+        # python src/report.py outputs/sweeps/bn_accuracy --rank-vs-accuracy
 
 What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
 can be repeated (or stopped and resumed) and `--seeds` raised later.
 """
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from zeroinit.findings import batchnorm_report, report, run_study
+from zeroinit.findings import accuracy_commands, batchnorm_report, report, run_study
 from zeroinit.run import quiet_lightning
+
+TRAIN = Path(__file__).resolve().parent / "train.py"
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "report"])
+    parser.add_argument("action", choices=["run", "report", "accuracy"])
     parser.add_argument("--root", type=Path, default=Path("outputs/sweeps/bn_study"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--models", nargs="*", help="default: all of findings.MODELS")
@@ -32,6 +38,16 @@ def main(argv: list[str]) -> int:
     if args.action == "run":
         run_study(args.root, args.seeds, args.models)
         return 0
+    if args.action == "accuracy":  # each a sweep of its own: train.py, as a user runs it
+        status = 0
+        # cifar_cnn at 1/4 width and the FNN control (resnet50_w16: --models)
+        for command in accuracy_commands(args.seeds, args.models or ["cifar_cnn_w4", "mnist_fnn"]):
+            print(" ".join(["python", "src/train.py", *command]), flush=True)
+            code = subprocess.call([sys.executable, str(TRAIN), *command])
+            if code == 2:  # bad input or data missing: every other command would repeat it
+                return 2
+            status = status or code
+        return status
     text = report(args.root) + "\n" + batchnorm_report()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

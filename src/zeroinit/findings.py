@@ -80,6 +80,26 @@ def run_study(root: Path, seeds: int, models=None) -> None:
                 print(f"{out.name}: {outcome} test_acc {acc}", flush=True)
 
 
+def accuracy_commands(seeds: int, models=None, log_dir: str = "outputs") -> list[list[str]]:
+    """The accuracy part (experiment=bn_accuracy): one stacked sweep per model and condition,
+    its seeds the stack's members (conditions differ in precision or optimizer: never one
+    stack). Each is a train.py command line; a rerun skips finished runs, resumes the rest."""
+    return [
+        [
+            "-m",
+            "experiment=bn_accuracy",
+            *MODELS[model],
+            *CONDITIONS[condition],
+            f"seed={','.join(map(str, range(seeds)))}",
+            "launcher=stacked",
+            f"paths.log_dir={log_dir}",
+            f"hydra.sweep.subdir={model}-{condition}-s${{seed}}",
+        ]
+        for model in models or MODELS
+        for condition in runs_of(model)
+    ]
+
+
 # ------------------------------------------------------------------ BatchNorm outputs at init
 @torch.no_grad()
 def batchnorm_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
