@@ -26,7 +26,7 @@ SHOWN_HPARAMS = (*(k for k in NAME_KEYS if k != "dataset"), "epochs")
 
 
 def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = None) -> list:
-    """The run's loggers, in conf/logger's order ([] for `logger=null`). `previous_runs`: a
+    """The run's loggers, in conf/logger's order ([] for `~logger`). `previous_runs`: a
     resumed run's `logger_runs` (results.json), so it goes on in the same MLflow/W&B run."""
     loggers, continued = [], []
     for key, spec in (cfg.get("logger") or {}).items():
