@@ -23,7 +23,10 @@ def frame(ranks, accs, model="mnist_fnn", status="completed"):
                     "model.name": model,
                     "init.name": "bias_normal",
                     "init.bias_scale": 1.0,
+                    "init.weight": "zero",
                     "configuration": "bias_normal",
+                    "line": f"{model}-{i}",
+                    "seed": 0,
                     "epoch": epoch,
                     "test_acc": acc,
                     "erank_first": r,
@@ -55,8 +58,10 @@ def test_the_last_epoch_of_completed_runs_is_compared_and_logreg_left_out(tmp_pa
     final = rank_accuracy.final_runs(runs)
     assert sorted(final["run"]) == [f"mnist_fnn-{i}" for i in range(5)]
     assert final.sort_values("run")["test_acc"].tolist() == [0.2, 0.3, 0.5, 0.6, 0.9]  # last epochs
-    (everything, fnn) = rank_accuracy.correlation_rows(final)
-    assert everything["rho"] == pytest.approx(1.0) and fnn["runs"] == "mnist_fnn"
+    (everything, zero, unscaled, fnn) = rank_accuracy.correlation_rows(final)
+    assert everything["rho"] == pytest.approx(1.0) and zero["n"] == 5 and fnn["runs"] == "mnist_fnn"
+    again = pd.concat([runs, frame([1], [0.2]).assign(run="other-sweep")])  # mnist_fnn-0 twice
+    assert len(rank_accuracy.final_runs(again)) == 5
     text = rank_accuracy.report(runs, tmp_path)
     assert "| all models | 5 | 1.00 |" in text
     assert (tmp_path / "rank_vs_accuracy.png").stat().st_size > 10_000

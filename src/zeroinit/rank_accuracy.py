@@ -21,7 +21,10 @@ def final_runs(frame):
         return frame.iloc[0:0]
     done = frame[frame["status"].eq("completed") & frame["has_diagnostics"].eq(True)]
     done = done[done["model.name"] != "logreg"].dropna(subset=["erank_first", "test_acc"])
-    return done.sort_values("epoch").groupby("run").tail(1)
+    last = done.sort_values("epoch").groupby("run").tail(1)
+    # The same configuration and seed in two sweeps (Figure 4's x1 lines are Figure 3's) is
+    # one experiment run twice: counted once.
+    return last.drop_duplicates(subset=["line", "seed"])
 
 
 def spearman_ci(x, y, level: float = 0.95, seed: int = 0) -> tuple[float, float, float, int]:
@@ -45,9 +48,20 @@ def spearman_ci(x, y, level: float = 0.95, seed: int = 0) -> tuple[float, float,
 
 
 def correlation_rows(runs) -> list[dict]:
-    """Spearman's rho of erank_first vs final test accuracy: all runs, then each model."""
+    """Spearman's rho of erank_first vs final test accuracy: all runs, the zero-weight
+    schemes' runs alone (does their rank track their accuracy, not just pytorch vs the
+    rest?), then each model."""
     rows = []
-    groups = [("all models", runs)] + [(m, g) for m, g in runs.groupby("model.name")]
+    zero = runs[runs["init.weight"] == "zero"] if "init.weight" in runs else runs.iloc[0:0]
+    # Figure 4's x100 runs are far less accurate and lower in rank than every other run:
+    # without them, whether the rank still tracks the accuracy
+    unscaled = zero[zero["init.bias_scale"] <= 1] if len(zero) else zero
+    groups = [
+        ("all models", runs),
+        ("zero-weight inits", zero),
+        ("zero-weight inits, bias scale <= 1", unscaled),
+    ]
+    groups += [(m, g) for m, g in runs.groupby("model.name")]
     for name, g in groups:
         rho, low, high, n = spearman_ci(g["erank_first"], g["test_acc"])
         rows.append({"runs": name, "n": n, "rho": rho, "ci95_low": low, "ci95_high": high})
