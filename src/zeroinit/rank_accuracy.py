@@ -69,12 +69,15 @@ def correlation_rows(runs) -> list[dict]:
 
 
 def line_rows(runs) -> list[dict]:
-    """Per configuration (figure line): n, mean first-layer effective rank and final test
-    accuracy (%), each with its 95% Student-t half-width."""
+    """Per configuration (one line key, whichever figures it is in): n, mean first-layer
+    effective rank and final test accuracy (%), each with its 95% Student-t half-width."""
     from zeroinit.report import mean_ci
 
     rows = []
-    for (model, label), g in runs.groupby(["model.name", "configuration"]):
+    for _, g in runs.groupby("line"):
+        first = g.iloc[0]
+        model = first["model.name"]
+        label = f"{first['init.name']} x{first['init.bias_scale']:g}"
         erank, erank_h = mean_ci(g[["erank_first"]].to_numpy(float))
         acc, acc_h = mean_ci(100 * g[["test_acc"]].to_numpy(float))
         rows.append(
@@ -88,7 +91,7 @@ def line_rows(runs) -> list[dict]:
                 "acc_ci95": float(acc_h[0]),
             }
         )
-    return rows
+    return sorted(rows, key=lambda r: (r["model"], r["configuration"]))
 
 
 def plot(runs, path) -> None:
