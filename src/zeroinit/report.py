@@ -61,6 +61,17 @@ class Group:
         mean, half = mean_ci(np.array([v[:length] for v in per_run]))
         return np.arange(1, length + 1), mean, half, len(per_run)
 
+    def epochs_to(self, acc: float = 0.5) -> tuple[float, float, int, int]:
+        """When the completed runs first reach test accuracy `acc`: (mean epoch, its 95%
+        half-width, runs that reached it, completed runs). How late a scheme learns."""
+        done = self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
+        firsts = [g.loc[g["test_acc"] >= acc, "epoch"].min() for _, g in done.groupby("run")]
+        reached = np.array([[e] for e in firsts if not math.isnan(e)], dtype=float)
+        if not len(reached):
+            return math.nan, math.nan, 0, len(firsts)
+        mean, half = mean_ci(reached)
+        return float(mean[0]), float(half[0]), len(reached), len(firsts)
+
     def mean_epoch_time(self) -> float:
         times = self.rows["epoch_time_s"].dropna()
         return float(times.mean()) if len(times) else math.nan
@@ -105,6 +116,7 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
     for fig, groups in figures.items():
         for g in groups:
             epochs, mean, half, n = g.curve()
+            epochs_to = g.epochs_to(0.5)
             c = g.config
             row = {
                 "figure": fig,
@@ -120,6 +132,8 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                 "diverged": g.count("diverged"),
                 "failed": g.count("failed"),
                 "running": g.count("running") + g.count("interrupted"),
+                "epochs_to_50%": epochs_to[0],
+                "reached_50%": f"{epochs_to[2]}/{epochs_to[3]}",
                 "mean_epoch_time_s": g.mean_epoch_time(),
                 "paper_%": paper_accuracy(
                     c.get("dataset.name"),
