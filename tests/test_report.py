@@ -101,7 +101,7 @@ def test_groups_by_everything_but_the_seed_and_never_averages_unfinished_runs(tm
     assert bias["n"] == 2 and bias["final_test_acc_%"] == pytest.approx(82.0)
     assert (bias["running"], bias["failed"], bias["diverged"]) == (2, 1, 1)  # + interrupted
     # when the completed runs first reach 50% test accuracy: how late a scheme learns
-    assert (py["epochs_to_50%"], py["reached_50%"]) == (1.0, "3/3")
+    assert (py["epochs_to_50%"], py["epochs_to_50%_ci95"], py["reached_50%"]) == (1.0, 0.0, "3/3")
     assert (bias["epochs_to_50%"], bias["reached_50%"]) == (2.0, "2/2")
     assert py["paper_%"] == "~97.5" and rows["logreg pytorch"]["paper_%"].startswith("~92")
 

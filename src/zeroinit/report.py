@@ -133,6 +133,7 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                 "failed": g.count("failed"),
                 "running": g.count("running") + g.count("interrupted"),
                 "epochs_to_50%": epochs_to[0],
+                "epochs_to_50%_ci95": epochs_to[1],
                 "reached_50%": f"{epochs_to[2]}/{epochs_to[3]}",
                 "mean_epoch_time_s": g.mean_epoch_time(),
                 "paper_%": paper_accuracy(
