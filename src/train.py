@@ -153,7 +153,12 @@ def main(cfg: DictConfig) -> float | None:
         if results is None
         else (
             f"({results['wall_time_s']:.1f}s on {results['device']})\n"
-            f"logs: {out_dir}  (tensorboard --logdir {cfg.paths.log_dir})"
+            f"logs: {out_dir}"
+            + (
+                f"  (tensorboard --logdir {cfg.paths.log_dir})"
+                if "tensorboard" in (cfg.get("logger") or {})
+                else ""
+            )
         )
     )
     print(outcome_line(outcome, results, out_dir, where), flush=True)

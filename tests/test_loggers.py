@@ -163,6 +163,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, here, monkeypatch):
     (run_dir / "results.json").write_text(json.dumps({**results, "status": "interrupted"}))
     again = here("train.py", "-m", *args, "trainer.max_epochs=2")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "tensorboard --logdir" not in again.stdout  # no TensorBoard in this set to point at
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     found = mlflow.search_runs(experiment_names=["resume"])
     assert len(found) == 1, "the resume made a second MLflow run"
