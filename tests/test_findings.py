@@ -59,3 +59,18 @@ def test_first_steps_summary_reads_wakeup_and_weight_change():
     assert (f["woke"], f["moved"], f["steps"], f["watched"]) == (1, 1, 2, 60)
     assert f["wake"] == {"0": None, "2": 1} and f["change"] == {"0": 0.0, "2": 2e-2}
     assert f["grad"] == {"0": 0.0, "2": 3e-10}
+
+
+def test_the_accuracy_part_is_one_stacked_sweep_per_model_and_condition(make_cfg):
+    from zeroinit.findings import accuracy_commands
+
+    commands = accuracy_commands(5, ["cifar_cnn_w4", "mnist_fnn"], "/tmp/x")
+    assert len(commands) == len(runs_of("cifar_cnn_w4")) + len(runs_of("mnist_fnn"))
+    command = commands[1]  # cifar_cnn_w4, fp64_adam
+    assert command[0] == "-m" and "seed=0,1,2,3,4" in command and "launcher=stacked" in command
+    assert "hydra.sweep.subdir=cifar_cnn_w4-fp64_adam-s${seed}" in command
+    kept = [a for a in command[1:] if not a.startswith(("seed=", "hydra.", "launcher="))]
+    cfg = make_cfg(*kept, "seed=4")  # one of its runs, as the sweep composes it
+    assert cfg.sweep_name == "bn_accuracy" and cfg.batch_size == 128
+    assert cfg.trainer.max_epochs == 10 and cfg.trainer.precision == "64-true"
+    assert "limit_train_batches" not in cfg.trainer  # whole epochs, unlike bn_study's 60 steps
