@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from zeroinit.errors import UserError
+from zeroinit.results import write_json_atomic
 
 INTERRUPTED = "interrupted"  # a trial's user attr: its run was stopped by a kill, asked again
 
@@ -124,14 +125,15 @@ class Search:
             )
             # Seeded by how far the study got: a resumed study does not draw its first values
             # again (a fresh sampler with the same seed would, and repeat finished runs).
-            study.sampler = optuna.samplers.TPESampler(seed=self.seed + len(study.trials))
+            seed = None if self.seed is None else int(self.seed) + len(study.trials)
+            study.sampler = optuna.samplers.TPESampler(seed=seed)
             self._requeue_interrupted(study)
             self._run_study(study, [*fixed, *(override(k, v) for k, v in point.items())])
             done = [t for t in study.trials if t.state.name == "COMPLETE"]
             if done:
                 best[name] = {"value": study.best_value, "params": study.best_params}
                 print(f"search {name}: best {study.best_value:.4f} with {study.best_params}")
-        (self.sweep_dir / "search_best.json").write_text(json.dumps(best, indent=2) + "\n")
+        write_json_atomic(self.sweep_dir / "search_best.json", best)  # never half-written
         return best
 
     def _requeue_interrupted(self, study) -> None:
