@@ -51,9 +51,13 @@ class Group:
     def count(self, status: str) -> int:
         return len(self.runs(status))
 
+    def completed_epochs(self):
+        """The rows of the line's completed runs that are epochs (what is averaged)."""
+        return self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
+
     def curve(self, metric: str = "test_acc"):
         """(epochs, mean, ci half-width, n) over completed runs; epochs common to all."""
-        done = self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
+        done = self.completed_epochs()
         per_run = [g.sort_values("epoch")[metric].to_numpy(float) for _, g in done.groupby("run")]
         if not per_run:
             return np.array([]), np.array([]), np.array([]), 0
@@ -64,7 +68,7 @@ class Group:
     def epochs_to(self, acc: float = 0.5) -> tuple[float, float, int, int]:
         """When the completed runs first reach test accuracy `acc`: (mean epoch, its 95%
         half-width, runs that reached it, completed runs). How late a scheme learns."""
-        done = self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
+        done = self.completed_epochs()
         firsts = [g.loc[g["test_acc"] >= acc, "epoch"].min() for _, g in done.groupby("run")]
         reached = np.array([[e] for e in firsts if not math.isnan(e)], dtype=float)
         if not len(reached):
