@@ -5,6 +5,8 @@
     python src/bn_study.py accuracy [--seeds 5] [--models cifar_cnn_w4 mnist_fnn]
         # to the paper's length (experiment=bn_accuracy, stacked): then
         # python src/report.py outputs/sweeps/bn_accuracy --rank-vs-accuracy
+    python src/bn_study.py rounding [--seeds 3] [--device cpu|gpu] [--conditions fp32 fp64]
+        # full-width ResNet-50's first steps per precision -> outputs/sweeps/bn_rounding
 
 What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
 can be repeated (or stopped and resumed) and `--seeds` raised later.
@@ -17,7 +19,16 @@ from pathlib import Path
 
 import torch
 
-from zeroinit.findings import accuracy_commands, batchnorm_report, report, run_study
+from zeroinit.findings import (
+    ROUNDING,
+    accuracy_commands,
+    batchnorm_report,
+    report,
+    rounding_report,
+    rounding_runs,
+    run_study,
+    train_all,
+)
 from zeroinit.run import quiet_lightning
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -25,18 +36,32 @@ TRAIN = Path(__file__).resolve().parent / "train.py"
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "report", "accuracy"])
+    parser.add_argument("action", choices=["run", "report", "accuracy", "rounding"])
     parser.add_argument("--root", type=Path, default=Path("outputs/sweeps/bn_study"))
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--rounding-root", type=Path, default=Path("outputs/sweeps/bn_rounding"))
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="rounding only")
+    parser.add_argument(
+        "--conditions",
+        nargs="*",
+        choices=list(ROUNDING),
+        help="rounding only; default: all the device has",
+    )
+    parser.add_argument("--seeds", type=int, help="default: 5 (rounding: 3)")
     parser.add_argument("--models", nargs="*", help="default: all of findings.MODELS")
     parser.add_argument("--threads", type=int, help="torch threads (rounding may depend on it)")
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/bn_study.md"))
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 3 if args.action == "rounding" else 5
     quiet_lightning()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.action == "run":
         run_study(args.root, args.seeds, args.models)
+        return 0
+    if args.action == "rounding":
+        train_all(args.rounding_root, rounding_runs(args.seeds, args.device, args.conditions))
+        print(rounding_report(args.rounding_root))
         return 0
     if args.action == "accuracy":  # each a sweep of its own: train.py, as a user runs it
         status = 0
@@ -48,7 +73,9 @@ def main(argv: list[str]) -> int:
                 return 2
             status = status or code
         return status
-    text = report(args.root) + "\n" + batchnorm_report()
+    text = (
+        report(args.root) + "\n" + rounding_report(args.rounding_root) + "\n" + batchnorm_report()
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

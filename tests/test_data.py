@@ -22,9 +22,24 @@ from zeroinit.data import (
     load_image_folder,
     load_mnist,
     load_mnist5k,
+    load_random_cifar10,
     random_crop_flip,
 )
 from zeroinit.errors import UserError
+
+# ----------------------------------------------------------------------- random CIFAR-shaped
+
+
+def test_random_cifar10_is_cifar_shaped_and_the_same_every_time(make_cfg):
+    (x, y), (xt, yt), classes = load_random_cifar10()
+    assert x.shape == (10_000, 3, 32, 32) and xt.shape == (1_000, 3, 32, 32)
+    assert x.dtype == torch.uint8 and y.dtype == torch.int64 and len(classes) == 10
+    assert y.min() == 0 and y.max() == 9 and x.float().std() > 70  # uniform 0..255: ~74
+    again = load_random_cifar10()
+    assert torch.equal(x, again[0][0]) and torch.equal(yt, again[1][1])
+    data = build(make_cfg("dataset=random_cifar10").dataset).load()  # declared shape checked
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+
 
 # ----------------------------------------------------------------------------- MNIST (IDX)
 

@@ -5,7 +5,16 @@ import torch
 from torch import nn
 
 from zeroinit.config import build
-from zeroinit.findings import CONDITIONS, MODELS, batchnorm_outputs, first_steps, overrides, runs_of
+from zeroinit.findings import (
+    CONDITIONS,
+    MODELS,
+    batchnorm_outputs,
+    first_steps,
+    overrides,
+    rounding_report,
+    rounding_runs,
+    runs_of,
+)
 from zeroinit.init import InitScheme
 
 
@@ -74,3 +83,51 @@ def test_the_accuracy_part_is_one_stacked_sweep_per_model_and_condition(make_cfg
     assert cfg.sweep_name == "bn_accuracy" and cfg.batch_size == 128
     assert cfg.trainer.max_epochs == 10 and cfg.trainer.precision == "64-true"
     assert "limit_train_batches" not in cfg.trainer  # whole epochs, unlike bn_study's 60 steps
+
+
+def test_the_rounding_part_runs_full_width_resnet50_per_precision(make_cfg):
+    cpu = rounding_runs(3, "cpu")
+    assert [name for name, _ in cpu][::3] == ["resnet50-fp32-cpu-s0", "resnet50-fp64-cpu-s0"]
+    assert len(cpu) == 6 and len(rounding_runs(3, "gpu")) == 12  # tf32, bf16: GPU only
+    name, args = rounding_runs(3, "gpu", ["bf16"])[2]
+    cfg = make_cfg(*[a for a in args if a != "trainer=gpu"])  # composes without a GPU here
+    assert name == "resnet50-bf16-gpu-s2" and "trainer=gpu" in args and cfg.seed == 2
+    assert list(cfg.model.widths) == [64, 128, 256, 512] and build(cfg.init).bias == "normal"
+    assert cfg.dataset.source == "random_cifar10" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.batch_size == 32 and cfg.trainer.limit_train_batches == 60
+
+
+def _wakeup_results(wake: dict, change: dict) -> dict:
+    layers = list(wake)
+    return {
+        "status": "completed",
+        "device": "cpu: test",
+        "diagnostics": {
+            "layers": [{"name": n} for n in layers],
+            "wakeup_step": wake,
+            "wakeup_watched_steps": 60,
+            "first_steps": {
+                "step": list(range(1, 11)),
+                "layers": {n: {"weight_change": [change[n]], "grad_norm": [0.0]} for n in layers},
+            },
+        },
+    }
+
+
+def test_rounding_report_counts_layers_woken_by_step_10_and_60(tmp_path):
+    from zeroinit.findings import rounding_name
+    from zeroinit.results import write_json_atomic
+
+    for seed, late in enumerate([12, None]):  # a layer woken after step 10, or never
+        run = tmp_path / rounding_name("fp64", "cpu", seed)
+        run.mkdir()
+        wake = {"a": 1, "b": 10, "c": late}
+        write_json_atomic(run / "results.json", _wakeup_results(wake, {"a": 0.5, "b": 0, "c": 0}))
+    table = rounding_report(tmp_path)
+    (row,) = [line for line in table.splitlines() if line.startswith("| cpu")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["cpu", "fp64", "2"]
+    assert cells[3] == "2.0 ± 0.0 / 3"  # woken by step 10: a, b in both seeds
+    assert cells[4] == "1.0 ± 0.0 / 3"  # moved: a only
+    assert cells[5].startswith("2.5 ± ") and cells[5].endswith(" / 3")  # by 60: 3 and 2
+    assert "| gpu" not in table  # nothing run there

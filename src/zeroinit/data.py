@@ -69,6 +69,17 @@ def _split_mnist5k() -> dict[str, np.ndarray]:
     }
 
 
+def load_random_cifar10(data_dir=None, download=False, n_train=10_000, n_test=1_000):
+    """Uniform random uint8 images of CIFAR-10's shape (3x32x32) with uniform random labels of
+    10 classes, 10,000 train / 1,000 test, always the same (their own seed, not the run's).
+    For what needs no real images: the first steps of a zero-weight net (docs/findings.md,
+    the GPU's rounding), timing. Nothing to learn: accuracy stays at chance."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), [str(c) for c in range(10)]
+
+
 def _torchvision(spec: datafiles.Files, data_dir, download):
     """Both splits of a torchvision dataset. Missing files are downloaded first if `download`
     (datafiles.fetch: once, bounded wait), else a SweepError names them."""
@@ -176,6 +187,7 @@ DATASETS: dict[str, Dataset] = {
     "mnist": Dataset(load_mnist, files=datafiles.mnist_files),
     "cifar10": Dataset(load_cifar10, files=datafiles.cifar10_files),
     "image_folder": Dataset(load_image_folder),
+    "random_cifar10": Dataset(load_random_cifar10, note="generated, nothing to download"),
 }
 # Set by a -m sweep (zeroinit.preflight) for its runs: the sweep checked, and if need be
 # downloaded, every dataset once before its first run, so no run downloads on its own.

@@ -66,18 +66,109 @@ def overrides(model: str, condition: str, seed: int) -> list[str]:
     return ["experiment=bn_study", *MODELS[model], *CONDITIONS[condition], f"seed={seed}"]
 
 
-def run_study(root: Path, seeds: int, models=None) -> None:
-    """Train every model x condition x seed not finished yet (train_or_resume skips those)."""
+def train_all(root: Path, runs: list[tuple[str, list[str]]]) -> None:
+    """Train each (folder name, overrides) under `root` unless finished (train_or_resume skips
+    a finished run and resumes a killed one)."""
     from zeroinit.run import compose, train_or_resume
 
-    for seed in range(seeds):
-        for model in models or MODELS:
-            for condition in runs_of(model):
-                out = run_dir(root, model, condition, seed)
-                cfg = compose(*overrides(model, condition, seed), f"paths.output_dir={out}")
-                outcome, results = train_or_resume(cfg, overrides(model, condition, seed))
-                acc = (results or {}).get("final", {}).get("test_acc")
-                print(f"{out.name}: {outcome} test_acc {acc}", flush=True)
+    for name, args in runs:
+        out = Path(root) / name
+        outcome, results = train_or_resume(compose(*args, f"paths.output_dir={out}"), args)
+        acc = (results or {}).get("final", {}).get("test_acc")
+        print(f"{name}: {outcome} test_acc {acc}", flush=True)
+
+
+def run_study(root: Path, seeds: int, models=None) -> None:
+    """Train every model x condition x seed not finished yet."""
+    runs = [
+        (run_dir(root, model, condition, seed).name, overrides(model, condition, seed))
+        for seed in range(seeds)
+        for model in models or MODELS
+        for condition in runs_of(model)
+    ]
+    train_all(root, runs)
+
+
+# ------------------------------------------------- the GPU's own rounding (issue 23 part 2)
+# Full-width ResNet-50 (bias_normal, every layer), the study's 60 steps of 32, on random
+# CIFAR-shaped images: wake-up needs no real images. The precisions a user can pick:
+ROUNDING_MODEL = ["model=resnet50", "dataset=random_cifar10"]
+ROUNDING = {
+    "fp32": [],  # strict: the default (on a GPU: cuDNN's kernels, TF32 off)
+    "tf32": ["speed=tf32"],  # 10-bit mantissa in matmuls and convs (GPU only)
+    "bf16": ["speed=bf16"],  # bf16 autocast, 7-bit mantissa (GPU: tensor cores)
+    "fp64": ["trainer.precision=64-true"],
+}
+CPU_ROUNDING = ("fp32", "fp64")  # tf32 does not exist on a CPU; its bf16 is not the GPU's
+
+
+def rounding_name(condition: str, device: str, seed: int) -> str:
+    return f"resnet50-{condition}-{device}-s{seed}"
+
+
+def rounding_runs(seeds: int, device: str, conditions=None) -> list[tuple[str, list[str]]]:
+    """The part's runs on `device` (cpu | gpu): (folder name, overrides)."""
+    conditions = conditions or (CPU_ROUNDING if device == "cpu" else list(ROUNDING))
+    return [
+        (
+            rounding_name(condition, device, seed),
+            [
+                "experiment=bn_study",
+                *ROUNDING_MODEL,
+                *ROUNDING[condition],
+                f"trainer={device}",
+                f"seed={seed}",
+            ],
+        )
+        for condition in conditions
+        for seed in range(seeds)
+    ]
+
+
+def _by_step(wake: dict, step: int) -> int:
+    return sum(w is not None and w <= step for w in wake.values())
+
+
+def rounding_report(root: Path) -> str:
+    """One row per device x condition found under `root`: layers woken by step 10 and by the
+    last watched step, layers moved > MOVED after step 10, mean ± 95% CI over the seeds."""
+    lines = [
+        "## The GPU's own rounding: full-width ResNet-50, bias_normal, random CIFAR-shaped "
+        "images, batch 32, Adam eps 1e-8 (mean ± 95% CI over seeds)",
+        "",
+        "| device | condition | n | layers woken by step 10 | moved > 1e-3 after step 10 "
+        "| woken by step 60 | median ||W-W0|| after step 10 | device (results.json) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for device in ("cpu", "gpu"):
+        for condition in ROUNDING:
+            runs = []
+            for seed in range(100):
+                path = Path(root) / rounding_name(condition, device, seed)
+                if not path.exists():
+                    break
+                results = read_results(path)
+                if results.get("status") == "completed":
+                    runs.append(results)
+            if not runs:
+                continue
+            f = [first_steps(r) for r in runs]
+            n_layers = len(f[0]["layers"])
+
+            def cell(values, fmt="{:.1f}"):
+                mean, half = mean_ci(np.array([[v] for v in values], dtype=float))
+                ci = "" if math.isnan(half[0]) else " ± " + fmt.format(half[0])
+                return fmt.format(mean[0]) + ci + f" / {n_layers}"
+
+            change = statistics.median(x["median_change"] for x in f)
+            lines.append(
+                f"| {device} | {condition} | {len(runs)} | "
+                f"{cell([_by_step(x['wake'], 10) for x in f])} | "
+                f"{cell([x['moved'] for x in f])} | "
+                f"{cell([_by_step(x['wake'], x['watched'] or 60) for x in f])} | "
+                f"{_e(change)} | {runs[0].get('device', '-')} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def accuracy_commands(seeds: int, models=None, log_dir: str = "outputs") -> list[list[str]]:
