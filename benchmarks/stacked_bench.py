@@ -49,18 +49,7 @@ VARIANTS = ("stacked", "stacked_all", "sequential", "bare")
 
 
 def random_loader(shape, n_train, n_test):
-    def load(data_dir=None, download=False):
-        g = torch.Generator().manual_seed(0)
-
-        def split(n):
-            return (
-                torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                torch.randint(0, 10, (n,), generator=g),
-            )
-
-        return split(n_train), split(n_test), [str(c) for c in range(10)]
-
-    return load
+    return lambda data_dir=None, download=False: zdata.random_images(shape, n_train, n_test)
 
 
 def jobs(model, device, out_dir, n_train, extra=(), members=15):

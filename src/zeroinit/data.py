@@ -69,15 +69,25 @@ def _split_mnist5k() -> dict[str, np.ndarray]:
     }
 
 
-def load_random_cifar10(data_dir=None, download=False, n_train=10_000, n_test=1_000):
-    """Uniform random uint8 images of CIFAR-10's shape (3x32x32) with uniform random labels of
-    10 classes, 10,000 train / 1,000 test, always the same (their own seed, not the run's).
-    For what needs no real images: the first steps of a zero-weight net (docs/findings.md,
-    the GPU's rounding), timing. Nothing to learn: accuracy stays at chance."""
+def random_images(shape, n_train: int, n_test: int, num_classes: int = 10):
+    """Uniform random uint8 images of `shape` (C, H, W) with uniform random labels, always the
+    same (their own seed, not the run's); a loader's return value."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
-    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), [str(c) for c in range(10)]
+    n = n_train + n_test
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return (
+        (x[:n_train], y[:n_train]),
+        (x[n_train:], y[n_train:]),
+        [str(c) for c in range(num_classes)],
+    )
+
+
+def load_random_cifar10(data_dir=None, download=False):
+    """Random images of CIFAR-10's shape (3x32x32), 10 classes, 10,000 train / 1,000 test. For
+    what needs no real images: the first steps of a zero-weight net (docs/findings.md, the
+    GPU's rounding), timing. Nothing to learn: accuracy stays at chance."""
+    return random_images((3, 32, 32), 10_000, 1_000)
 
 
 def _torchvision(spec: datafiles.Files, data_dir, download):
