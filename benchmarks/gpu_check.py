@@ -1,22 +1,23 @@
-"""Everything we want to know GPU-side, in one script sized for a few minutes on one H100:
+"""Everything we want to know GPU-side, in one script sized for about 8 minutes of one H200:
 
     make gpu-check                         # = python benchmarks/gpu_check.py -o gpu-check.md
-    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: ~10-15 min)
+    python benchmarks/gpu_check.py --tiny  # a dry run of every code path (2-core CPU: minutes)
 
 1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
    cifar_fnn, mnist_cnn, cifar_cnn trained stacked (in stacks of the size the probe chooses
-   on this GPU, printed beside the time) vs one run at a time
+   on this GPU, printed beside the time) vs one run at a time vs 15 bare loops
    (benchmarks/stacked_bench.py), and ResNet-50 with 3 members, to decide whether
    stacking pays there;
-2. every paper model through the project path in fp32 and bf16 (+ the bare loop beside it)
-   (benchmarks/bench.py), part of an epoch each, timed at N and N/2 train images and
-   extrapolated to a full one (fixed + per image x images, timing.extrapolate);
-3. the README's default sweep through the command line, stacked vs one at a time;
-4. a `launcher=parallel runs_per_gpu=2` sweep through the command line vs the same sweep run
-   one by one;
-5. two stacks of the README's sweep sharing the GPU (2 workers, runs_per_gpu=2) vs one after
-   another.
-Every table goes to stdout and to the Markdown file given with -o, with the machine line.
+2. a single run through the project path vs the bare loop: mnist_fnn and ResNet-50
+   (benchmarks/bench.py);
+3. last, `make paper`'s hours on this GPU per speed setting (strict fp32, tf32, bf16), from
+   full-epoch seconds per run-epoch through the launcher `make paper` uses for each figure
+   (benchmarks/paper_time.py; section 1's stacked fp32 sweeps are reused, not timed again).
+`--more` adds the README's sweep through the command line (stacked vs one at a time), a
+`launcher=parallel runs_per_gpu=2` sweep and two stacks sharing the GPU (about 3 min more).
+Every part of an epoch is timed at N and N/2 train images and extrapolated to a full one
+(fixed + per image x images, timing.extrapolate). Every table goes to stdout and to the
+Markdown file given with -o, with the machine line.
 """
 
 import argparse
@@ -27,24 +28,12 @@ import time
 from pathlib import Path
 
 import bench
+import paper_time
 import stacked_bench
 import timing
+from timing import GPU_IMAGES as IMAGES
 
 STACKED_MODELS = "mnist_fnn,cifar_fnn,mnist_cnn,cifar_cnn"
-# train images per model (a part of an epoch, timed at N and N/2 and extrapolated to a full
-# one): enough steps that per-step costs dominate, few enough for the whole check to fit in
-# minutes. ResNet-50 stays at 2,560: a full epoch in "Every paper model" (H200: 26.6 s fp32 +
-# 23.4 s bare + 19.4 s bf16) would add about a minute to a check that the second size
-# already brings from 378 s to an estimated 7.5 min there.
-IMAGES = {
-    "mnist_fnn": 25_600,
-    "cifar_fnn": 25_600,
-    "mnist_cnn": 12_800,
-    "cifar_cnn": 12_800,
-    "resnet50": 2_560,
-    "logreg_mnist": 60_000,
-    "logreg_cifar": 50_000,
-}
 PARALLEL = "init=zero,pytorch seed=0,1 trainer.max_epochs=3"
 
 
@@ -76,6 +65,7 @@ def main(argv=None):
     p.add_argument(
         "--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless"
     )
+    p.add_argument("--more", action="store_true", help="also the command-line sweeps (~3 min)")
     args = p.parse_args(argv)
     # --tiny: 32 images, timed at 32 and 16: on a CPU ResNet-50 costs ~0.6 s an image, so the
     # two sizes take about what one size of 64 did
@@ -86,26 +76,23 @@ def main(argv=None):
         print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
         print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
         print(timing.machine().replace("\n", "; "))
+        stacked = {}
         section(
             "Stacked vs one at a time: 15 runs, 1 epoch each (default config)",
-            lambda: stacked_bench.main(
-                [
-                    "--models",
-                    STACKED_MODELS,
-                    "--repeats",
-                    "1",
-                    "--variants",
-                    "stacked,sequential,bare",
-                    *members,
-                    *img_args,
-                ]
+            lambda: stacked.update(
+                stacked_bench.main(
+                    [
+                        "--models",
+                        STACKED_MODELS,
+                        "--repeats",
+                        "1",
+                        "--variants",
+                        "stacked,sequential,bare",
+                        *members,
+                        *img_args,
+                    ]
+                )
             ),
-            log,
-        )
-        section(
-            "The README's sweep through the command line, stacked vs one at a time "
-            "(mnist5k, 15 runs x 10 epochs)",
-            lambda: cli(args.tiny),
             log,
         )
         section(
@@ -127,33 +114,58 @@ def main(argv=None):
             log,
         )
         section(
-            "Every paper model, project path fp32 and bf16, seconds per epoch",
+            "One run, project path vs bare loop, seconds per epoch",
             lambda: bench.main(
                 [
                     "--models",
-                    "mnist_fnn,resnet50" if args.tiny else ",".join(IMAGES),
+                    "mnist_fnn,resnet50",
                     "--repeats",
                     "1",
                     "--variants",
                     "project,bare",
                     *img_args,
-                    "--also",
-                    "speed=bf16 callbacks.diagnostics=null",
                 ]
             ),
             log,
         )
+        if args.more:
+            section(
+                "The README's sweep through the command line, stacked vs one at a time "
+                "(mnist5k, 15 runs x 10 epochs)",
+                lambda: cli(args.tiny),
+                log,
+            )
+            section(
+                "launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
+                lambda: parallel(args.tiny),
+                log,
+            )
+            section(
+                "Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
+                "(mnist5k, command line)",
+                lambda: two_places(args.tiny),
+                log,
+            )
         section(
-            "launcher=parallel runs_per_gpu=2 vs one by one (mnist5k, command line)",
-            lambda: parallel(args.tiny),
+            "`make paper` on this GPU, per speed setting",
+            lambda: paper_time.main(
+                [*img_args, *(["--tiny"] if args.tiny else [])],
+                fits=reusable(stacked, args.tiny),
+            ),
             log,
         )
-        section(
-            "Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
-            "(mnist5k, command line)",
-            lambda: two_places(args.tiny),
-            log,
-        )
+
+
+def reusable(stacked: dict, tiny: bool) -> dict:
+    """Section 1's stacked fp32 sweeps as paper_time's measurements: the same variant,
+    sweep and config (15 runs; not --tiny's 2)."""
+    if tiny or not stacked:
+        return {}
+    return {
+        (r["model"], "stacked", "fp32"): timing.Fit(**r["fits"]["stacked"])
+        for r in stacked["rows"]
+        if "stacked" in r["fits"]
+    }
 
 
 def cli(tiny):

@@ -58,6 +58,18 @@ VARIANTS = ("project", "bare", "conventional")
 # A full epoch of a conv net takes minutes on a CPU: time part of one, at these sizes and half
 # of them, and extrapolate to a full epoch (see extrapolate()).
 CPU_IMAGES = {"mnist_cnn": 10_000, "cifar_cnn": 5_000, "resnet50": 1_000}
+# On a GPU (gpu_check, paper_time): train images per model, a part of an epoch timed at N and
+# N/2 and extrapolated to a full one: enough steps that per-step costs dominate, few enough for
+# `make gpu-check` to fit in minutes.
+GPU_IMAGES = {
+    "mnist_fnn": 25_600,
+    "cifar_fnn": 25_600,
+    "mnist_cnn": 12_800,
+    "cifar_cnn": 12_800,
+    "resnet50": 2_560,
+    "logreg_mnist": 60_000,
+    "logreg_cifar": 50_000,
+}
 DEFAULT_SWEEP = "init=zero,pytorch,bias_normal seed=0,1,2,3,4"
 
 

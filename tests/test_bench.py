@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench
 import gpu_bench  # noqa: E402
+import paper_time  # noqa: E402
 import timing  # noqa: E402
 
 
@@ -93,6 +94,46 @@ def test_gpu_bench_dry_run_of_every_model(tmp_path):
         "project speed=bf16 callbacks.diagnostics=null",
         "conventional",
     }
+
+
+def test_paper_time_reads_the_figures_and_launchers_of_make_paper():
+    figures = paper_time.paper_figures()
+    assert len(figures) == 9 and figures["fig11_resnet50"] == "sequential"
+    assert {v for f, v in figures.items() if f != "fig11_resnet50"} == {"stacked"}
+    recipe = (ROOT / "Makefile").read_text().split("\npaper:")[1].split("\n\n")[0]
+    assert "$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS),$(STACKED))" in recipe  # what it assumes
+    assert "$(call sweep,$(RESNET_FIGS))" in recipe
+    runs = paper_time.paper_runs()
+    assert len(runs) == 225 and "fig12_gradient_flow" not in {r[0] for r in runs}
+
+
+def test_paper_time_hours_from_seconds_per_run_epoch_and_nothing_timed_twice(capsys):
+    pairs = paper_time.needed(paper_time.paper_runs())
+    assert ("resnet50", "sequential") in pairs and ("logreg_cifar", "stacked") in pairs
+    # 15 stacked runs take 15 s an epoch (1 s a run-epoch); one ResNet-50 run 100 s an epoch
+    fits = {
+        (m, v, s): timing.Fit(None, 0.0, 15.0 if v == "stacked" else 100.0)
+        for m, v in pairs
+        for s in ("fp32", "bf16")
+    }
+    out = paper_time.main(["--speeds", "fp32,bf16"], fits=fits)  # all known: nothing timed
+    epochs = {fig: 0 for fig in paper_time.FIGURES}
+    for fig, *_, e in paper_time.paper_runs():
+        epochs[fig] += e
+    resnet = epochs.pop("fig11_resnet50")
+    expected = (sum(epochs.values()) * 1.0 + resnet * 100.0) / 3600
+    assert out["hours"] == {"fp32": pytest.approx(expected), "bf16": pytest.approx(expected)}
+    assert f"fp32 {expected:.2f} h, bf16 {expected:.2f} h" in capsys.readouterr().out
+    fits.pop(("resnet50", "sequential", "bf16"))
+    text, totals = paper_time.table(paper_time.paper_runs(), fits, ["fp32", "bf16"])
+    assert totals["bf16"] is None and "| fig11_resnet50 | sequential | 15 | 450 |" in text
+
+
+def test_paper_time_dry_run_times_each_speed_through_the_launcher():
+    out = paper_time.main(["--tiny", "--models", "logreg_mnist", "--speeds", "fp32,tf32"])
+    assert set(out["per_run_epoch"]) == {"logreg_mnist stacked fp32", "logreg_mnist stacked tf32"}
+    assert all(v > 0 for v in out["per_run_epoch"].values())
+    assert out["hours"] == {"fp32": None, "tf32": None}  # not every model timed: no total
 
 
 def test_extrapolation_separates_the_once_per_fit_cost_from_the_per_image_cost():
