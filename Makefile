@@ -79,7 +79,7 @@ bench-stacked: $(VENV)/.installed  ## the 15-run seed x init sweep: stacked vs o
 bench-startup: $(VENV)/.installed  ## time to first result: --help, a one-epoch run, the README's stacked sweep, the dataset load (~3 min; ARGS="--compare REF")
 	$(PY) benchmarks/startup_bench.py $(ARGS)
 
-gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps (probe's sizes), every model fp32/bf16, parallel sweep, 2 stacks on one GPU -> gpu-check.md (~8.5 min on an H200, estimated)
+gpu-check: $(VENV)/.installed  ## on a GPU machine: stacked sweeps (probe's sizes), one run vs bare, `make paper`'s hours per speed setting -> gpu-check.md (~8 min on an H200, estimated)
 	$(PY) benchmarks/gpu_check.py -o gpu-check.md $(ARGS)
 
 tensorboard: $(VENV)/.installed  ## browse every run under outputs/

@@ -68,12 +68,18 @@ def overrides(model: str, condition: str, seed: int) -> list[str]:
 
 def train_all(root: Path, runs: list[tuple[str, list[str]]]) -> None:
     """Train each (folder name, overrides) under `root` unless finished (train_or_resume skips
-    a finished run and resumes a killed one)."""
+    a finished run and resumes a killed one). A stop signal ends the process as train.py's
+    does: the run recorded, one line, exit 128 + signal."""
     from zeroinit.run import compose, train_or_resume
+    from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
 
+    interrupt_on_ctrl_c()  # Ctrl-C between runs: one line and exit 130 too
     for name, args in runs:
         out = Path(root) / name
-        outcome, results = train_or_resume(compose(*args, f"paths.output_dir={out}"), args)
+        try:
+            outcome, results = train_or_resume(compose(*args, f"paths.output_dir={out}"), args)
+        except STOPPED as stop:  # SIGTERM, Ctrl-C: one line, exit 128 + signal
+            leave(stop, out, "to resume: the same command (finished runs are skipped)")
         acc = (results or {}).get("final", {}).get("test_acc")
         print(f"{name}: {outcome} test_acc {acc}", flush=True)
 
