@@ -10,14 +10,16 @@ evaluation of the whole test split, which every run of this project does after e
 The images are uniform random uint8 of the real shapes (MNIST: 60,000 + 10,000 of 1x28x28;
 CIFAR-10: 50,000 + 10,000 of 3x32x32); random pixels cost the same arithmetic as real ones.
 
-  project       src/train.py's own objects: `zeroinit.run.build_run(cfg)` builds the ImageDataModule
-                (DeviceBatches), the Classifier (torchmetrics), the callbacks (results.json,
-                checkpoint, the default extra callbacks), the TensorBoard logger and the Trainer
-                from conf/ exactly as `python src/train.py` does; timed: `trainer.fit` of one
-                epoch (fit start-up, checkpoint and results.json included).
+  project       src/train.py's own objects: `zeroinit.run.build_run(cfg)` builds the
+                ImageDataModule (DeviceBatches), the Classifier (loss/accuracy sums on the
+                device), the callbacks (results.json, checkpoint, the default extra
+                callbacks), the TensorBoard logger and the Trainer from conf/ exactly as
+                `python src/train.py` does; timed: `trainer.fit` of one epoch (fit start-up,
+                checkpoint and results.json included).
   bare          the same net, init and optimizer in a plain loop over the same device-resident
                 tensors with DeviceBatches' batch ops, computing the same four figures
-                (train/test loss and accuracy): what Lightning and torchmetrics cost on top.
+                (train/test loss and accuracy): what Lightning and the project's callbacks
+                cost on top.
   conventional  what most people write: a torchvision-style Dataset that makes a PIL image per
                 sample and converts it with ToTensor, a DataLoader (num_workers=--workers,
                 default 0 = its default), a LightningModule logging loss and torchmetrics

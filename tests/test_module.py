@@ -1,10 +1,12 @@
-"""The LightningModule's optimizer, built from conf/optimizer as train.py builds it."""
+"""The LightningModule: its optimizer, built from conf/optimizer as train.py builds it, and
+the epoch's loss and accuracy sums (module.add_batch / means), kept in checkpoints."""
 
 import pytest
 import torch
 
 from zeroinit.config import build
-from zeroinit.module import Classifier
+from zeroinit.module import Classifier, add_batch, means
+from zeroinit.stacked.members import combine_checkpoints
 
 
 @pytest.mark.parametrize(
@@ -26,3 +28,78 @@ def test_optimizer_arguments_from_the_command_line(make_cfg, overrides, expected
     module = Classifier(torch.nn.Linear(3, 2), 2, optimizer=build(cfg.optimizer))
     group = module.configure_optimizers().param_groups[0]
     assert {k: tuple(group[k]) if k == "betas" else group[k] for k in expected} == expected
+
+
+def test_epoch_sums_give_the_mean_over_images_and_exact_accuracy():
+    sums = torch.zeros(3, 2)  # two members
+    add_batch(sums, torch.tensor([1.0, 2.0]), torch.tensor([3, 0]), 4)
+    add_batch(
+        sums, torch.tensor([4.0, float("nan")]), torch.tensor([1, 1]), 2
+    )  # a last, short batch
+    first, second = means(sums, "train")
+    assert first == {"train_loss": (4 * 1.0 + 2 * 4.0) / 6, "train_acc": 4 / 6}
+    assert second["train_loss"] != second["train_loss"]  # NaN reaches the mean: diverged
+    assert second["train_acc"] == 1 / 6 and not sums.any()  # read, then zeroed
+    assert means(sums, "test") == [{}, {}]  # no batch this epoch: nothing to report
+
+
+def test_epoch_sums_in_older_checkpoints_written_by_torchmetrics_are_read():
+    module = Classifier(torch.nn.Linear(3, 2), 2, optimizer=None)
+    module.on_load_checkpoint(
+        {
+            "epoch_metrics": {  # MeanMetric and MulticlassAccuracy(average="micro") states
+                "train_loss": {
+                    "state": {"mean_value": torch.tensor(6.0), "weight": torch.tensor(4.0)},
+                    "updates": 2,
+                },
+                "train_acc": {
+                    "state": {
+                        "tp": torch.tensor([3]),
+                        "fp": torch.tensor([1]),
+                        "tn": torch.tensor([3]),
+                        "fn": torch.tensor([1]),
+                    },
+                    "updates": 2,
+                },
+            }
+        }
+    )
+    assert module.epoch_metrics() == {"train_loss": 1.5, "train_acc": 0.75}
+    saved = {}
+    add_batch(module.train_sums, torch.tensor(2.0), torch.tensor(1), 2)
+    module.on_save_checkpoint(saved)
+    other = Classifier(torch.nn.Linear(3, 2), 2, optimizer=None)
+    other.on_load_checkpoint(saved)
+    assert other.epoch_metrics() == {"train_loss": 2.0, "train_acc": 0.5}
+
+
+def test_a_stack_resumes_with_each_members_running_sums():
+    def member(loss_sum):
+        return {
+            "state_dict": {},
+            "optimizer_states": [{"state": {}, "param_groups": []}],
+            "epoch_sums": {"train": torch.tensor([[loss_sum], [1.0], [2.0]])},
+        }
+
+    combined = combine_checkpoints([member(3.0), member(5.0)])
+    assert combined["epoch_sums"]["train"].tolist() == [[3.0, 5.0], [1.0, 1.0], [2.0, 2.0]]
+    older = member(7.0)
+    del older["epoch_sums"]  # a member checkpoint from before the sums were kept
+    assert "epoch_sums" not in combine_checkpoints([member(3.0), older])
+
+
+def test_epoch_sums_agree_with_torchmetrics():
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    g = torch.Generator().manual_seed(0)
+    sums, mean, acc = torch.zeros(3, 1), MeanMetric(), MulticlassAccuracy(10, average="micro")
+    for n in (128, 128, 37):  # a short last batch
+        logits, y = torch.randn(n, 10, generator=g), torch.randint(0, 10, (n,), generator=g)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        add_batch(sums, loss, (logits.argmax(1) == y).sum(), n)
+        mean.update(loss, weight=n)
+        acc.update(logits, y)
+    (got,) = means(sums, "test")
+    assert got["test_loss"] == pytest.approx(float(mean.compute()), rel=1e-6)
+    assert got["test_acc"] == pytest.approx(float(acc.compute()), abs=1e-7)

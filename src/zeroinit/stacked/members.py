@@ -30,6 +30,15 @@ class Member:
         self.ended = False  # its fit-end hooks have run; it no longer trains
         self.frozen: dict | None = None  # its parameters when it ended, restored every step
         self.proxies = None  # (MemberTrainer, MemberModule), made once per fit
+        self._hooked: dict[str, list] = {}  # hook -> its callbacks that implement it
+
+    def implementing(self, hook: str) -> list:
+        """The member's callbacks that implement `hook` (looked up once per hook: a stack
+        calls 5 hooks x K members every step)."""
+        found = self._hooked.get(hook)
+        if found is None:
+            found = self._hooked[hook] = [cb for cb in self.callbacks if _implements(cb, hook)]
+        return found
 
 
 class MemberTrainer:
@@ -195,6 +204,13 @@ def combine_checkpoints(checkpoints: list[dict]) -> dict:
     combined["callbacks"] = {
         StackedRuns.__qualname__: {"members": [c.get("callbacks", {}) for c in checkpoints]}
     }
+    combined.pop("epoch_metrics", None)  # a separate run's, before epoch_sums: not stacked
+    if all("epoch_sums" in c for c in checkpoints):  # the epoch's running sums, per member
+        combined["epoch_sums"] = {
+            "train": torch.cat([c["epoch_sums"]["train"] for c in checkpoints], dim=1)
+        }
+    else:
+        combined.pop("epoch_sums", None)
     return combined
 
 
@@ -226,11 +242,13 @@ class StackedRuns(L.Callback):
         """Call `hook` of every member callback that implements it, with the member's
         proxies in place of the trainer and the module."""
         for m in members if members is not None else self.active():
+            callbacks = m.implementing(hook)
+            if not callbacks:
+                continue
             if m.proxies is None or m.proxies[0]._trainer is not trainer:
                 m.proxies = (MemberTrainer(trainer, m, self), MemberModule(pl_module, m))
-            for cb in m.callbacks:
-                if _implements(cb, hook):
-                    getattr(cb, hook)(*m.proxies, *args)
+            for cb in callbacks:
+                getattr(cb, hook)(*m.proxies, *args)
 
     def active(self):
         return [m for m in self.members if not m.ended]
@@ -268,6 +286,8 @@ class StackedRuns(L.Callback):
             member_optimizer_state(s, member.index) for s in group["optimizer_states"]
         ]
         ckpt["callbacks"] = _callback_states(member.callbacks)
+        if "epoch_sums" in group:
+            ckpt["epoch_sums"] = {"train": group["epoch_sums"]["train"][:, member.index, None]}
         return ckpt
 
     # -- hooks

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroinit.data import DeviceBatches, ImageDataModule
+from zeroinit.module import add_batch, means
 
 # Optimizers whose update of an entry depends only on that entry's own history: one of them
 # over stacked tensors is K independent optimizers. (LBFGS, LARS-like and norm-based
@@ -37,7 +38,7 @@ class StackedClassifier(L.LightningModule):
     def __init__(self, net: nn.Module, k: int, optimizer):
         super().__init__()
         self.net, self.k, self.optimizer_factory = net, k, optimizer
-        for split in ("train", "test"):  # per-member sums: loss x n, correct, n
+        for split in ("train", "test"):  # per-member sums: loss x n, correct, n (add_batch)
             self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
 
     def forward(self, x):
@@ -49,12 +50,8 @@ class StackedClassifier(L.LightningModule):
         k, b = y.shape
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
         losses = losses.view(k, b).mean(dim=1)  # each member's own mean loss
-        with torch.no_grad():
-            correct = (logits.argmax(dim=2) == y).sum(dim=1)
-            sums = getattr(self, f"{split}_sums")
-            sums[0] += losses.detach() * b
-            sums[1] += correct
-            sums[2] += b
+        correct = (logits.detach().argmax(dim=2) == y).sum(dim=1)
+        add_batch(getattr(self, f"{split}_sums"), losses, correct, b)
         return losses.sum()
 
     def training_step(self, batch, batch_idx):
@@ -65,16 +62,17 @@ class StackedClassifier(L.LightningModule):
 
     def epoch_metrics(self) -> list[dict[str, float]]:
         """Each member's train and test loss/accuracy of the epoch just finished, then reset."""
-        out = [{} for _ in range(self.k)]
-        for split in ("train", "test"):
-            sums = getattr(self, f"{split}_sums")
-            loss, correct, n = sums.tolist()  # one host sync per split
-            for k in range(self.k):
-                if n[k]:
-                    out[k][f"{split}_loss"] = loss[k] / n[k]
-                    out[k][f"{split}_acc"] = correct[k] / n[k]
-            sums.zero_()
-        return out
+        per_split = [means(getattr(self, f"{split}_sums"), split) for split in ("train", "test")]
+        return [{**train, **test} for train, test in zip(*per_split)]
+
+    # As Classifier's: a checkpoint inside an epoch keeps the epoch's running train sums, here
+    # (3, K); a member's checkpoint gets its column (members.StackedRuns.member_checkpoint).
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["epoch_sums"] = {"train": self.train_sums.detach().cpu().clone()}
+
+    def on_load_checkpoint(self, checkpoint):
+        if "epoch_sums" in checkpoint:
+            self.train_sums.copy_(checkpoint["epoch_sums"]["train"])
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
