@@ -173,3 +173,13 @@ def test_part_epochs_are_timed_at_two_sizes_interleaved():
     assert timing.sizes(5000, 50_000) == (5000, 2500) and timing.sizes(50_000, 50_000) == (50_000,)
     order = [(r, n, tuple(v)) for r, n, v in timing.schedule(["a", "b"], (8, 4), 2)]
     assert order == [(0, 8, ("a", "b")), (0, 4, ("a", "b")), (1, 4, ("b", "a")), (1, 8, ("b", "a"))]
+
+
+def test_gpu_check_hands_its_stacked_fp32_sweeps_to_the_paper_estimate():
+    import gpu_check
+
+    fit = timing.Fit(1.0, 1e-4, 6.0)
+    stacked = {"rows": [{"model": "mnist_fnn", "fits": {"stacked": fit._asdict(), "bare": {}}}]}
+    assert gpu_check.reusable(stacked, tiny=False) == {("mnist_fnn", "stacked", "fp32"): fit}
+    assert gpu_check.reusable(stacked, tiny=True) == {}  # --tiny stacks 2 runs, not 15
+    assert gpu_check.reusable({}, tiny=False) == {}  # the section failed: measure anew
