@@ -34,11 +34,25 @@ def test_measure_stops_growing_once_a_size_is_slower_and_keeps_the_fastest_of_tw
         return k**1.5 + next(noise)
 
     seconds = size.measure([1, 2, 4, 8, 16], step_seconds)
-    # round 1: the disturbed size 1 made 2 look faster; 4 is slower than 2: 8 and 16 are
-    # never built. Round 2 times 1, 2, 4 again and keeps each one's fastest.
-    assert calls == [1, 2, 4, 1, 2, 4]
+    # round 1: the disturbed size 1 made 2 look faster; 4 is slower than 2, and again when
+    # timed once more: 8 and 16 are never built. Round 2 times 1, 2, 4 again and keeps each
+    # one's fastest.
+    assert calls == [1, 2, 4, 4, 1, 2, 4]
     assert seconds == {1: 1.0, 2: 2**1.5, 4: 8.0}
     assert size.best_size(seconds) == 1
+
+
+def test_a_burst_of_load_on_one_size_does_not_end_the_search():
+    calls = []
+    burst = {4: iter([3.0])}  # the first timing of size 4 came during a burst of load
+
+    def step_seconds(k):
+        calls.append(k)
+        return 1 + 0.1 * k + next(burst.get(k, iter([])), 0.0)  # stacking pays at every size
+
+    seconds = size.measure([1, 2, 4, 8, 16], step_seconds)
+    assert calls[:6] == [1, 2, 4, 4, 8, 16]  # 4 timed again, and the search went on
+    assert size.best_size(seconds) == 16
 
 
 def test_measure_keeps_to_its_budget():

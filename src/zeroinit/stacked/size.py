@@ -117,13 +117,20 @@ def measure(
 ) -> dict[int, float]:
     """{size: seconds per step} for `sizes` in order, from `step_seconds(size)`. The first
     round stops at a size slower per run than the best so far by more than noise (larger ones
-    would be slower still) or after `budget_s`; later rounds time the same sizes again, in
-    turn, and keep each size's fastest time (a shared machine only ever adds time)."""
+    would be slower still) or after `budget_s`; a size that looks slower is timed once more
+    first (a burst of load on a shared machine would otherwise end the search for good).
+    Later rounds time the same sizes again, in turn, and keep each size's fastest time (a
+    shared machine only ever adds time)."""
     start, seconds = time.perf_counter(), {}
+
+    def slower(k):
+        return k / seconds[k] * MIN_GAIN < max(j / s for j, s in seconds.items())
+
     for k in sizes:
         seconds[k] = step_seconds(k)
-        top = max(j / s for j, s in seconds.items())
-        if k / seconds[k] * MIN_GAIN < top or time.perf_counter() - start > budget_s:
+        if slower(k) and time.perf_counter() - start <= budget_s:
+            seconds[k] = min(seconds[k], step_seconds(k))
+        if slower(k) or time.perf_counter() - start > budget_s:
             break
     for _ in range(rounds - 1):
         for k in seconds:
