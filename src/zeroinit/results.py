@@ -79,7 +79,8 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         # the index too: which GPU of the node a run (a stack's place) trained on
         return f"cuda:{device.index or 0}: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def cpu_model() -> str:
