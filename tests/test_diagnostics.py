@@ -68,6 +68,37 @@ def test_zero_weights_random_biases_wake_from_the_output_back(make_cfg, tmp_path
     assert read_results(tmp_path)["diagnostics"] == json.loads(json.dumps(diag))
 
 
+def test_wakeups_between_the_hosts_reads_are_recorded_as_if_read_every_step(make_cfg, tmp_path):
+    """The wake-up flags stay on the device and the host reads them at steps 1, 2, 4, 8, ...:
+    layers waking at 5, 6 and 7 (none of them a read) still get those steps, in results.json
+    and in every logger, and the steps watched end where the last layer woke."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fnn7 = ["model=mnist_fnn", "model.hidden=[16,16,16,16,16,16]"]  # 7 Linear layers
+    results = run(
+        make_cfg(
+            *fnn7, "trainer.max_epochs=1", "+trainer.limit_train_batches=12", "init=bias_normal"
+        )
+    )
+    diag = results["diagnostics"]
+    assert layer_values(diag, diag["wakeup_step"]) == [7, 6, 5, 4, 3, 2, 1]
+    assert diag["wakeup_watched_steps"] == 7
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    first = "01_1_Linear_16x784"
+    assert [(e.step, e.value) for e in events.Scalars(f"wakeup_step/{first}")] == [(7, 7.0)]
+    short = run(
+        make_cfg(
+            *fnn7,
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=6",
+            "init=bias_normal",
+            f"paths.output_dir={tmp_path / 'short'}",
+        )
+    )["diagnostics"]
+    assert layer_values(short, short["wakeup_step"]) == [None, 6, 5, 4, 3, 2, 1]
+    assert short["wakeup_watched_steps"] == 6  # the run's last step: read at its end
+
+
 def test_pytorch_init_wakes_every_layer_at_step_1(make_cfg):
     diag = run(make_cfg(*FNN4, *SHORT, "init=pytorch"))["diagnostics"]
     assert layer_values(diag, diag["wakeup_step"]) == [1, 1, 1, 1]

@@ -144,11 +144,16 @@ class Diagnostics(L.Callback):
         self._probe = None
         self._writer = None
         self._watching = True
+        self._first_nonzero = None  # per layer, on the device: first step with a gradient
+        self._unread = None  # the last watched step not read into the record yet
+        self._unlogged = []  # (wake-up step, tag) read but not logged yet
+        self._table_due = False  # watching ended: the wake-up table goes to TensorBoard
         self._changes_done = 0  # last step whose weight change was recorded
         self._schedule = set()  # the steps whose symmetry is measured
 
     # -- state: a resumed run keeps what was measured before
     def state_dict(self):
+        self._read_wakeups()  # a checkpoint holds what was seen up to its step
         return {"record": self.record, "watching": self._watching} if self.record else {}
 
     def load_state_dict(self, state):
@@ -179,7 +184,7 @@ class Diagnostics(L.Callback):
         if self.record is None:
             self.record = self._new_record()
         if self._writer is not None:  # every write of results.json carries it from now on
-            self._writer.add_section("diagnostics", self.record)
+            self._writer.add_section("diagnostics", self.record, refresh=self._read_wakeups)
 
     def _new_record(self):
         names = [name for name, _ in self.layers]
@@ -291,7 +296,10 @@ class Diagnostics(L.Callback):
             self._gradient_stats(trainer, step)
 
     def _watch(self, trainer, step):
-        wake = self.record["wakeup_step"]
+        """Which layers have a non-zero weight gradient at this step, kept on the device (no
+        host sync: on a GPU one per step and member would stall the queue of kernels); the
+        host reads them at steps 1, 2, 4, ..., 32, then every 32nd, and when the run's
+        results are written (_read_wakeups)."""
         nonzero = torch.stack(
             [
                 m.weight.grad.ne(0).any()
@@ -299,27 +307,59 @@ class Diagnostics(L.Callback):
                 else torch.zeros((), dtype=torch.bool, device=m.weight.device)
                 for _, m in self.layers
             ]
-        ).tolist()
-        woken = {}
-        for (name, _), nz in zip(self.layers, nonzero):
-            if nz and wake[name] is None:
-                wake[name] = step
-                woken[f"wakeup_step/{self.labels[name]}"] = step
-        if woken:
-            self._log(trainer, woken, step)
-        tb = self._tb(trainer)
-        self.record["wakeup_watched_steps"] = step
-        if all(v is not None for v in wake.values()) or step >= self.wakeup_max_steps:
+        )
+        if self._first_nonzero is None:  # 0: not yet; a resumed run starts from its record
+            wake = self.record["wakeup_step"]
+            known = [wake[name] or 0 for name, _ in self.layers]
+            self._first_nonzero = torch.tensor(known, device=nonzero.device)
+        self._first_nonzero = torch.where(
+            (self._first_nonzero == 0) & nonzero,
+            torch.full_like(self._first_nonzero, step),
+            self._first_nonzero,
+        )
+        self._unread = step
+        if step >= self.wakeup_max_steps or step % 32 == 0 or step in (1, 2, 4, 8, 16):
+            self._read_wakeups()
+            self._log_wakeups(trainer)
+
+    def _read_wakeups(self):
+        """What _watch kept on the device, into the record (one host sync): each layer's
+        wake-up step, and the steps watched, which end at the step the last layer woke (or
+        at wakeup_max_steps) as if read every step. The run's ResultsWriter calls it before
+        every write of results.json; the loggers get it from _log_wakeups."""
+        step = self._unread
+        if step is None or self.record is None:
+            return
+        self._unread = None
+        wake = self.record["wakeup_step"]
+        for (name, _), first in zip(self.layers, self._first_nonzero.tolist()):
+            if first and wake[name] is None:
+                wake[name] = first
+                self._unlogged.append((first, f"wakeup_step/{self.labels[name]}"))
+        everyone = all(v is not None for v in wake.values())
+        self.record["wakeup_watched_steps"] = max(wake.values()) if everyone else step
+        if everyone or step >= self.wakeup_max_steps:
             self._watching = False
-            if tb:
-                rows = [
-                    f"| {name} | {wake[name] or f'not by step {step}'} |" for name, _ in self.layers
-                ]
-                tb.add_text(
-                    "diagnostics/wakeup_step",
-                    "| layer | wake-up step |\n|---|---|\n" + "\n".join(rows),
-                    step,
-                )
+            self._table_due = True
+
+    def _log_wakeups(self, trainer):
+        """Woken layers to every logger at their wake-up step; once watching ends, the
+        table of them to TensorBoard."""
+        for first, tag in sorted(self._unlogged):
+            self._log(trainer, {tag: first}, first)
+        self._unlogged = []
+        tb = self._tb(trainer)
+        if self._table_due and tb:
+            wake, watched = self.record["wakeup_step"], self.record["wakeup_watched_steps"]
+            rows = [
+                f"| {name} | {wake[name] or f'not by step {watched}'} |" for name, _ in self.layers
+            ]
+            tb.add_text(
+                "diagnostics/wakeup_step",
+                "| layer | wake-up step |\n|---|---|\n" + "\n".join(rows),
+                watched,
+            )
+        self._table_due = False
 
     def _gradient_stats(self, trainer, step):
         tb = self._tb(trainer)
@@ -393,6 +433,8 @@ class Diagnostics(L.Callback):
         tb = self._tb(trainer)
         if tb and self.record["symmetry"]["final"]:
             tb.add_text("diagnostics/symmetry_final", self._final_table(), trainer.global_step)
+        self._read_wakeups()
+        self._log_wakeups(trainer)
         return True
 
     def _measure(self, trainer, pl_module, step, epoch=None):

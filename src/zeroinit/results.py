@@ -123,16 +123,19 @@ class ResultsWriter(L.Callback):
         self._start = self._epoch_start = None
         self._elapsed_before = 0.0  # wall time of earlier attempts, when resumed
         self._rank = 0  # only global rank 0 writes (set at fit start)
+        self._refresh = []  # add_section's refresh callables
 
     @staticmethod
     def of(trainer) -> "ResultsWriter | None":
         """The run's writer, wherever it is in the trainer's callback list."""
         return next((c for c in trainer.callbacks if isinstance(c, ResultsWriter)), None)
 
-    def add_section(self, key: str, section: dict) -> None:
+    def add_section(self, key: str, section: dict, refresh=None) -> None:
         """How another callback adds its part to results.json (Diagnostics: "diagnostics"):
         `section` is a dict the callback keeps updating; every later write carries it, and
-        the callback calls write() when it wants it on disk before the next epoch's write."""
+        the callback calls write() when it wants it on disk before the next epoch's write.
+        `refresh()`, if given, is called before every write (to bring in what the callback
+        keeps on the device)."""
         if key in (
             "status",
             "config",
@@ -149,6 +152,8 @@ class ResultsWriter(L.Callback):
         ):
             raise ValueError(f"results.json key {key!r} belongs to the run itself")
         self.results[key] = section
+        if refresh is not None:
+            self._refresh.append(refresh)
 
     def state_dict(self):  # saved in the checkpoint, so a resumed run keeps its curve
         return {"epochs": self.results["epochs"], "wall_time_s": self.results["wall_time_s"]}
@@ -159,6 +164,8 @@ class ResultsWriter(L.Callback):
         self._elapsed_before = state["wall_time_s"]
 
     def write(self, status=None, **extra):
+        for refresh in self._refresh:
+            refresh()
         if status:
             self.results["status"] = status
         self.results.update(extra)
