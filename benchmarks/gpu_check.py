@@ -10,6 +10,8 @@
    stacking pays there;
 2. a single run through the project path vs the bare loop: mnist_fnn and ResNet-50
    (benchmarks/bench.py);
+   a stack's convolutions per layer shape of cifar_cnn, mnist_cnn (15 members) and
+   ResNet-50 (3): the grouped convolution vs its alternatives (benchmarks/stacked_conv_bench.py);
 3. last, `make paper`'s hours on this GPU per speed setting (strict fp32, tf32, bf16), from
    full-epoch seconds per run-epoch through the launcher `make paper` uses for each figure
    (benchmarks/paper_time.py; section 1's stacked fp32 sweeps are reused, not timed again).
@@ -30,6 +32,7 @@ from pathlib import Path
 import bench
 import paper_time
 import stacked_bench
+import stacked_conv_bench
 import timing
 from timing import GPU_IMAGES as IMAGES
 
@@ -72,6 +75,7 @@ def main(argv=None):
     images = {m: 32 for m in IMAGES} if args.tiny else IMAGES
     img_args = [a for m, n in images.items() for a in ("--images", f"{m}={n}")]
     members = ["--members", "2"] if args.tiny else []
+    tiny = ["--tiny"] if args.tiny else []
     with open(args.output, "w") as log, contextlib.redirect_stdout(Tee(sys.stdout, log)):
         print("# gpu-check" + (" (--tiny: a dry run, figures meaningless)" if args.tiny else ""))
         print(f"`python benchmarks/gpu_check.py {' '.join(argv or sys.argv[1:])}`\n")
@@ -125,6 +129,15 @@ def main(argv=None):
                     "project,bare",
                     *img_args,
                 ]
+            ),
+            log,
+        )
+        section(
+            "A stack's convolutions per layer shape: grouped vs channels_last vs a loop vs "
+            "vmap vs CUDA streams (forward + backward, ms)",
+            lambda: (
+                stacked_conv_bench.main(["--models", "cifar_cnn,mnist_cnn"] + tiny),
+                stacked_conv_bench.main(["--models", "resnet50", "--members", "3"] + tiny),
             ),
             log,
         )

@@ -183,3 +183,12 @@ def test_gpu_check_hands_its_stacked_fp32_sweeps_to_the_paper_estimate():
     assert gpu_check.reusable(stacked, tiny=False) == {("mnist_fnn", "stacked", "fp32"): fit}
     assert gpu_check.reusable(stacked, tiny=True) == {}  # --tiny stacks 2 runs, not 15
     assert gpu_check.reusable({}, tiny=False) == {}  # the section failed: measure anew
+
+
+def test_stacked_conv_alternatives_give_the_grouped_convolutions_results():
+    import stacked_conv_bench
+
+    out = stacked_conv_bench.main(["--tiny", "--models", "mnist_cnn"])
+    assert len(out["rows"]) == 2 and not out["bad"]  # mnist_cnn's two convolutions
+    assert set(out["rows"][0]["ms"]) == {"grouped", "grouped_nhwc", "loop", "vmap"}  # no CUDA
+    assert all(d < 1e-9 for r in out["rows"] for d in r["diff"].values())
