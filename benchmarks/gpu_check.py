@@ -6,8 +6,8 @@
 1. stacked sweeps: the 15-run sweep `init=zero,pytorch,bias_normal seed=0..4` of mnist_fnn,
    cifar_fnn, mnist_cnn, cifar_cnn trained stacked (in stacks of the size the probe chooses
    on this GPU, printed beside the time) vs one run at a time vs 15 bare loops
-   (benchmarks/stacked_bench.py), and ResNet-50 with 3 members, to decide whether
-   stacking pays there;
+   (benchmarks/stacked_bench.py), torch.profiler's table of a stacked epoch of mnist_fnn and
+   cifar_cnn, and ResNet-50 with 3 members, to decide whether stacking pays there;
 2. a single run through the project path vs the bare loop: mnist_fnn and ResNet-50
    (benchmarks/bench.py);
    a stack's convolutions per layer shape of cifar_cnn, mnist_cnn (15 members) and
@@ -92,6 +92,8 @@ def main(argv=None):
                         "1",
                         "--variants",
                         "stacked,sequential,bare",
+                        "--profile",
+                        "mnist_fnn,cifar_cnn",  # where a stacked step's time goes
                         *members,
                         *img_args,
                     ]

@@ -113,6 +113,26 @@ def probe_choice(model, device, work_dir, extra, members) -> str:
     return f"({choice['size']} per stack, {choice['gain']:.2f}x)"
 
 
+def profile_stacked(model, device, work_dir, n_train, extra, members, top=15) -> str:
+    """torch.profiler's table of one epoch of `members` runs trained stacked (the `stacked`
+    variant, warm): where a stacked step's time goes, by op; on a GPU sorted by kernel time,
+    with the wall time beside, so that launch and host overhead show as the difference."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    time_variant("stacked", model, device, work_dir, n_train, extra, members)  # warm
+    with profile(activities=activities) as prof:
+        seconds = time_variant("stacked", model, device, work_dir, n_train, extra, members)
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    kernels = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6 if cuda else None
+    head = f"\n{model}, {members} runs stacked, {n_train:,} train images: {seconds:.2f}s wall"
+    if kernels is not None:
+        head += f", {kernels:.2f}s in CUDA kernels"
+    return f"{head} (profiled)\n" + events.table(sort_by=sort, row_limit=top)
+
+
 def time_cli(work_dir) -> dict:
     out = {}
     for name, extra in (("sequential", ""), ("stacked", " launcher=stacked")):
@@ -143,6 +163,12 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--members", type=int, default=15, help="the first N runs of the sweep")
     p.add_argument("--cli", action="store_true", help="also the default mnist5k sweep via the CLI")
+    p.add_argument(
+        "--profile",
+        default="",
+        metavar="MODELS",
+        help="also a torch.profiler table of the stacked variant of these models",
+    )
     p.add_argument("--json")
     p.add_argument("override", nargs="*", help="config overrides for the project variants")
     args = p.parse_args(argv)
@@ -187,6 +213,18 @@ def main(argv=None) -> dict:
                 }
             )
         cli = time_cli(work) if args.cli else None
+        profiles = [
+            profile_stacked(
+                m,
+                args.device,
+                Path(work),
+                min(int(images.get(m, 0)) or args.n_train or timing.MODELS[m][1], 12_800),
+                args.override,
+                args.members,
+            )
+            for m in args.profile.split(",")
+            if m
+        ]
     k = args.members
     print(
         f"\n| model | {k} runs stacked (probe's size) | {k} runs in one stack | {k} runs "
@@ -224,6 +262,8 @@ def main(argv=None) -> dict:
         )
         for name, s in cli.items():
             print(f"| {name} | {s['wall_s']:.1f}s | {s['runs_per_min']:.1f} |")
+    for table in profiles:
+        print(table, flush=True)
     out = {
         "machine": timing.machine(),
         "cli": cli,

@@ -192,3 +192,27 @@ def test_stacked_conv_alternatives_give_the_grouped_convolutions_results():
     assert len(out["rows"]) == 2 and not out["bad"]  # mnist_cnn's two convolutions
     assert set(out["rows"][0]["ms"]) == {"grouped", "grouped_nhwc", "loop", "vmap"}  # no CUDA
     assert all(d < 1e-9 for r in out["rows"] for d in r["diff"].values())
+
+
+def test_stacked_bench_profiles_a_stacked_epoch(capsys):
+    import stacked_bench
+
+    stacked_bench.main(
+        [
+            "--models",
+            "logreg_mnist",
+            "--n-train",
+            "256",
+            "--repeats",
+            "1",
+            "--variants",
+            "stacked",
+            "--members",
+            "2",
+            "--profile",
+            "logreg_mnist",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "logreg_mnist, 2 runs stacked, 256 train images" in printed
+    assert "Optimizer.step#Adam.step" in printed  # torch.profiler's table, by op
