@@ -266,3 +266,19 @@ def test_conv_layers_and_skipped_layers_are_recorded(make_cfg):
     assert list(diag["symmetry"]["skipped"]) == [linear]  # 62,720 > 10,000 entries
     assert final[linear]["effective_rank"] is None and final[conv]["effective_rank"] is not None
     assert final[conv]["dead_units_frac"] is not None and final[linear]["dead_units_frac"] is None
+
+
+def test_a_rounding_sized_gradient_wakes_its_layer():
+    """The study's gradients can be 1e-30 in float32: a layer with one such entry has woken
+    (its square would underflow to 0; the check must not)."""
+    from types import SimpleNamespace
+
+    diag = Diagnostics()
+    diag.layers = [(n, torch.nn.Linear(3, 2)) for n in ("a", "b", "c")]
+    diag.labels = {n: n for n, _ in diag.layers}
+    diag.record = diag._new_record()
+    for (_, m), g in zip(diag.layers, (1e-30, 0.0, float("nan"))):
+        m.weight.grad = torch.zeros(2, 3)
+        m.weight.grad[1, 2] = g
+    diag._watch(SimpleNamespace(loggers=[]), step=1)  # step 1: read at once
+    assert diag.record["wakeup_step"] == {"a": 1, "b": None, "c": 1}

@@ -300,14 +300,21 @@ class Diagnostics(L.Callback):
         host sync: on a GPU one per step and member would stall the queue of kernels); the
         host reads them at steps 1, 2, 4, ..., 32, then every 32nd, and when the run's
         results are written (_read_wakeups)."""
-        nonzero = torch.stack(
-            [
-                m.weight.grad.ne(0).any()
-                if m.weight.grad is not None
-                else torch.zeros((), dtype=torch.bool, device=m.weight.device)
-                for _, m in self.layers
-            ]
-        )
+        grads = [m.weight.grad for _, m in self.layers]
+        if all(g is not None for g in grads) and len({g.dtype for g in grads}) == 1:
+            # max |g| of every layer in one fused call (a deep net: a few kernels, not two per
+            # layer); != 0 exactly where an entry is: no underflow, as a sum of squares would
+            # have for the rounding-sized gradients this measures; NaN counts as non-zero
+            nonzero = torch.stack(torch._foreach_norm(grads, ord=float("inf"))).ne(0)
+        else:
+            nonzero = torch.stack(
+                [
+                    g.ne(0).any()
+                    if g is not None
+                    else torch.zeros((), dtype=torch.bool, device=m.weight.device)
+                    for g, (_, m) in zip(grads, self.layers)
+                ]
+            )
         if self._first_nonzero is None:  # 0: not yet; a resumed run starts from its record
             wake = self.record["wakeup_step"]
             known = [wake[name] or 0 for name, _ in self.layers]
