@@ -121,8 +121,9 @@ def _implements(callback, hook: str) -> bool:
 
 def _wants_gradients(callback, step: int) -> bool:
     """Whether `callback` reads .grad at optimizer step `step`. A callback may say so with a
-    `wants_gradients(step)` method (Diagnostics does: only while it watches); otherwise any
-    callback with an on_before_optimizer_step hook gets them."""
+    `wants_gradients(step)` method (Diagnostics does: only while it watches), and its
+    on_before_optimizer_step is then called in a stack only at the steps it wants; otherwise
+    any callback with an on_before_optimizer_step hook gets them at every step."""
     ask = getattr(callback, "wants_gradients", None)
     if ask is not None:
         return ask(step)
@@ -238,11 +239,13 @@ class StackedRuns(L.Callback):
         self._dump = (None, None)  # (global_step, group checkpoint) shared by the members
 
     # -- plumbing
-    def _call(self, hook, trainer, pl_module, *args, members=None):
-        """Call `hook` of every member callback that implements it, with the member's
-        proxies in place of the trainer and the module."""
+    def _call(self, hook, trainer, pl_module, *args, members=None, select=None):
+        """Call `hook` of every member callback that implements it (and `select(callback)`
+        allows), with the member's proxies in place of the trainer and the module."""
         for m in members if members is not None else self.active():
             callbacks = m.implementing(hook)
+            if select is not None:
+                callbacks = [cb for cb in callbacks if select(cb)]
             if not callbacks:
                 continue
             if m.proxies is None or m.proxies[0]._trainer is not trainer:
@@ -302,10 +305,18 @@ class StackedRuns(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         members = self.active()
         step = trainer.global_step + 1
-        if any(_wants_gradients(cb, step) for m in members for cb in m.callbacks):
+
+        def wants(cb):
+            return _wants_gradients(cb, step)
+
+        if any(wants(cb) for m in members for cb in m.callbacks):
             for m in members:
                 point_grads(pl_module.net, m)
-        self._call("on_before_optimizer_step", trainer, pl_module, optimizer, members=members)
+        # only the callbacks that read this step's gradients (the diagnostics: while they
+        # watch), not K x each one every step
+        self._call(
+            "on_before_optimizer_step", trainer, pl_module, optimizer, members=members, select=wants
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._restore_frozen(pl_module)
