@@ -24,6 +24,7 @@ def frame(ranks, accs, model="mnist_fnn", status="completed"):
                     "init.name": "bias_normal",
                     "init.bias_scale": 1.0,
                     "init.weight": "zero",
+                    "init.bias": "normal",
                     "configuration": "bias_normal",
                     "line": f"{model}-{i}",
                     "seed": 0,
@@ -58,10 +59,23 @@ def test_the_last_epoch_of_completed_runs_is_compared_and_logreg_left_out(tmp_pa
     final = rank_accuracy.final_runs(runs)
     assert sorted(final["run"]) == [f"mnist_fnn-{i}" for i in range(5)]
     assert final.sort_values("run")["test_acc"].tolist() == [0.2, 0.3, 0.5, 0.6, 0.9]  # last epochs
-    (everything, zero, unscaled, fnn) = rank_accuracy.correlation_rows(final)
+    (everything, zero, random, unscaled, fnn) = rank_accuracy.correlation_rows(final)
     assert everything["rho"] == pytest.approx(1.0) and zero["n"] == 5 and fnn["runs"] == "mnist_fnn"
+    assert random["n"] == unscaled["n"] == 5
     again = pd.concat([runs, frame([1], [0.2]).assign(run="other-sweep")])  # mnist_fnn-0 twice
     assert len(rank_accuracy.final_runs(again)) == 5
     text = rank_accuracy.report(runs, tmp_path)
     assert "| all models | 5 | 1.00 |" in text
     assert (tmp_path / "rank_vs_accuracy.png").stat().st_size > 10_000
+
+
+def test_all_zero_init_counts_as_zero_weight_but_not_as_random_biases():
+    runs = pd.concat(
+        [
+            frame([1, 2, 3, 4], [0.5, 0.6, 0.7, 0.8]),
+            frame([0, 0], [0.1, 0.1], model="mnist_cnn").assign(**{"init.bias": "zero"}),
+        ]
+    )
+    rows = {r["runs"]: r for r in rank_accuracy.correlation_rows(rank_accuracy.final_runs(runs))}
+    assert rows["zero-weight inits"]["n"] == 6
+    assert rows["zero weights, random biases"]["n"] == 4  # the all-zero runs left out
