@@ -101,7 +101,7 @@ def test_sweep_on_slurm_completes_with_results_summary_and_report(slurm_cluster,
         r = results(run_dir)
         assert r["status"] == "completed" and len(r["epochs"]) == EPOCHS, r["status"]
         assert r["config"]["seed"] == seed and r["device"].startswith("cpu")
-        assert r["device"].endswith("1 threads")  # OMP_NUM_THREADS = the job's CPUs
+        assert r["device"].endswith(", 1 thread")  # OMP_NUM_THREADS = the job's CPUs
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert curve(results(done[0])) != curve(results(done[1]))
 
