@@ -59,9 +59,10 @@ def test_the_last_epoch_of_completed_runs_is_compared_and_logreg_left_out(tmp_pa
     final = rank_accuracy.final_runs(runs)
     assert sorted(final["run"]) == [f"mnist_fnn-{i}" for i in range(5)]
     assert final.sort_values("run")["test_acc"].tolist() == [0.2, 0.3, 0.5, 0.6, 0.9]  # last epochs
-    (everything, zero, random, unscaled, fnn) = rank_accuracy.correlation_rows(final)
+    (everything, zero, random, unscaled, fnn, fnn_random) = rank_accuracy.correlation_rows(final)
     assert everything["rho"] == pytest.approx(1.0) and zero["n"] == 5 and fnn["runs"] == "mnist_fnn"
-    assert random["n"] == unscaled["n"] == 5
+    assert random["n"] == unscaled["n"] == fnn_random["n"] == 5
+    assert fnn_random["runs"] == "mnist_fnn, zero weights, random biases"
     again = pd.concat([runs, frame([1], [0.2]).assign(run="other-sweep")])  # mnist_fnn-0 twice
     assert len(rank_accuracy.final_runs(again)) == 5
     text = rank_accuracy.report(runs, tmp_path)

@@ -66,6 +66,8 @@ def correlation_rows(runs) -> list[dict]:
         ("zero weights, random biases, bias scale <= 1", unscaled),
     ]
     groups += [(m, g) for m, g in runs.groupby("model.name")]
+    # within one model (ranks of different layer shapes do not compare across models)
+    groups += [(f"{m}, zero weights, random biases", g) for m, g in random.groupby("model.name")]
     for name, g in groups:
         rho, low, high, n = spearman_ci(g["erank_first"], g["test_acc"])
         rows.append({"runs": name, "n": n, "rho": rho, "ci95_low": low, "ci95_high": high})
