@@ -123,6 +123,7 @@ def test_rounding_report_counts_layers_woken_by_step_10_and_60(tmp_path):
         run.mkdir()
         wake = {"a": 1, "b": 10, "c": late}
         write_json_atomic(run / "results.json", _wakeup_results(wake, {"a": 0.5, "b": 0, "c": 0}))
+    (tmp_path / rounding_name("fp64", "cpu", 2)).mkdir()  # claimed, never started: left out
     table = rounding_report(tmp_path)
     (row,) = [line for line in table.splitlines() if line.startswith("| cpu")]
     cells = [c.strip() for c in row.strip("|").split("|")]

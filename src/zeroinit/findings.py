@@ -148,14 +148,7 @@ def rounding_report(root: Path) -> str:
     ]
     for device in ("cpu", "gpu"):
         for condition in ROUNDING:
-            runs = []
-            for seed in range(100):
-                path = Path(root) / rounding_name(condition, device, seed)
-                if not path.exists():
-                    break
-                results = read_results(path)
-                if results.get("status") == "completed":
-                    runs.append(results)
+            runs = _completed(lambda seed: Path(root) / rounding_name(condition, device, seed))
             if not runs:
                 continue
             f = [first_steps(r) for r in runs]
@@ -254,16 +247,24 @@ def first_steps(results: dict) -> dict:
     }
 
 
-def _load(root: Path, model: str, condition: str) -> list[dict]:
+def _completed(folder) -> list[dict]:
+    """results.json of the completed runs among folder(0), folder(1), ... (seeds), up to the
+    first seed without a folder. A folder without results.json (claimed, never started) or a
+    run not completed is left out."""
     out = []
     for seed in range(100):
-        path = run_dir(root, model, condition, seed)
+        path = folder(seed)
         if not path.exists():
             break
-        results = read_results(path)
-        if results.get("status") == "completed":
-            out.append(results)
+        if (path / "results.json").exists():
+            results = read_results(path)
+            if results.get("status") == "completed":
+                out.append(results)
     return out
+
+
+def _load(root: Path, model: str, condition: str) -> list[dict]:
+    return _completed(lambda seed: run_dir(root, model, condition, seed))
 
 
 def _e(x) -> str:
