@@ -124,11 +124,20 @@ def test_rounding_report_counts_layers_woken_by_step_10_and_60(tmp_path):
         wake = {"a": 1, "b": 10, "c": late}
         write_json_atomic(run / "results.json", _wakeup_results(wake, {"a": 0.5, "b": 0, "c": 0}))
     (tmp_path / rounding_name("fp64", "cpu", 2)).mkdir()  # claimed, never started: left out
+    for seed, steps in ((0, 10), (1, 4)):  # stopped after step 10 (counts), after step 4 (not)
+        run = tmp_path / rounding_name("fp32", "cpu", seed)
+        run.mkdir()
+        stopped = _wakeup_results({"a": 1, "b": None, "c": None}, {"a": 0.5, "b": 0, "c": 0})
+        stopped["status"], stopped["diagnostics"]["wakeup_watched_steps"] = "interrupted", 27
+        stopped["diagnostics"]["first_steps"]["step"] = list(range(1, steps + 1))
+        write_json_atomic(run / "results.json", stopped)
     table = rounding_report(tmp_path)
-    (row,) = [line for line in table.splitlines() if line.startswith("| cpu")]
+    (fp32,) = [line for line in table.splitlines() if line.startswith("| cpu | fp32")]
+    assert "| cpu | fp32 | 1 |" in fp32 and "1.0 / 3 (27) |" in fp32
+    (row,) = [line for line in table.splitlines() if line.startswith("| cpu | fp64")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["cpu", "fp64", "2"]
     assert cells[3] == "2.0 ± 0.0 / 3"  # woken by step 10: a, b in both seeds
     assert cells[4] == "1.0 ± 0.0 / 3"  # moved: a only
-    assert cells[5].startswith("2.5 ± ") and cells[5].endswith(" / 3")  # by 60: 3 and 2
+    assert cells[5].startswith("2.5 ± ") and cells[5].endswith(" / 3 (60, 60)")  # 3 and 2
     assert "| gpu" not in table  # nothing run there

@@ -135,20 +135,31 @@ def _by_step(wake: dict, step: int) -> int:
     return sum(w is not None and w <= step for w in wake.values())
 
 
+def _past_step_10(results: dict) -> bool:
+    """Completed, or stopped (a kill, a signal) after its 10th step: what the step-10 columns
+    need is final; its wake-ups count up to the step it watched last."""
+    steps = ((results.get("diagnostics") or {}).get("first_steps") or {}).get("step") or []
+    return results.get("status") == "completed" or len(steps) >= 10
+
+
 def rounding_report(root: Path) -> str:
-    """One row per device x condition found under `root`: layers woken by step 10 and by the
-    last watched step, layers moved > MOVED after step 10, mean ± 95% CI over the seeds."""
+    """One row per device x condition found under `root`: layers woken by step 10, layers
+    moved > MOVED after step 10 and layers woken by the last step watched, mean ± 95% CI over
+    the seeds. A run stopped after step 10 counts, with the steps it watched shown."""
     lines = [
         "## The GPU's own rounding: full-width ResNet-50, bias_normal, random CIFAR-shaped "
         "images, batch 32, Adam eps 1e-8 (mean ± 95% CI over seeds)",
         "",
         "| device | condition | n | layers woken by step 10 | moved > 1e-3 after step 10 "
-        "| woken by step 60 | median ||W-W0|| after step 10 | device (results.json) |",
+        "| woken by the step watched last (steps watched) | median ||W-W0|| after step 10 "
+        "| device (results.json) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for device in ("cpu", "gpu"):
         for condition in ROUNDING:
-            runs = _completed(lambda seed: Path(root) / rounding_name(condition, device, seed))
+            runs = _completed(
+                lambda seed: Path(root) / rounding_name(condition, device, seed), _past_step_10
+            )
             if not runs:
                 continue
             f = [first_steps(r) for r in runs]
@@ -160,11 +171,12 @@ def rounding_report(root: Path) -> str:
                 return fmt.format(mean[0]) + ci + f" / {n_layers}"
 
             change = statistics.median(x["median_change"] for x in f)
+            watched = ", ".join(str(x["watched"]) for x in f)
             lines.append(
                 f"| {device} | {condition} | {len(runs)} | "
                 f"{cell([_by_step(x['wake'], 10) for x in f])} | "
                 f"{cell([x['moved'] for x in f])} | "
-                f"{cell([_by_step(x['wake'], x['watched'] or 60) for x in f])} | "
+                f"{cell([_by_step(x['wake'], x['watched'] or 60) for x in f])} ({watched}) | "
                 f"{_e(change)} | {runs[0].get('device', '-')} |"
             )
     return "\n".join(lines) + "\n"
@@ -247,10 +259,10 @@ def first_steps(results: dict) -> dict:
     }
 
 
-def _completed(folder) -> list[dict]:
-    """results.json of the completed runs among folder(0), folder(1), ... (seeds), up to the
-    first seed without a folder. A folder without results.json (claimed, never started) or a
-    run not completed is left out."""
+def _completed(folder, accept=None) -> list[dict]:
+    """results.json of the completed runs (or those `accept(results)` takes) among
+    folder(0), folder(1), ... (seeds), up to the first seed without a folder. A folder
+    without results.json (claimed, never started) is left out."""
     out = []
     for seed in range(100):
         path = folder(seed)
@@ -258,7 +270,7 @@ def _completed(folder) -> list[dict]:
             break
         if (path / "results.json").exists():
             results = read_results(path)
-            if results.get("status") == "completed":
+            if accept(results) if accept else results.get("status") == "completed":
                 out.append(results)
     return out
 
