@@ -35,25 +35,21 @@ def means(sums: torch.Tensor, split: str) -> list[dict[str, float]]:
     ]
 
 
-class Classifier(L.LightningModule):
-    def __init__(self, net: nn.Module, num_classes: int, optimizer):
-        """`optimizer` is a factory (params -> torch.optim.Optimizer), e.g. a Hydra partial."""
+class SummingModule(L.LightningModule):
+    """What a run's Classifier and a stack's StackedClassifier share: `net`, the optimizer
+    factory (params -> torch.optim.Optimizer, e.g. a Hydra partial), the epoch's sums of its
+    k runs as (3, k) buffers (add_batch), and the train sums in every checkpoint: a run
+    resumed from one saved inside an epoch (checkpoint_every_min) reports the whole epoch's
+    mean, not the mean of its rest. Subclasses define `_step(batch, split)`."""
+
+    def __init__(self, net: nn.Module, k: int, optimizer):
         super().__init__()
-        self.net = net
-        self.num_classes = num_classes
-        self.optimizer_factory = optimizer
+        self.net, self.optimizer_factory = net, optimizer
         for split in ("train", "test"):  # loss x images, correct, images (add_batch)
-            self.register_buffer(f"{split}_sums", torch.zeros(3, 1), persistent=False)
+            self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
 
     def forward(self, x):
         return self.net(x)
-
-    def _step(self, batch, split):
-        x, y = batch
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
-        add_batch(getattr(self, f"{split}_sums"), loss, (logits.argmax(1) == y).sum(), len(y))
-        return loss
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -61,6 +57,28 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         # The validation loop runs on the test split: the paper's per-epoch test accuracy.
         self._step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["epoch_sums"] = {"train": self.train_sums.detach().cpu().clone()}
+
+    def on_load_checkpoint(self, checkpoint):
+        if "epoch_sums" in checkpoint:
+            self.train_sums.copy_(checkpoint["epoch_sums"]["train"])
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+
+class Classifier(SummingModule):
+    def __init__(self, net: nn.Module, num_classes: int, optimizer):
+        super().__init__(net, 1, optimizer)
+
+    def _step(self, batch, split):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        add_batch(getattr(self, f"{split}_sums"), loss, (logits.argmax(1) == y).sum(), len(y))
+        return loss
 
     def epoch_metrics(self) -> dict[str, float]:
         """Train and test loss/accuracy of the epoch just finished (summed over the ranks of
@@ -74,24 +92,15 @@ class Classifier(L.LightningModule):
             out.update(means(sums, split)[0])
         return out
 
-    # A checkpoint saved inside an epoch (checkpoint_every_min) holds the epoch's running train
-    # sums, so a run resumed there reports the whole epoch's mean, not the mean of its rest.
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["epoch_sums"] = {"train": self.train_sums.detach().cpu().clone()}
-
     def on_load_checkpoint(self, checkpoint):
-        if "epoch_sums" in checkpoint:
-            self.train_sums.copy_(checkpoint["epoch_sums"]["train"])
-        elif "epoch_metrics" in checkpoint:  # written before 2026-11-30: torchmetrics' states
+        super().on_load_checkpoint(checkpoint)
+        if "epoch_sums" not in checkpoint and "epoch_metrics" in checkpoint:
+            # written before 2026-11-30, by torchmetrics: MeanMetric's mean_value = sum of
+            # loss x images, weight = images; micro accuracy's tp = correct
             saved = checkpoint["epoch_metrics"]
             loss, acc = saved["train_loss"]["state"], saved["train_acc"]["state"]
-            # MeanMetric: mean_value = sum of loss x images, weight = images; micro accuracy:
-            # tp = correct, tp + fn = images
             self.train_sums.copy_(
                 torch.tensor(
                     [[float(loss["mean_value"])], [float(acc["tp"].sum())], [float(loss["weight"])]]
                 )
             )
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())

@@ -10,13 +10,12 @@ so member k sees the very batches, in the same order and with the same augmentat
 as the separate run with its config.
 """
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zeroinit.data import DeviceBatches, ImageDataModule
-from zeroinit.module import add_batch, means
+from zeroinit.module import SummingModule, add_batch, means
 
 # Optimizers whose update of an entry depends only on that entry's own history: one of them
 # over stacked tensors is K independent optimizers. (LBFGS, LARS-like and norm-based
@@ -34,15 +33,10 @@ ELEMENTWISE_OPTIMIZERS = {
 }
 
 
-class StackedClassifier(L.LightningModule):
+class StackedClassifier(SummingModule):
     def __init__(self, net: nn.Module, k: int, optimizer):
-        super().__init__()
-        self.net, self.k, self.optimizer_factory = net, k, optimizer
-        for split in ("train", "test"):  # per-member sums: loss x n, correct, n (add_batch)
-            self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
-
-    def forward(self, x):
-        return self.net(x)
+        super().__init__(net, k, optimizer)  # per-member sums (3, K); a member's checkpoint
+        self.k = k  # gets its column (members.StackedRuns.member_checkpoint)
 
     def _step(self, batch, split):
         x, y = batch  # (K, B, ...), (K, B)
@@ -54,28 +48,10 @@ class StackedClassifier(L.LightningModule):
         add_batch(getattr(self, f"{split}_sums"), losses, correct, b)
         return losses.sum()
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "test")  # the test split, as in Classifier
-
     def epoch_metrics(self) -> list[dict[str, float]]:
         """Each member's train and test loss/accuracy of the epoch just finished, then reset."""
         per_split = [means(getattr(self, f"{split}_sums"), split) for split in ("train", "test")]
         return [{**train, **test} for train, test in zip(*per_split)]
-
-    # As Classifier's: a checkpoint inside an epoch keeps the epoch's running train sums, here
-    # (3, K); a member's checkpoint gets its column (members.StackedRuns.member_checkpoint).
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["epoch_sums"] = {"train": self.train_sums.detach().cpu().clone()}
-
-    def on_load_checkpoint(self, checkpoint):
-        if "epoch_sums" in checkpoint:
-            self.train_sums.copy_(checkpoint["epoch_sums"]["train"])
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
 
 
 class StackedBatches:
