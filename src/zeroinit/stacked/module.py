@@ -40,12 +40,15 @@ class StackedClassifier(SummingModule):
 
     def _step(self, batch, split):
         x, y = batch  # (K, B, ...), (K, B)
-        logits = self.net(x)  # (K, B, classes)
-        k, b = y.shape
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        losses = losses.view(k, b).mean(dim=1)  # each member's own mean loss
-        correct = (logits.detach().argmax(dim=2) == y).sum(dim=1)
-        add_batch(getattr(self, f"{split}_sums"), losses, correct, b)
+        logits = self.net(x)  # (K, B, classes): a StackedLinear's is a view of (K, classes, B)
+        # The classes as dim 1, as cross_entropy takes them, is that layout itself: no copy
+        # to (K*B, classes) rows (15 logistic regressions on the CPU: loss and its backward
+        # 0.19 ms instead of 0.46 ms a step; the same values in float32, 1 ulp in float64).
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+        # max().indices = argmax (the first of tied maxima, NaN counting as the largest), but
+        # over the strided class dim argmax took 0.29 ms a step, max 0.02 ms (CPU, K=15)
+        correct = (logits.detach().max(dim=2).indices == y).sum(dim=1)
+        add_batch(getattr(self, f"{split}_sums"), losses, correct, y.shape[1])
         return losses.sum()
 
     def epoch_metrics(self) -> list[dict[str, float]]:
