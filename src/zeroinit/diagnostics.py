@@ -285,11 +285,13 @@ class Diagnostics(L.Callback):
         launcher hands a member's gradients to its callbacks only then."""
         return self.enabled and (self._watching or step <= self.steps)
 
-    @_hook
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         step = trainer.global_step + 1  # the step about to be taken, counted from 1
-        if not self.wants_gradients(step):
-            return
+        if self.wants_gradients(step):  # tested before the hook's bookkeeping, as below
+            self._gradients(trainer, step)
+
+    @_hook
+    def _gradients(self, trainer, step):
         if self._watching:
             self._watch(trainer, step)
         if step <= self.steps and step not in self.record["first_steps"]["step"]:
@@ -397,9 +399,15 @@ class Diagnostics(L.Callback):
                 )
         self._log(trainer, scalars, step)
 
-    @_hook
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Most steps measure nothing: tested here, before the hook's bookkeeping (a stack
+        # calls this K times a step)
         step = trainer.global_step  # optimizer steps taken so far
+        if self._changes_done < step <= self.steps or step in self._schedule:
+            self._batch_end(trainer, pl_module, step)
+
+    @_hook
+    def _batch_end(self, trainer, pl_module, step):
         if self._init_weights and self._changes_done < step <= self.steps:
             self._weight_change(trainer, step)
         if self.symmetry and step in self._schedule:

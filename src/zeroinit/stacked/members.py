@@ -239,19 +239,19 @@ class StackedRuns(L.Callback):
         self._dump = (None, None)  # (global_step, group checkpoint) shared by the members
 
     # -- plumbing
-    def _call(self, hook, trainer, pl_module, *args, members=None, select=None):
-        """Call `hook` of every member callback that implements it (and `select(callback)`
-        allows), with the member's proxies in place of the trainer and the module."""
+    def _call(self, hook, trainer, pl_module, *args, members=None):
+        """Call `hook` of every member callback that implements it, with the member's
+        proxies in place of the trainer and the module."""
         for m in members if members is not None else self.active():
             callbacks = m.implementing(hook)
-            if select is not None:
-                callbacks = [cb for cb in callbacks if select(cb)]
-            if not callbacks:
-                continue
-            if m.proxies is None or m.proxies[0]._trainer is not trainer:
-                m.proxies = (MemberTrainer(trainer, m, self), MemberModule(pl_module, m))
-            for cb in callbacks:
-                getattr(cb, hook)(*m.proxies, *args)
+            if callbacks:
+                self._call_member(m, trainer, pl_module, hook, callbacks, *args)
+
+    def _call_member(self, member, trainer, pl_module, hook, callbacks, *args):
+        if member.proxies is None or member.proxies[0]._trainer is not trainer:
+            member.proxies = (MemberTrainer(trainer, member, self), MemberModule(pl_module, member))
+        for cb in callbacks:
+            getattr(cb, hook)(*member.proxies, *args)
 
     def active(self):
         return [m for m in self.members if not m.ended]
@@ -303,20 +303,20 @@ class StackedRuns(L.Callback):
         self._call("on_train_start", trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        members = self.active()
-        step = trainer.global_step + 1
-
-        def wants(cb):
-            return _wants_gradients(cb, step)
-
-        if any(wants(cb) for m in members for cb in m.callbacks):
-            for m in members:
-                point_grads(pl_module.net, m)
+        hook, step = "on_before_optimizer_step", trainer.global_step + 1
         # only the callbacks that read this step's gradients (the diagnostics: while they
-        # watch), not K x each one every step
-        self._call(
-            "on_before_optimizer_step", trainer, pl_module, optimizer, members=members, select=wants
-        )
+        # watch), not K x each one every step; each asked once
+        wanting = [
+            (m, cbs)
+            for m in self.active()
+            if (cbs := [cb for cb in m.implementing(hook) if _wants_gradients(cb, step)])
+        ]
+        if not wanting:
+            return
+        for m in self.active():
+            point_grads(pl_module.net, m)
+        for m, cbs in wanting:
+            self._call_member(m, trainer, pl_module, hook, cbs, optimizer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._restore_frozen(pl_module)
