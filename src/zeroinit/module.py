@@ -48,6 +48,15 @@ class SummingModule(L.LightningModule):
         for split in ("train", "test"):  # loss x images, correct, images (add_batch)
             self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
 
+    def __setattr__(self, name, value):
+        # Lightning sets _current_fx_name before and after each of the ~20 hooks it calls a
+        # step; torch's Module.__setattr__ first looks for a parameter, buffer or module of
+        # that name (1.3 us a call on the CPU, against 0.1 us for this plain attribute)
+        if name == "_current_fx_name":
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x):
         return self.net(x)
 
