@@ -139,6 +139,35 @@ def test_first_step_of_every_member_equals_its_separate_run(tmp_path, monkeypatc
         assert abs(entry["test_acc"] - sep_entry["test_acc"]) <= 1 / 12 + 1e-9
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mnist_fnn", "cifar_cnn"])
+def test_a_compiled_stack_steps_as_the_eager_one(tmp_path, monkeypatch, model):
+    """speed.compile=true compiles the stacked net (its forward and backward; on a GPU
+    speed.compile_mode=reduce-overhead also captures them in CUDA graphs, which a CPU cannot
+    check): after two steps in float64 every member's parameters and Adam moments are the
+    eager stack's to 1e-7 of each tensor's scale, as the stacked-vs-separate test above."""
+    extra = [
+        f"model={model}",
+        *MODELS[model],
+        *fake_data(tmp_path, monkeypatch, MODELS[model]),
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "batch_size=8",
+        "callbacks.diagnostics=null",
+        "trainer.precision=64-true",
+    ]
+    for sub, more in (("eager", []), ("compiled", ["speed.compile=true"])):
+        jobs = member_cfgs(tmp_path, *extra, *more, sub=sub)
+        outcomes = train_group(jobs, stack_size=len(jobs))
+        assert [o for o, _, _ in outcomes] == ["completed"] * len(jobs)
+    for init, seed in MEMBERS:
+        got = load_state(tmp_path / "compiled" / f"{init}-s{seed}")
+        want = load_state(tmp_path / "eager" / f"{init}-s{seed}")
+        assert got["global_step"] == want["global_step"] == 2
+        assert_same_state(got, want, f"{model} {init} compiled")
+
+
 def test_initial_parameters_are_bitwise_those_of_the_separate_runs(tmp_path):
     from zeroinit.run import build_net
 

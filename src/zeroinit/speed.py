@@ -22,7 +22,11 @@ options on where a result is known to hold, then check it on a few seeds in fp32
                          to a minute or more (ResNet-50) at the start of every run, so it pays
                          off for the long runs. speed.compile_mode: default |
                          reduce-overhead (CUDA graphs: least launch overhead, for small nets)
-                         | max-autotune (longest compile, fastest kernels).
+                         | max-autotune (longest compile, fastest kernels). Each batch
+                         shape (train, last train batch, test) gets its own static graph
+                         (dynamic=False): what CUDA graphs need, and a stacked cifar_cnn in
+                         float64 failed to compile with symbolic shapes (torch 2.14.1). A
+                         compiled stack is checked against the eager one (tests/test_stacked.py).
 
 `configure` sets the process-wide switches and must run for every run (a -m sweep runs its
 jobs in one process, so a run must not inherit the previous run's settings); `prepare`
@@ -83,7 +87,7 @@ def prepare(net: nn.Module, speed=None) -> nn.Module:
     if settings["channels_last"]:
         net = net.to(memory_format=torch.channels_last)  # a no-op for Linear-only nets
     if settings["compile"]:
-        net.compile(mode=settings["compile_mode"])  # in place: state_dict keys unchanged
+        net.compile(mode=settings["compile_mode"], dynamic=False)  # in place: keys unchanged
     return net
 
 
