@@ -16,7 +16,9 @@
    full-epoch seconds per run-epoch through the launcher `make paper` uses for each figure
    (benchmarks/paper_time.py; section 1's stacked fp32 sweeps are reused, not timed again).
 `--more` adds the README's sweep through the command line (stacked vs one at a time), a
-`launcher=parallel runs_per_gpu=2` sweep and two stacks sharing the GPU (about 3 min more).
+`launcher=parallel runs_per_gpu=2` sweep, two stacks sharing the GPU (about 3 min more) and
+a compiled stack (CUDA graphs) of mnist_fnn and cifar_cnn vs the eager one (minutes more:
+compiling).
 Every part of an epoch is timed at N and N/2 train images and extrapolated to a full one
 (fixed + per image x images, timing.extrapolate). Every table goes to stdout and to the
 Markdown file given with -o, with the machine line.
@@ -68,7 +70,11 @@ def main(argv=None):
     p.add_argument(
         "--tiny", action="store_true", help="a dry run: tiny epochs, figures meaningless"
     )
-    p.add_argument("--more", action="store_true", help="also the command-line sweeps (~3 min)")
+    p.add_argument(
+        "--more",
+        action="store_true",
+        help="also the command-line sweeps and a compiled stack (~6 min)",
+    )
     args = p.parse_args(argv)
     # --tiny: 32 images, timed at 32 and 16: on a CPU ResNet-50 costs ~0.6 s an image, so the
     # two sizes take about what one size of 64 did
@@ -159,6 +165,23 @@ def main(argv=None):
                 "Two stacks sharing the GPU (2 workers, runs_per_gpu=2) vs one after another "
                 "(mnist5k, command line)",
                 lambda: two_places(args.tiny),
+                log,
+            )
+            section(
+                "One stack of 15 compiled (speed.compile=true, compile_mode=reduce-overhead: "
+                "CUDA graphs; compiling included) vs eager vs 15 bare loops",
+                lambda: stacked_bench.main(
+                    [
+                        "--models",
+                        "mnist_fnn,cifar_cnn",
+                        "--repeats",
+                        "1",
+                        "--variants",
+                        "stacked_all,compiled,bare",
+                        *members,
+                        *img_args,
+                    ]
+                ),
                 log,
             )
         section(

@@ -14,6 +14,9 @@ one epoch per run (training + evaluation of the whole test split), default confi
               in the warm-up, so its seconds are in no variant's figure)
   stacked_all the same in one stack of 15 (hydra.launcher.stack_size=15): what it did before
               the probe
+  compiled    stacked_all with speed.compile=true (on a GPU speed.compile_mode=reduce-overhead:
+              CUDA graphs); each fit's compiling is in its time, as a user's run pays it. Not
+              in the default variants (minutes of compiling on a CPU)
   sequential  zeroinit.run.run(cfg) for each job in turn: what the basic launcher's jobs call
   bare        15 x the bare loop of benchmarks/timing.py: the same nets, inits, optimizer and batch
               ops in a plain PyTorch loop, nothing written
@@ -46,7 +49,7 @@ from zeroinit.stacked import size
 from zeroinit.stacked.group import train_group
 
 INITS, SEEDS = ("zero", "pytorch", "bias_normal"), range(5)
-VARIANTS = ("stacked", "stacked_all", "sequential", "bare")
+VARIANTS = ("stacked", "stacked_all", "sequential", "bare")  # the default; also: compiled
 
 
 @functools.cache
@@ -88,11 +91,14 @@ def jobs(model, device, out_dir, n_train, extra=(), members=15):
 
 def time_variant(variant, model, device, work_dir, n_train, extra, members=15) -> float:
     out = Path(tempfile.mkdtemp(dir=work_dir))
+    if variant == "compiled":
+        mode = "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+        extra = [*extra, "speed.compile=true", f"speed.compile_mode={mode}"]
     todo = jobs(model, device, out, n_train, extra, members)
     with timing.silenced():
         timing.sync(torch.device(device))
         start = time.perf_counter()
-        if variant in ("stacked", "stacked_all"):
+        if variant in ("stacked", "stacked_all", "compiled"):
             outcomes = train_group(todo, "auto" if variant == "stacked" else len(todo))
             statuses = {o for o, _, _ in outcomes}
         elif variant == "sequential":
@@ -234,8 +240,10 @@ def main(argv=None) -> dict:
     k = args.members
     print(
         f"\n| model | {k} runs stacked (probe's size) | {k} runs in one stack | {k} runs "
-        f"sequential | {k} x bare loop | sequential / stacked | stacked / bare |\n"
-        f"|---|---|---|---|---|---|---|"
+        f"sequential | {k} x bare loop | sequential / stacked | stacked / bare |"
+        + (" one stack, compiled | compiled / bare |\n" if "compiled" in variants else "\n")
+        + "|---|---|---|---|---|---|---|"
+        + ("---|---|" if "compiled" in variants else "")
     )
 
     def cell(x, unit):  # a variant not run: "-"
@@ -248,6 +256,11 @@ def main(argv=None) -> dict:
             f"{cell(get('stacked_all'), 's')} | {cell(get('sequential'), 's')} | "
             f"{cell(get('bare'), 's')} | {cell(get('sequential') / get('stacked'), 'x')} | "
             f"{cell(get('stacked') / get('bare'), 'x')} |"
+            + (
+                f" {cell(get('compiled'), 's')} | {cell(get('compiled') / get('bare'), 'x')} |"
+                if "compiled" in variants
+                else ""
+            )
         )
     fitted = [r for r in rows if r["n_train"] < timing.MODELS[r["model"]][1]]
     if fitted:  # the fixed part: 1 fit's start-up, checkpoint, results stacked, k of each not
