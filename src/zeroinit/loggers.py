@@ -122,17 +122,13 @@ def tensorboard_header(logger: TensorBoardLogger, hparams: dict, config: dict) -
 def experiment_hparams(cfg: DictConfig) -> dict:
     """What tells runs apart: TensorBoard's HPARAMS table, MLflow's params, W&B's config.
     Integers as text: the table shows numbers as floats ('3.0000'), a seed should read '3'."""
-    settings = speed._settings(cfg.get("speed"))
+    settings = speed.settings_of(cfg.get("speed"))
     precision = str(cfg.trainer.get("precision"))
     speed_name = (
         "+".join(
             [
                 *([precision] if precision != "32-true" else []),
-                *(
-                    k
-                    for k in ("tf32", "cudnn_benchmark", "channels_last", "compile")
-                    if settings[k]
-                ),
+                *(k for k in speed.SWITCHES if settings[k]),
             ]
         )
         or "fp32"

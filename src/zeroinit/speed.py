@@ -48,15 +48,17 @@ DEFAULTS = {
     "compile_mode": "default",
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SWITCHES = tuple(k for k, v in DEFAULTS.items() if isinstance(v, bool))  # true | false
 
 
-def _settings(speed) -> dict:
+def settings_of(speed) -> dict:
+    """conf/speed with every key (the defaults filled in), checked: a bad value is one line."""
     settings = {**DEFAULTS, **dict(speed or {})}
     unknown = sorted(set(settings) - set(DEFAULTS))
     check(
         not unknown, f"speed: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}"
     )
-    for key in ("tf32", "cudnn_benchmark", "channels_last", "compile"):
+    for key in SWITCHES:
         check(
             isinstance(settings[key], bool),
             f"speed.{key}: {settings[key]!r} is not allowed; allowed: true, false",
@@ -71,7 +73,7 @@ def _settings(speed) -> dict:
 
 def configure(speed=None) -> dict:
     """Set the process-wide switches for one run; returns the full settings."""
-    settings = _settings(speed)
+    settings = settings_of(speed)
     # The legacy switches on purpose: Lightning reads get_float32_matmul_precision(), which
     # raises once the newer fp32_precision API has been used.
     torch.set_float32_matmul_precision("high" if settings["tf32"] else "highest")
@@ -83,7 +85,7 @@ def configure(speed=None) -> dict:
 
 def prepare(net: nn.Module, speed=None) -> nn.Module:
     """Apply the per-net settings (after the init scheme: values are never touched)."""
-    settings = _settings(speed)
+    settings = settings_of(speed)
     if settings["channels_last"]:
         net = net.to(memory_format=torch.channels_last)  # a no-op for Linear-only nets
     if settings["compile"]:
@@ -100,7 +102,7 @@ def cpu_note(cfg) -> str | None:
     accelerator = str(cfg.trainer.get("accelerator"))
     if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
         return None
-    settings = _settings(cfg.get("speed"))
+    settings = settings_of(cfg.get("speed"))
     idle = [f"speed.{k}" for k in GPU_ONLY if settings[k]]
     bf16 = "bf16" in str(cfg.trainer.get("precision"))
     if not idle and not bf16:
