@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zeroinit import cache
+from zeroinit import cache, speed
 from zeroinit.config import build, build_model
 from zeroinit.errors import UserError
 
@@ -221,6 +221,9 @@ def probe_key(cfg, device: torch.device) -> dict:
         "classes": int(cfg.dataset.num_classes),
         "batch_size": int(cfg.batch_size),
         "precision": str(cfg.trainer.get("precision")),
+        "speed": speed.settings_of(
+            cfg.get("speed")
+        ),  # TF32, cuDNN autotuning, channels_last, compile
         "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
         "device": _device_name(device),
         "torch": torch.__version__,
