@@ -89,8 +89,21 @@ def prepare(net: nn.Module, speed=None) -> nn.Module:
     if settings["channels_last"]:
         net = net.to(memory_format=torch.channels_last)  # a no-op for Linear-only nets
     if settings["compile"]:
+        from torch import _dynamo
+
+        # A -m sweep's runs share one process: without a reset, each run's graphs (one per
+        # batch shape) add to the previous runs' against Dynamo's recompile limit (8), past
+        # which it falls back to eager code without failing
+        _dynamo.reset()
         net.compile(mode=settings["compile_mode"], dynamic=False)  # in place: keys unchanged
     return net
+
+
+def for_stack(settings: dict) -> dict:
+    """A stack's per-net settings: no channels_last. Its conv weights are 5-d (member first)
+    and its grouped convolutions in NHWC are unmeasured (benchmarks/stacked_conv_bench.py's
+    grouped_nhwc, on a GPU, is to say whether they pay)."""
+    return {**settings, "channels_last": False}
 
 
 GPU_ONLY = ("tf32", "cudnn_benchmark", "channels_last")  # no effect on a CPU

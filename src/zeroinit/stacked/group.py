@@ -116,9 +116,7 @@ def _train_stack(members, done) -> None:
     names = [Path(cfg.paths.output_dir).name for _, (cfg, _), _ in members]
     print(f"stacked: {len(members)} runs in one fit: {', '.join(names)}", flush=True)
     quiet_lightning()
-    settings = dict(speed.configure(cfg0.get("speed")))
-    # channels_last is a 4-D layout; stacked conv weights are 5-D (member first).
-    settings["channels_last"] = False
+    settings = speed.for_stack(speed.configure(cfg0.get("speed")))
     gpu = claim_gpu(cfg0)
     group: list[Member] = []
     try:

@@ -13,9 +13,10 @@ the fewest fit start-ups). One line says what it chose:
     stacked: cifar_fnn on cpu: 4 runs per stack (1.9x one at a time); 15 runs -> 4 stacks
 
 The timings are kept in the user's cache folder (zeroinit.cache), keyed by everything that
-sets the cost of a step (model config, input shape, classes, batch size, precision,
-optimizer, device, torch version, threads): a new model or device measures again, the same
-sweep tomorrow does not. `hydra.launcher.stack_size=N` forces N and measures nothing.
+sets the cost of a step (model config, input shape, classes, batch size, precision, speed
+settings but compile, optimizer, device, torch version, threads): a new model or device
+measures again, the same sweep tomorrow does not. `hydra.launcher.stack_size=N` forces N
+and measures nothing.
 
 Lightning's loop, a fit's start-up and its epoch ends are paid once per stack, not once per
 run, and the probe times the model's step alone: so it errs towards smaller stacks, never
@@ -154,7 +155,10 @@ def step_timer(cfg, device: torch.device):
     a k-member stack of the run's model (k = 1: the plain network, one run alone), on random
     data of the run's shape and batch size."""
     from zeroinit.stacked.layers import stack_nets
+    from zeroinit.stacked.module import member_losses
 
+    probed = probed_speed(cfg)
+    speed.configure(probed)  # TF32 and cuDNN autotuning as the runs will have them
     shape, classes = tuple(cfg.dataset.input_shape), int(cfg.dataset.num_classes)
     b = int(cfg.batch_size)
     precision = str(cfg.trainer.get("precision"))
@@ -165,6 +169,8 @@ def step_timer(cfg, device: torch.device):
         nets = [build(cfg.init).apply(build_model(cfg, shape, classes)) for _ in range(k)]
         # Size 1 is one run alone: the plain network, as a run trains it, not a stack of one.
         net = (nets[0] if k == 1 else stack_nets(nets)).to(device, dtype)
+        # as the runs have it (never compiled: probed_speed)
+        net = speed.prepare(net, probed if k == 1 else speed.for_stack(probed))
         optimizer = build(cfg.optimizer)(net.parameters())
         g = torch.Generator().manual_seed(0)
         lead = (b,) if k == 1 else (k, b)
@@ -173,15 +179,8 @@ def step_timer(cfg, device: torch.device):
 
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = net(x)  # each member's own mean loss, summed (StackedClassifier)
-                loss = (
-                    F.cross_entropy(
-                        logits.reshape(-1, classes).float(), y.reshape(-1), reduction="none"
-                    )
-                    .view(-1, b)
-                    .mean(1)
-                    .sum()
-                )
+                logits = net(x)  # the loss of Classifier and StackedClassifier
+                loss = F.cross_entropy(logits, y) if k == 1 else member_losses(logits, y).sum()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
@@ -209,6 +208,13 @@ def _device_name(device: torch.device) -> str:
     return describe_device(device)
 
 
+def probed_speed(cfg) -> dict:
+    """The run's speed settings the probe applies (TF32, cuDNN autotuning, channels_last).
+    Not torch.compile: compiling each size would take longer than the sweep's first epochs,
+    so a compiled sweep's stacks are sized by the eager step."""
+    return {**speed.settings_of(cfg.get("speed")), "compile": False}
+
+
 def probe_key(cfg, device: torch.device) -> dict:
     """Everything that sets the cost of a step: a change in any of it measures again."""
     from omegaconf import OmegaConf
@@ -221,9 +227,7 @@ def probe_key(cfg, device: torch.device) -> dict:
         "classes": int(cfg.dataset.num_classes),
         "batch_size": int(cfg.batch_size),
         "precision": str(cfg.trainer.get("precision")),
-        "speed": speed.settings_of(
-            cfg.get("speed")
-        ),  # TF32, cuDNN autotuning, channels_last, compile
+        "speed": probed_speed(cfg),
         "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True),
         "device": _device_name(device),
         "torch": torch.__version__,
