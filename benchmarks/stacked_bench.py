@@ -15,8 +15,9 @@ one epoch per run (training + evaluation of the whole test split), default confi
   stacked_all the same in one stack of 15 (hydra.launcher.stack_size=15): what it did before
               the probe
   compiled    stacked_all with speed.compile=true (on a GPU speed.compile_mode=reduce-overhead:
-              CUDA graphs); each fit's compiling is in its time, as a user's run pays it. Not
-              in the default variants (minutes of compiling on a CPU)
+              CUDA graphs). Each fit compiles afresh (speed.prepare resets Dynamo), from
+              torch's on-disk compile cache after the first, as a user's later runs do; that
+              time is in the fit's. Not in the default variants (minutes of compiling on a CPU)
   sequential  zeroinit.run.run(cfg) for each job in turn: what the basic launcher's jobs call
   bare        15 x the bare loop of benchmarks/timing.py: the same nets, inits, optimizer and batch
               ops in a plain PyTorch loop, nothing written

@@ -248,6 +248,7 @@ class StackedRuns(L.Callback):
                 self._call_member(m, trainer, pl_module, hook, callbacks, *args)
 
     def _call_member(self, member, trainer, pl_module, hook, callbacks, *args):
+        """Call `hook` of these `callbacks` of one member, with its proxies."""
         if member.proxies is None or member.proxies[0]._trainer is not trainer:
             member.proxies = (MemberTrainer(trainer, member, self), MemberModule(pl_module, member))
         for cb in callbacks:
@@ -306,14 +307,15 @@ class StackedRuns(L.Callback):
         hook, step = "on_before_optimizer_step", trainer.global_step + 1
         # only the callbacks that read this step's gradients (the diagnostics: while they
         # watch), not K x each one every step; each asked once
+        members = self.active()
         wanting = [
             (m, cbs)
-            for m in self.active()
+            for m in members
             if (cbs := [cb for cb in m.implementing(hook) if _wants_gradients(cb, step)])
         ]
         if not wanting:
             return
-        for m in self.active():
+        for m in members:
             point_grads(pl_module.net, m)
         for m, cbs in wanting:
             self._call_member(m, trainer, pl_module, hook, cbs, optimizer)
