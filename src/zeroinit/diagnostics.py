@@ -403,14 +403,15 @@ class Diagnostics(L.Callback):
         # Most steps measure nothing: tested here, before the hook's bookkeeping (a stack
         # calls this K times a step)
         step = trainer.global_step  # optimizer steps taken so far
-        if self._changes_done < step <= self.steps or step in self._schedule:
-            self._batch_end(trainer, pl_module, step)
+        early, scheduled = self._changes_done < step <= self.steps, step in self._schedule
+        if early or scheduled:
+            self._batch_end(trainer, pl_module, step, early, scheduled)
 
     @_hook
-    def _batch_end(self, trainer, pl_module, step):
-        if self._init_weights and self._changes_done < step <= self.steps:
+    def _batch_end(self, trainer, pl_module, step, early, scheduled):
+        if early and self._init_weights:
             self._weight_change(trainer, step)
-        if self.symmetry and step in self._schedule:
+        if scheduled and self.symmetry:
             history = self.record["symmetry"]["history"]["step"]
             if not history or history[-1] != step:
                 # an epoch's last step is marked with the epoch: the results.json written at
