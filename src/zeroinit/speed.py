@@ -24,9 +24,10 @@ options on where a result is known to hold, then check it on a few seeds in fp32
                          reduce-overhead (CUDA graphs: least launch overhead, for small nets)
                          | max-autotune (longest compile, fastest kernels). Each batch
                          shape (train, last train batch, test) gets its own static graph
-                         (dynamic=False): what CUDA graphs need, and a stacked cifar_cnn in
-                         float64 failed to compile with symbolic shapes (torch 2.14.1). A
-                         compiled stack is checked against the eager one (tests/test_stacked.py).
+                         (dynamic=False: a stacked cifar_cnn in float64 failed to compile
+                         with symbolic shapes, torch 2.14.1), and each run starts from a reset
+                         Dynamo. A compiled stack is checked against the eager one
+                         (tests/test_stacked.py).
 
 `configure` sets the process-wide switches and must run for every run (a -m sweep runs its
 jobs in one process, so a run must not inherit the previous run's settings); `prepare`

@@ -212,7 +212,7 @@ def probed_speed(cfg) -> dict:
     """The run's speed settings the probe applies (TF32, cuDNN autotuning, channels_last).
     Not torch.compile: compiling each size would take longer than the sweep's first epochs,
     so a compiled sweep's stacks are sized by the eager step."""
-    return {**speed.settings_of(cfg.get("speed")), "compile": False}
+    return {**speed.settings_of(cfg.get("speed")), "compile": False, "compile_mode": "default"}
 
 
 def probe_key(cfg, device: torch.device) -> dict:
