@@ -191,6 +191,48 @@ def test_a_network_with_an_unknown_layer_is_not_stacked():
         stack_nets(nets)
 
 
+@pytest.mark.parametrize("layout", ["features_inner", "batch_inner"])
+def test_a_stacked_linear_is_its_members_linears_and_keeps_the_inputs_layout(layout):
+    """Outputs and gradients (float64) are each member's nn.Linear's, and the input's gradient
+    comes back in the input's own memory layout: features innermost as a conv net's Flatten
+    hands them over (a transposed view of (B, K, F)), batch innermost as a previous stacked
+    Linear's output is. Written the other way round, a stacked conv net's backward copied
+    whole activation gradients (docs/stacking.md)."""
+    torch.manual_seed(0)
+    k, b, n_in, n_out = 3, 5, 7, 4
+    linears = [torch.nn.Linear(n_in, n_out).double() for _ in range(k)]
+    stacked = stack_nets(linears)
+    if layout == "features_inner":
+        x = torch.randn(b, k, n_in, dtype=torch.float64).transpose(0, 1)
+    else:
+        x = torch.randn(k, n_in, b, dtype=torch.float64).transpose(1, 2)
+    x.requires_grad_(True)
+    arriving = []  # the gradient as the layer hands it back (a leaf's .grad is re-laid out)
+    x.register_hook(arriving.append)
+    gy = torch.randn(k, b, n_out, dtype=torch.float64)
+    (stacked(x) * gy).sum().backward()
+    for i, lin in enumerate(linears):
+        xi = x.detach()[i].clone().requires_grad_(True)
+        (lin(xi) * gy[i]).sum().backward()
+        assert torch.allclose(stacked(x)[i], lin(xi), rtol=1e-12, atol=1e-12)
+        assert torch.allclose(x.grad[i], xi.grad, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(stacked.weight.grad[i], lin.weight.grad, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(stacked.bias.grad[i], lin.bias.grad, rtol=1e-12, atol=1e-12)
+    innermost = 2 if layout == "features_inner" else 1
+    assert arriving[0].stride(innermost) == 1, arriving[0].stride()
+    assert stacked.weight.grad.is_contiguous()
+
+
+def test_a_stacked_linear_trains_under_bf16_autocast():
+    stacked = stack_nets([torch.nn.Linear(6, 3) for _ in range(2)])
+    x = torch.randn(2, 4, 6).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = stacked(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == stacked.weight.grad.dtype == torch.float32
+
+
 def test_batchnorm_members_keep_their_own_batch_and_running_statistics():
     torch.manual_seed(0)
     bns = [torch.nn.BatchNorm2d(3) for _ in range(2)]
