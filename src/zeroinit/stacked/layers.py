@@ -56,29 +56,35 @@ class StackedLinear(nn.Module):
         )
 
     def forward(self, x):  # (K, B, in) -> (K, B, out), a transposed view of (K, out, B)
-        return _StackedLinearFunction.apply(x, self.weight, self.bias)
+        if x.requires_grad and x.stride(-1) == 1:  # a conv net's Flatten hands x over so
+            return _FeaturesInnermost.apply(x, self.weight, self.bias)
+        return _linear(x, self.weight, self.bias)
 
 
-class _StackedLinearFunction(torch.autograd.Function):
-    """K members' x @ W^T + b, with each gradient written in its tensor's own layout.
+def _linear(x, weight, bias):
+    # W @ x^T, not x @ W^T: autograd then computes the weight's gradient (gy^T @ x) straight
+    # into the weight's own (K, out, in) layout, where x @ W^T has it written transposed,
+    # which on the CPU made the backward of cifar_fnn's 3072->512 layer 2.8x that of the
+    # plain layer (4 members: 38.2 ms vs 13.8 ms now, plain 14.9 ms). The output, a view of
+    # (K, out, B), has the batch innermost; the next layer's x^T is contiguous again.
+    xt = x.transpose(1, 2)
+    if bias is None:
+        return torch.bmm(weight, xt).transpose(1, 2)
+    return torch.baddbmm(bias.unsqueeze(2), weight, xt).transpose(1, 2)
 
-    Forward: W @ x^T, not x @ W^T, so that the weight's gradient (gy^T @ x) comes out in the
-    weight's own (K, out, in) layout; x @ W^T has it written transposed, which on the CPU made
-    the backward of cifar_fnn's 3072->512 layer 2.8x that of the plain layer (4 members:
-    38.2 ms vs 13.8 ms now, plain 14.9 ms). The input's gradient is computed in the input's
-    layout: features innermost (what a conv net's Flatten hands over) as the plain layer's
-    gy @ W, batch innermost (the previous Linear's output, W @ x^T seen transposed) as
-    W^T @ gy^T. Autograd's own backward of the forward wrote it batch-innermost always: a
-    stacked conv net's activation backward then read two layouts at once and its conv's
-    backward copied the gradient whole (mnist_cnn, 2 members, 2-core CPU: a step took
-    1.5x two plain runs' steps; docs/stacking.md)."""
+
+class _FeaturesInnermost(torch.autograd.Function):
+    """_linear for an input with its features innermost, whose gradient is wanted: a stacked
+    conv net's activations as its Flatten hands them on. Autograd's own backward of _linear
+    writes the input's gradient batch-innermost (W^T @ gy^T); the activation before it then
+    read two layouts at once and the conv before that copied the whole gradient (mnist_cnn,
+    2 members, 2-core CPU: a step took ~1.5x two plain runs' steps, ~1.2x now). Here it is
+    gy @ W, as the plain Linear computes it, in the input's layout. Not used for the other
+    inputs: a custom function costs ~80 us of Python a step (15 logistic regressions)."""
 
     @staticmethod
     def forward(x, weight, bias):
-        xt = x.transpose(1, 2)
-        if bias is None:
-            return torch.bmm(weight, xt).transpose(1, 2)
-        return torch.baddbmm(bias.unsqueeze(2), weight, xt).transpose(1, 2)
+        return _linear(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -90,16 +96,9 @@ class _StackedLinearFunction(torch.autograd.Function):
         # in the forward's compute dtype: bf16 under autocast (bf16-mixed), as the gradients
         # of autocast's own ops; a no-op otherwise
         x, weight = (t.to(gy.dtype) for t in ctx.saved_tensors)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            if x.stride(-1) == 1:
-                gx = torch.bmm(gy, weight)
-            else:
-                gx = torch.bmm(weight.transpose(1, 2), gy.transpose(1, 2)).transpose(1, 2)
-        if ctx.needs_input_grad[1]:
-            gw = torch.bmm(gy.transpose(1, 2), x)
-        if ctx.needs_input_grad[2]:
-            gb = gy.sum(1)
+        gx = torch.bmm(gy, weight) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(gy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = gy.sum(1) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
 
