@@ -86,3 +86,50 @@ def test_without_checkpoint_every_min_only_epoch_ends_save(make_cfg, tmp_path):
     (last,) = [c for c in build_run(cfg)[0].callbacks if isinstance(c, LastCheckpoint)]
     assert last.every_s is None
     assert compose().checkpoint_every_min == 10  # the default: only epochs over 10 minutes
+
+
+def test_a_checkpoint_of_lightnings_automatic_optimization_resumes_at_its_step(
+    make_cfg, tmp_path, monkeypatch
+):
+    """Checkpoints written before the module stepped its optimizer itself (Lightning's
+    automatic optimization counted the steps elsewhere) resume at their global step and to
+    the same curve."""
+    from zeroinit.module import SummingModule
+
+    args = [
+        "trainer.max_epochs=3",
+        "+trainer.limit_train_batches=8",
+        "batch_size=32",
+        "callbacks.diagnostics=null",
+        "checkpoint_every_min=1e-9",
+    ]
+    whole = run(make_cfg(*args, f"paths.output_dir={tmp_path / 'whole'}"))
+    out = tmp_path / "old"
+    with monkeypatch.context() as old:  # the module as it was: Lightning steps
+        init = SummingModule.__init__
+
+        def automatic(self, *a, **kw):
+            init(self, *a, **kw)
+            self.automatic_optimization = True
+
+        old.setattr(SummingModule, "__init__", automatic)
+        old.setattr(SummingModule, "training_step", lambda self, b, i: self._step(b, "train"))
+        with pytest.raises(Killed):
+            run(
+                make_cfg(
+                    *args,
+                    "+callbacks.kill._target_=test_checkpoint.KillAt",
+                    "+callbacks.kill.epoch=2",
+                    "+callbacks.kill.batch=5",
+                    f"paths.output_dir={out}",
+                )
+            )
+    ckpt = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == 12
+    assert "epoch_loop.manual_optimization.optim_step_progress" in saved["loops"]["fit_loop"]
+    resumed = run(make_cfg(*args, f"paths.output_dir={out}"), ckpt_path=ckpt)
+    assert resumed["status"] == "completed"
+    assert curve(resumed) == curve(whole)
+    final = torch.load(ckpt, weights_only=False)
+    assert final["global_step"] == 24

@@ -78,6 +78,8 @@ BAD_INPUTS = [
     (["dataset=image_folder"], "dataset.data_dir"),
     (["dataset=image_folder", "dataset.data_dir={images}"], "dataset.data_dir"),
     (["trainer=gpu"], "trainer.accelerator"),
+    (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val"),
+    (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches"),
 ]
 
 

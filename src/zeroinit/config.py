@@ -72,6 +72,15 @@ def validate(cfg: DictConfig) -> None:
         lr is None or (_is_number(lr) and math.isfinite(lr) and lr > 0),
         f"optimizer.lr: {lr!r} is not allowed; allowed: a finite number > 0",
     )
+    # Lightning clips and accumulates gradients only where it steps the optimizer itself; the
+    # module does (zeroinit.module: automatic_optimization is off)
+    for key, off in (("gradient_clip_val", 0), ("accumulate_grad_batches", 1)):
+        value = cfg.trainer.get(key)
+        check(
+            value is None or (_is_number(value) and value == off),
+            f"trainer.{key}: {value!r} is not supported (the module steps the optimizer "
+            f"itself, once per batch); allowed: null or {off}",
+        )
     every = cfg.get("checkpoint_every_min")
     check(
         every is None or (_is_number(every) and math.isfinite(every) and every >= 0),
