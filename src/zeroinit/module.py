@@ -61,9 +61,10 @@ class SummingModule(L.LightningModule):
         super().__init__()
         self.net, self.optimizer_factory = net, optimizer
         # The step is ours (training_step): Lightning's automatic optimization wraps it in a
-        # closure and hooks that cost ~0.1 ms a step (bench.py --floor), a tenth of a small
-        # model's step. Lightning's per-step hooks that callbacks use (on_before_backward,
-        # on_after_backward, on_before_optimizer_step, on_train_batch_*) still run.
+        # closure and a chain of hooks, ~0.1 ms a step on the CPU (a no-op model's loop: 555
+        # vs 462 us, docs/speed.md), a large share of a small model's step on a GPU. The
+        # hooks callbacks use (on_before_backward, on_after_backward,
+        # on_before_optimizer_step, on_train_batch_*) still run.
         self.automatic_optimization = False
         for split in ("train", "test"):  # loss x images, correct, images (add_batch)
             self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)

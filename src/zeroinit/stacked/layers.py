@@ -56,7 +56,7 @@ class StackedLinear(nn.Module):
         )
 
     def forward(self, x):  # (K, B, in) -> (K, B, out), a transposed view of (K, out, B)
-        if x.requires_grad and x.stride(-1) == 1:  # a conv net's Flatten hands x over so
+        if x.requires_grad and x.stride(-1) == 1:  # features innermost: after a conv's Flatten
             return _FeaturesInnermost.apply(x, self.weight, self.bias)
         return _linear(x, self.weight, self.bias)
 
@@ -78,7 +78,7 @@ class _FeaturesInnermost(torch.autograd.Function):
     conv net's activations as its Flatten hands them on. Autograd's own backward of _linear
     writes the input's gradient batch-innermost (W^T @ gy^T); the activation before it then
     read two layouts at once and the conv before that copied the whole gradient (mnist_cnn,
-    2 members, 2-core CPU: a step took ~1.5x two plain runs' steps, ~1.2x now). Here it is
+    2 members, 2-core CPU: a step took ~1.6x two plain runs' steps, ~1.3x now). Here it is
     gy @ W, as the plain Linear computes it, in the input's layout. Not used for the other
     inputs: a custom function costs ~80 us of Python a step (15 logistic regressions)."""
 
