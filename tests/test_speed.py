@@ -1,9 +1,12 @@
 """conf/speed: the opt-in speed switches compose, are checked, set what they say, and run."""
 
+import functools
+
 import pytest
 import torch
 
 from zeroinit import speed
+from zeroinit.config import build
 from zeroinit.errors import UserError
 from zeroinit.models import CNN
 from zeroinit.run import run
@@ -19,7 +22,7 @@ def test_default_is_full_fp32(make_cfg):
     cfg = make_cfg()
     assert cfg.trainer.precision == "32-true"
     settings = speed.configure(cfg.speed)
-    assert not any(settings[k] for k in ("tf32", "cudnn_benchmark", "channels_last", "compile"))
+    assert not any(settings[k] for k in speed.SWITCHES)
     assert torch.get_float32_matmul_precision() == "highest"
     assert torch.backends.cudnn.allow_tf32 is False  # PyTorch's own default would be True
     assert torch.backends.cudnn.benchmark is False
@@ -30,17 +33,35 @@ def test_default_is_full_fp32(make_cfg):
     [
         (
             "tf32",
-            {"tf32": True, "cudnn_benchmark": True, "channels_last": False, "compile": False},
+            {
+                "tf32": True,
+                "cudnn_benchmark": True,
+                "channels_last": False,
+                "compile": False,
+                "fused_optimizer": True,
+            },
             "32-true",
         ),
         (
             "bf16",
-            {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": False},
+            {
+                "tf32": True,
+                "cudnn_benchmark": True,
+                "channels_last": True,
+                "compile": False,
+                "fused_optimizer": True,
+            },
             "bf16-mixed",
         ),
         (
             "bf16_compile",
-            {"tf32": True, "cudnn_benchmark": True, "channels_last": True, "compile": True},
+            {
+                "tf32": True,
+                "cudnn_benchmark": True,
+                "channels_last": True,
+                "compile": True,
+                "fused_optimizer": True,
+            },
             "bf16-mixed",
         ),
     ],
@@ -76,6 +97,42 @@ def test_switches_compose_with_presets_and_the_command_line(make_cfg):
 def test_bad_settings_say_which_key(key, value, message):
     with pytest.raises(UserError, match=message):
         speed.configure({key: value})
+
+
+def test_fused_optimizer_is_one_switch_for_the_optimizers_that_have_one(make_cfg):
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = build(make_cfg().optimizer)
+    assert speed.optimizer(adam, None) is adam  # the default: the config's own (foreach)
+    fused = speed.optimizer(adam, {"fused_optimizer": True})(params)
+    assert fused.defaults["fused"] is True and not fused.defaults["foreach"]
+    rmsprop = functools.partial(torch.optim.RMSprop, lr=0.01)  # no fused step in torch
+    assert speed.optimizer(rmsprop, {"fused_optimizer": True}) is rmsprop
+
+
+def test_fused_optimizer_run_on_cpu_rounds_only(make_cfg, tmp_path):
+    """The fused step is the same update, rounded differently: after 3 float64 steps every
+    parameter is within 1e-12 of the foreach run's, and not bitwise equal (it is not a
+    no-op)."""
+    states = {}
+    for fused in (False, True):
+        out = tmp_path / str(fused)
+        results = run(
+            make_cfg(
+                f"speed.fused_optimizer={str(fused).lower()}",
+                "trainer.precision=64-true",
+                "trainer.max_epochs=1",
+                "+trainer.limit_train_batches=3",
+                "+trainer.limit_val_batches=1",
+                "callbacks.diagnostics=null",
+                f"paths.output_dir={out}",
+            )
+        )
+        assert results["status"] == "completed"
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is (True if fused else None)
+        states[fused] = ckpt["state_dict"]
+    diffs = [(states[True][k] - v).abs().max().item() for k, v in states[False].items()]
+    assert max(diffs) < 1e-12 and max(diffs) > 0
 
 
 def test_channels_last_keeps_values_and_outputs():

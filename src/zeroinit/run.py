@@ -130,7 +130,8 @@ def build_run(cfg: DictConfig, overrides=(), data=None, resume: bool = False):
         if note and not ddp_worker():
             print(f"warning: {note}", file=sys.stderr, flush=True)
     net = speed.prepare(build_net(cfg, data), cfg.get("speed"))  # channels_last, compile
-    module = Classifier(net, data.num_classes, optimizer=build(cfg.optimizer))
+    optimizer = speed.optimizer(build(cfg.optimizer), cfg.get("speed"))  # fused or not
+    module = Classifier(net, data.num_classes, optimizer=optimizer)
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
     loggers = build_run_loggers(cfg, writer, resume)

@@ -140,7 +140,8 @@ def _train_stack(members, done) -> None:
                 )
             )
         stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
-        module = StackedClassifier(stacked, len(members), optimizer=build(cfg0.optimizer))
+        optimizer = speed.optimizer(build(cfg0.optimizer), settings)
+        module = StackedClassifier(stacked, len(members), optimizer=optimizer)
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
         trainer = build(

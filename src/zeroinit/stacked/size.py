@@ -171,7 +171,7 @@ def step_timer(cfg, device: torch.device):
         net = (nets[0] if k == 1 else stack_nets(nets)).to(device, dtype)
         # as the runs have it (never compiled: probed_speed)
         net = speed.prepare(net, probed if k == 1 else speed.for_stack(probed))
-        optimizer = build(cfg.optimizer)(net.parameters())
+        optimizer = speed.optimizer(build(cfg.optimizer), probed)(net.parameters())
         g = torch.Generator().manual_seed(0)
         lead = (b,) if k == 1 else (k, b)
         x = torch.rand((*lead, *shape), generator=g).to(device, dtype)
@@ -209,7 +209,8 @@ def _device_name(device: torch.device) -> str:
 
 
 def probed_speed(cfg) -> dict:
-    """The run's speed settings the probe applies (TF32, cuDNN autotuning, channels_last).
+    """The run's speed settings the probe applies (TF32, cuDNN autotuning, channels_last,
+    the fused optimizer step).
     Not torch.compile: compiling each size would take longer than the sweep's first epochs,
     so a compiled sweep's stacks are sized by the eager step."""
     return {**speed.settings_of(cfg.get("speed")), "compile": False, "compile_mode": "default"}
