@@ -2,6 +2,7 @@
 
 import functools
 
+import lightning as L
 import pytest
 import torch
 
@@ -132,7 +133,62 @@ def test_fused_optimizer_run_on_cpu_rounds_only(make_cfg, tmp_path):
         assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is (True if fused else None)
         states[fused] = ckpt["state_dict"]
     diffs = [(states[True][k] - v).abs().max().item() for k, v in states[False].items()]
-    assert max(diffs) < 1e-12 and max(diffs) > 0
+    assert max(diffs) < 1e-12
+
+
+def test_a_resumed_run_steps_as_configured_now(make_cfg, tmp_path):
+    """torch restores fused/foreach with the optimizer's state: the module overrides them, so
+    a run started foreach and resumed with speed.fused_optimizer=true steps fused."""
+    args = [
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "callbacks.diagnostics=null",
+    ]
+    run(make_cfg(*args, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    groups = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert groups[0]["foreach"] is True and not groups[0]["fused"]
+    resumed = run(
+        make_cfg(*args, "trainer.max_epochs=2", "speed.fused_optimizer=true"), ckpt_path=ckpt
+    )
+    assert resumed["status"] == "completed" and len(resumed["epochs"]) == 2
+    groups = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert groups[0]["fused"] is True and groups[0]["foreach"] is False
+
+
+def test_fused_optimizer_with_a_gradient_scaler_is_refused(make_cfg):
+    from zeroinit.config import validate
+
+    with pytest.raises(UserError, match="speed.fused_optimizer"):
+        validate(make_cfg("speed=tf32", "trainer.precision=16-mixed"))
+    validate(make_cfg("speed=bf16"))  # bf16 has no scaler
+
+
+class AutocastSeen(L.Callback):
+    """Whether autocast was on where callbacks see gradients and the optimizer steps."""
+
+    seen: list = []
+
+    def on_after_backward(self, trainer, pl_module):
+        AutocastSeen.seen.append(torch.is_autocast_enabled("cpu"))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        AutocastSeen.seen.append(torch.is_autocast_enabled("cpu"))
+
+
+def test_backward_and_step_run_outside_autocast_as_under_automatic_optimization(make_cfg):
+    AutocastSeen.seen = []
+    results = run(
+        make_cfg(
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "+callbacks.autocast_seen._target_=test_speed.AutocastSeen",
+        )
+    )
+    assert results["status"] == "completed"
+    assert AutocastSeen.seen == [False] * 4
 
 
 def test_channels_last_keeps_values_and_outputs():

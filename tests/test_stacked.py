@@ -220,6 +220,7 @@ def test_a_stacked_linear_is_its_members_linears_and_keeps_the_inputs_layout(lay
         assert torch.allclose(stacked.bias.grad[i], lin.bias.grad, rtol=1e-12, atol=1e-12)
     innermost = 2 if layout == "features_inner" else 1
     assert arriving[0].stride(innermost) == 1, arriving[0].stride()
+    stacked(x).mul_(2.0)  # its output may be changed in place, as a plain Linear's
     assert stacked.weight.grad.is_contiguous()
 
 

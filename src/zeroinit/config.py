@@ -81,6 +81,13 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.{key}: {value!r} is not supported (the module steps the optimizer "
             f"itself, once per batch); allowed: null or {off}",
         )
+    fused = (cfg.get("speed") or {}).get("fused_optimizer")
+    check(
+        not (fused and str(cfg.trainer.get("precision")).startswith("16")),
+        f"speed.fused_optimizer: true is not supported with trainer.precision="
+        f"{cfg.trainer.get('precision')} (the gradient scaler would leave the gradients the "
+        "diagnostics read scaled); allowed: speed.fused_optimizer=false, or bf16-mixed",
+    )
     every = cfg.get("checkpoint_every_min")
     check(
         every is None or (_is_number(every) and math.isfinite(every) and every >= 0),

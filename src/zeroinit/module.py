@@ -83,12 +83,15 @@ class SummingModule(L.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
-        # one optimizer step, in the order of Lightning's automatic optimization
+        # one optimizer step, in the order of Lightning's automatic optimization, which also
+        # ran the backward and the step outside the precision's autocast (Lightning runs all
+        # of training_step inside it)
         optimizer = self.optimizers()
         loss = self._step(batch, "train")
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
+        with torch.autocast(self.device.type, enabled=False):
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -102,6 +105,18 @@ class SummingModule(L.LightningModule):
         if "epoch_sums" in checkpoint:
             self.train_sums.copy_(checkpoint["epoch_sums"]["train"])
         count_steps_manually(checkpoint)
+        # torch's load_state_dict takes fused/foreach from the saved groups: a run resumed
+        # with another speed.fused_optimizer steps as it is configured now
+        flags = self._optimizer_kind()
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update({k: v for k, v in flags.items() if k in group})
+
+    def _optimizer_kind(self) -> dict:
+        """fused/foreach of this run's optimizer (built on a throwaway parameter: Lightning
+        restores the checkpoint before it builds the optimizer)."""
+        built = self.optimizer_factory([nn.Parameter(torch.zeros(1))])
+        return {k: built.defaults[k] for k in ("fused", "foreach") if k in built.defaults}
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())

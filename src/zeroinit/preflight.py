@@ -221,6 +221,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
     only by the run) only the precision."""
     import torch
 
+    from zeroinit import speed
     from zeroinit.config import build, build_model
 
     precision = config.trainer.get("precision")
@@ -252,6 +253,10 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
             ) from None
         try:
             build(config.optimizer)(net.parameters())
+            # with speed.fused_optimizer, on a real parameter (a fused step refuses meta)
+            speed.optimizer(build(config.optimizer), config.get("speed"))(
+                [torch.nn.Parameter(torch.zeros(1))]
+            )
         except Exception as e:  # noqa: BLE001 - torch.optim's own checks (momentum < 0, ...)
             target = str(config.optimizer.get("_target_", "the optimizer"))
             raise UserError(f"optimizer: {target} rejects these settings: {_reason(e)}") from None

@@ -115,8 +115,11 @@ def optimizer(factory, speed=None):
     if not settings_of(speed)["fused_optimizer"]:
         return factory
     cls = getattr(factory, "func", factory)  # Hydra's _partial_: a functools.partial
-    if "fused" not in inspect.signature(cls).parameters:
+    takes = inspect.signature(cls).parameters
+    if "fused" not in takes:
         return factory
+    if "foreach" not in takes:
+        return functools.partial(factory, fused=True)
     return functools.partial(factory, fused=True, foreach=False)
 
 

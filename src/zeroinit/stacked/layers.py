@@ -57,7 +57,9 @@ class StackedLinear(nn.Module):
 
     def forward(self, x):  # (K, B, in) -> (K, B, out), a transposed view of (K, out, B)
         if x.requires_grad and x.stride(-1) == 1:  # features innermost: after a conv's Flatten
-            return _FeaturesInnermost.apply(x, self.weight, self.bias)
+            # (transposed outside the function: a view made inside one may not be changed
+            # in place afterwards)
+            return _FeaturesInnermost.apply(x, self.weight, self.bias).transpose(1, 2)
         return _linear(x, self.weight, self.bias)
 
 
@@ -67,24 +69,29 @@ def _linear(x, weight, bias):
     # which on the CPU made the backward of cifar_fnn's 3072->512 layer 2.8x that of the
     # plain layer (4 members: 38.2 ms vs 13.8 ms now, plain 14.9 ms). The output, a view of
     # (K, out, B), has the batch innermost; the next layer's x^T is contiguous again.
+    return _linear_t(x, weight, bias).transpose(1, 2)
+
+
+def _linear_t(x, weight, bias):  # (K, out, B) = W @ x^T + b
     xt = x.transpose(1, 2)
     if bias is None:
-        return torch.bmm(weight, xt).transpose(1, 2)
-    return torch.baddbmm(bias.unsqueeze(2), weight, xt).transpose(1, 2)
+        return torch.bmm(weight, xt)
+    return torch.baddbmm(bias.unsqueeze(2), weight, xt)
 
 
 class _FeaturesInnermost(torch.autograd.Function):
-    """_linear for an input with its features innermost, whose gradient is wanted: a stacked
-    conv net's activations as its Flatten hands them on. Autograd's own backward of _linear
-    writes the input's gradient batch-innermost (W^T @ gy^T); the activation before it then
-    read two layouts at once and the conv before that copied the whole gradient (mnist_cnn,
-    2 members, 2-core CPU: a step took ~1.6x two plain runs' steps, ~1.3x now). Here it is
-    gy @ W, as the plain Linear computes it, in the input's layout. Not used for the other
-    inputs: a custom function costs ~80 us of Python a step (15 logistic regressions)."""
+    """_linear's (K, out, B) for an input with its features innermost, whose gradient is
+    wanted: a stacked conv net's activations as its Flatten hands them on. Autograd's own
+    backward of _linear writes the input's gradient batch-innermost (W^T @ gy^T); the
+    activation before it then read two layouts at once and the conv before that copied the
+    whole gradient (mnist_cnn, 2 members, 2-core CPU: a step took ~1.6x two plain runs'
+    steps, ~1.3x now). Here it is gy @ W, as the plain Linear computes it, in the input's
+    layout. Not used for the other inputs: a custom function costs ~80 us of Python a step
+    (15 logistic regressions)."""
 
     @staticmethod
     def forward(x, weight, bias):
-        return _linear(x, weight, bias)
+        return _linear_t(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -92,13 +99,14 @@ class _FeaturesInnermost(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
 
     @staticmethod
-    def backward(ctx, gy):  # gy (K, B, out)
+    def backward(ctx, gyt):  # gyt (K, out, B)
         # in the forward's compute dtype: bf16 under autocast (bf16-mixed), as the gradients
         # of autocast's own ops; a no-op otherwise
-        x, weight = (t.to(gy.dtype) for t in ctx.saved_tensors)
+        x, weight = (t.to(gyt.dtype) for t in ctx.saved_tensors)
+        gy = gyt.transpose(1, 2)  # (K, B, out)
         gx = torch.bmm(gy, weight) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(gy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        gb = gy.sum(1) if ctx.needs_input_grad[2] else None
+        gw = torch.bmm(gyt, x) if ctx.needs_input_grad[1] else None
+        gb = gyt.sum(2) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
 
