@@ -22,6 +22,8 @@ options on where a result is known to hold, then check it on a few seeds in fp32
                          keep their foreach step) instead of ~10 foreach kernels. Rounds the
                          update differently: ~1e-7 relative in fp32 after a step, 1e-16 in
                          float64. CPU, mnist_fnn: a step 2.55 -> 2.10 ms (docs/speed.md).
+                         Not with trainer.precision=16-mixed (refused: the gradient
+                         scaler would leave the diagnostics' gradients scaled).
   speed.compile          torch.compile the net in place (checkpoints keep their keys): fused
                          elementwise kernels, fewer launches. Compiling costs seconds (FNN)
                          to a minute or more (ResNet-50) at the start of every run, so it pays
