@@ -107,8 +107,9 @@ class SummingModule(L.LightningModule):
         count_steps_manually(checkpoint)
         # torch's load_state_dict takes fused/foreach from the saved groups: a run resumed
         # with another speed.fused_optimizer steps as it is configured now
-        flags = self._optimizer_kind()
-        for state in checkpoint.get("optimizer_states", []):
+        states = checkpoint.get("optimizer_states") or []
+        flags = self._optimizer_kind() if states else {}
+        for state in states:
             for group in state.get("param_groups", []):
                 group.update({k: v for k, v in flags.items() if k in group})
 
