@@ -465,6 +465,22 @@ class _NoOp(L.LightningModule):
         return torch.optim.Adam(self.parameters())
 
 
+class _NoOpManual(_NoOp):
+    """The same, stepping its optimizer itself as the project's module does (manual
+    optimization: zero_grad, manual_backward, step in training_step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        loss = (self.p * batch).sum()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+
+
 class _NoOpBatches:
     def __init__(self, steps):
         self.steps, self.x = steps, torch.ones(1)
@@ -478,7 +494,9 @@ class _NoOpBatches:
 
 def loop_floor(steps=469, repeats=5) -> dict:
     """Microseconds per optimizer step of a training loop with (almost) nothing to compute:
-    a bare loop, and a Lightning Trainer with no logger, checkpoint, progress bar or summary."""
+    a bare loop, and a Lightning Trainer with no logger, checkpoint, progress bar or summary,
+    with Lightning's automatic optimization and with the module stepping itself (manual, as
+    the project's module does)."""
 
     def bare():
         os.environ.pop(NVML, None)
@@ -492,7 +510,7 @@ def loop_floor(steps=469, repeats=5) -> dict:
             opt.step()
         return time.perf_counter() - start
 
-    def lightning():
+    def lightning(module=_NoOp):
         os.environ[NVML] = "1"
         speed.configure(None)  # as the project runs it (no NVML check per step)
         trainer = L.Trainer(
@@ -506,14 +524,15 @@ def loop_floor(steps=469, repeats=5) -> dict:
         )
         with silenced():
             start = time.perf_counter()
-            trainer.fit(_NoOp(), _NoOpBatches(steps))
+            trainer.fit(module(), _NoOpBatches(steps))
             return time.perf_counter() - start
 
-    bare(), lightning()
-    times = {"bare": [], "lightning": []}
+    bare(), lightning(), lightning(_NoOpManual)
+    times = {"bare": [], "lightning": [], "lightning_manual": []}
     for _ in range(repeats):
         times["bare"].append(bare())
         times["lightning"].append(lightning())
+        times["lightning_manual"].append(lightning(_NoOpManual))
     return {k: 1e6 * statistics.median(v) / steps for k, v in times.items()}
 
 

@@ -61,8 +61,8 @@ class SummingModule(L.LightningModule):
         super().__init__()
         self.net, self.optimizer_factory = net, optimizer
         # The step is ours (training_step): Lightning's automatic optimization wraps it in a
-        # closure and a chain of hooks, ~0.1 ms a step on the CPU (a no-op model's loop: 555
-        # vs 462 us, docs/speed.md), a large share of a small model's step on a GPU. The
+        # closure and a chain of hooks, ~0.06-0.09 ms a step on the CPU (a no-op model's loop,
+        # bench.py --floor: 385 vs 325 us), a large share of a small model's step on a GPU. The
         # hooks callbacks use (on_before_backward, on_after_backward,
         # on_before_optimizer_step, on_train_batch_*) still run.
         self.automatic_optimization = False
