@@ -45,32 +45,40 @@ def curve(results):
     return [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in results["epochs"]]
 
 
-def test_a_run_killed_inside_an_epoch_resumes_there_to_the_same_curve(make_cfg, tmp_path):
-    args = [
-        "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=8",
-        "batch_size=32",
-        "callbacks.diagnostics=null",
-        "checkpoint_every_min=1e-9",
-    ]  # every batch
-    whole = run(make_cfg(*args, f"paths.output_dir={tmp_path / 'whole'}"))
-    out = tmp_path / "killed"
+EVERY_BATCH = [
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=8",
+    "batch_size=32",
+    "callbacks.diagnostics=null",
+    "checkpoint_every_min=1e-9",
+]  # a checkpoint after every batch
+
+
+def killed_inside_epoch_2(make_cfg, out):
+    """A run of EVERY_BATCH killed at batch 5 of epoch 2; returns its last checkpoint (saved
+    after batch 4)."""
     with pytest.raises(Killed):
         run(
             make_cfg(
-                *args,
+                *EVERY_BATCH,
                 "+callbacks.kill._target_=test_checkpoint.KillAt",
                 "+callbacks.kill.epoch=2",
                 "+callbacks.kill.batch=5",
                 f"paths.output_dir={out}",
             )
         )
-    ckpt = out / "checkpoints" / "last.ckpt"
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_a_run_killed_inside_an_epoch_resumes_there_to_the_same_curve(make_cfg, tmp_path):
+    whole = run(make_cfg(*EVERY_BATCH, f"paths.output_dir={tmp_path / 'whole'}"))
+    out = tmp_path / "killed"
+    ckpt = killed_inside_epoch_2(make_cfg, out)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["ImageDataModule"] == {"epoch": 1, "batches_done": 4}  # inside epoch 2
     assert [e["epoch"] for e in saved["callbacks"]["ResultsWriter"]["epochs"]] == [1]
 
-    resumed = run(make_cfg(*args, f"paths.output_dir={out}"), ckpt_path=ckpt)
+    resumed = run(make_cfg(*EVERY_BATCH, f"paths.output_dir={out}"), ckpt_path=ckpt)
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
     assert curve(resumed) == curve(whole)  # batches 5-8 of epoch 2, then epoch 3, as before
 
@@ -96,14 +104,7 @@ def test_a_checkpoint_of_lightnings_automatic_optimization_resumes_at_its_step(
     the same curve."""
     from zeroinit.module import SummingModule
 
-    args = [
-        "trainer.max_epochs=3",
-        "+trainer.limit_train_batches=8",
-        "batch_size=32",
-        "callbacks.diagnostics=null",
-        "checkpoint_every_min=1e-9",
-    ]
-    whole = run(make_cfg(*args, f"paths.output_dir={tmp_path / 'whole'}"))
+    whole = run(make_cfg(*EVERY_BATCH, f"paths.output_dir={tmp_path / 'whole'}"))
     out = tmp_path / "old"
     with monkeypatch.context() as old:  # the module as it was: Lightning steps
         init = SummingModule.__init__
@@ -114,21 +115,11 @@ def test_a_checkpoint_of_lightnings_automatic_optimization_resumes_at_its_step(
 
         old.setattr(SummingModule, "__init__", automatic)
         old.setattr(SummingModule, "training_step", lambda self, b, i: self._step(b, "train"))
-        with pytest.raises(Killed):
-            run(
-                make_cfg(
-                    *args,
-                    "+callbacks.kill._target_=test_checkpoint.KillAt",
-                    "+callbacks.kill.epoch=2",
-                    "+callbacks.kill.batch=5",
-                    f"paths.output_dir={out}",
-                )
-            )
-    ckpt = out / "checkpoints" / "last.ckpt"
+        ckpt = killed_inside_epoch_2(make_cfg, out)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["global_step"] == 12
     assert "epoch_loop.manual_optimization.optim_step_progress" in saved["loops"]["fit_loop"]
-    resumed = run(make_cfg(*args, f"paths.output_dir={out}"), ckpt_path=ckpt)
+    resumed = run(make_cfg(*EVERY_BATCH, f"paths.output_dir={out}"), ckpt_path=ckpt)
     assert resumed["status"] == "completed"
     assert curve(resumed) == curve(whole)
     final = torch.load(ckpt, weights_only=False)
