@@ -120,9 +120,8 @@ def optimizer(factory, speed=None):
     takes = inspect.signature(cls).parameters
     if "fused" not in takes:
         return factory
-    if "foreach" not in takes:
-        return functools.partial(factory, fused=True)
-    return functools.partial(factory, fused=True, foreach=False)
+    off = {"foreach": False} if "foreach" in takes else {}
+    return functools.partial(factory, fused=True, **off)
 
 
 def for_stack(settings: dict) -> dict:
