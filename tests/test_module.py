@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from zeroinit.config import build
-from zeroinit.module import Classifier, add_batch, means
+from zeroinit.module import Classifier, add_batch, add_votes, means, top_class_fracs
+from zeroinit.run import run
 from zeroinit.stacked.members import combine_checkpoints
 
 
@@ -103,3 +104,24 @@ def test_epoch_sums_agree_with_torchmetrics():
     (got,) = means(sums, "test")
     assert got["test_loss"] == pytest.approx(float(mean.compute()), rel=1e-6)
     assert got["test_acc"] == pytest.approx(float(acc.compute()), abs=1e-7)
+
+
+def test_the_share_of_the_most_predicted_class_per_member():
+    votes = torch.zeros(3, 4)
+    add_votes(votes, torch.tensor([[0, 0, 1], [2, 2, 2], [0, 1, 2]]))
+    add_votes(votes, torch.tensor([[0, 3, 3], [2, 2, 2], [3, 3, 3]]))
+    got = top_class_fracs(votes)
+    assert [g["test_top_class_frac"] for g in got] == pytest.approx([3 / 6, 1.0, 3 / 6])
+    assert not votes.any()  # zeroed for the next epoch
+    assert top_class_fracs(votes) == [{}, {}, {}]  # no test batch: nothing to report
+
+
+def test_a_run_that_predicts_one_class_for_every_image_says_so(make_cfg):
+    """All-zero weights and biases: every image gets the same logits, hence one class; the
+    usual init tells images apart. Each epoch records its step and the run its classes."""
+    frozen = run(make_cfg("init=zero", "trainer.max_epochs=2", "callbacks.diagnostics=null"))
+    assert [e["test_top_class_frac"] for e in frozen["epochs"]] == [1.0, 1.0]
+    assert [e["step"] for e in frozen["epochs"]] == [32, 64]  # 4,000 digits, batches of 128
+    assert frozen["num_classes"] == 10
+    usual = run(make_cfg("trainer.max_epochs=1", "callbacks.diagnostics=null", "seed=1"))
+    assert usual["epochs"][0]["test_top_class_frac"] < 0.2

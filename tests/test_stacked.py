@@ -478,10 +478,11 @@ def test_sigterm_to_a_stacked_sweep_records_every_member_interrupted_and_a_rerun
 
 
 @pytest.mark.parametrize("model", ["logreg", "mnist_fnn"])
-def test_a_members_four_metrics_are_its_separate_runs(tmp_path, model):
+def test_a_members_metrics_are_its_separate_runs(tmp_path, model):
     """A whole epoch whose last batch is smaller (4,000 images in batches of 1,500: 1,500,
-    1,500, 1,000), in float64: train and test loss and accuracy, all four, as the separate run
-    reports them. (The separate run once averaged its batches unweighted: 1% apart.)"""
+    1,500, 1,000), in float64: train and test loss and accuracy, the share of its most
+    predicted class and its step, as the separate run reports them. (The separate run once
+    averaged its batches unweighted: 1% apart.)"""
     extra = [
         f"model={model}",
         "trainer.max_epochs=1",
@@ -494,7 +495,8 @@ def test_a_members_four_metrics_are_its_separate_runs(tmp_path, model):
     for (init, seed), (_, mine, _) in zip([("pytorch", 0), ("bias_normal", 1)], outcomes):
         alone = run(member_cfgs(tmp_path, *extra, members=[(init, seed)], sub="sep")[0][0])
         got, want = mine["epochs"][0], alone["epochs"][0]
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert got["step"] == want["step"] == 3 and mine["num_classes"] == 10
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "test_top_class_frac"):
             # (the separate run's torchmetrics means accumulate in float32)
             assert math.isclose(got[key], want[key], rel_tol=1e-6), (
                 model,

@@ -23,6 +23,23 @@ def add_batch(sums: torch.Tensor, losses: torch.Tensor, correct: torch.Tensor, n
         sums[2].add_(n)
 
 
+def add_votes(votes: torch.Tensor, predicted: torch.Tensor) -> None:
+    """votes (K, classes) += how many images of the batch each member predicted as each
+    class; predicted (K, B). scatter_add_, not bincount: bincount sizes its output from the
+    data, a host sync on a GPU."""
+    with torch.no_grad():
+        votes.scatter_add_(1, predicted, torch.ones_like(predicted, dtype=votes.dtype))
+
+
+def top_class_fracs(votes: torch.Tensor) -> list[dict[str, float]]:
+    """Each member's {test_top_class_frac}: the share of test images predicted as its
+    most-predicted class (1.0: one class for every image, a net that does not tell images
+    apart), then zeroed; {} for a member with no test batch this epoch."""
+    counts = votes.double().tolist()
+    votes.zero_()
+    return [{"test_top_class_frac": max(c) / sum(c)} if sum(c) else {} for c in counts]
+
+
 def means(sums: torch.Tensor, split: str) -> list[dict[str, float]]:
     """Each member's {split_loss, split_acc} from its sums (one host sync), then zeroed.
     Loss: the mean over the split's images (a NaN or inf loss reaches it: how a diverged run
@@ -57,7 +74,7 @@ class SummingModule(L.LightningModule):
     resumed from one saved inside an epoch (checkpoint_every_min) reports the whole epoch's
     mean, not the mean of its rest. Subclasses define `_step(batch, split)`."""
 
-    def __init__(self, net: nn.Module, k: int, optimizer):
+    def __init__(self, net: nn.Module, k: int, optimizer, num_classes: int):
         super().__init__()
         self.net, self.optimizer_factory = net, optimizer
         # The step is ours (training_step): Lightning's automatic optimization wraps it in a
@@ -68,6 +85,8 @@ class SummingModule(L.LightningModule):
         self.automatic_optimization = False
         for split in ("train", "test"):  # loss x images, correct, images (add_batch)
             self.register_buffer(f"{split}_sums", torch.zeros(3, k), persistent=False)
+        # test predictions per class (add_votes): whether a run predicts one class for all
+        self.register_buffer("test_votes", torch.zeros(k, num_classes), persistent=False)
 
     def __setattr__(self, name, value):
         # Lightning sets _current_fx_name before and after each of the ~20 hooks it calls a
@@ -125,13 +144,16 @@ class SummingModule(L.LightningModule):
 
 class Classifier(SummingModule):
     def __init__(self, net: nn.Module, num_classes: int, optimizer):
-        super().__init__(net, 1, optimizer)
+        super().__init__(net, 1, optimizer, num_classes)
 
     def _step(self, batch, split):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        add_batch(getattr(self, f"{split}_sums"), loss, (logits.argmax(1) == y).sum(), len(y))
+        predicted = logits.argmax(1)
+        add_batch(getattr(self, f"{split}_sums"), loss, (predicted == y).sum(), len(y))
+        if split == "test":
+            add_votes(self.test_votes, predicted.unsqueeze(0))
         return loss
 
     def epoch_metrics(self) -> dict[str, float]:
@@ -144,6 +166,9 @@ class Classifier(SummingModule):
             if trainer is not None and trainer.world_size > 1:
                 sums.copy_(trainer.strategy.reduce(sums, reduce_op="sum"))
             out.update(means(sums, split)[0])
+        if self._trainer is not None and self._trainer.world_size > 1:
+            self.test_votes.copy_(self._trainer.strategy.reduce(self.test_votes, reduce_op="sum"))
+        out.update(top_class_fracs(self.test_votes)[0])
         return out
 
     def on_load_checkpoint(self, checkpoint):

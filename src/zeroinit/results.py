@@ -3,8 +3,12 @@ resume, diagnostics, benchmarks). Extend it; don't fork it.
 
   status      running | completed | diverged | failed | interrupted (a stop signal; resumable)
   config      the resolved config;  overrides: the command-line overrides
-  epochs      [{epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s}], epoch from 1
+  epochs      [{epoch, step, test_acc, test_loss, train_loss, train_acc, test_top_class_frac,
+              epoch_time_s}], epoch from 1; step: optimizer steps taken by the epoch's end;
+              test_top_class_frac: share of the test images predicted as the most-predicted
+              class (1.0: one class for every image)
   final       {test_acc, test_loss} of the last epoch
+  num_classes the data's classes (chance accuracy is 1/num_classes)
   wall_time_s, device (e.g. 'cuda:1: NVIDIA H200', 'cpu: <model>, 2 threads'), versions
   {python, torch, lightning}, error (failed runs only),
   stopped_by (interrupted runs only: the signal, e.g. SIGTERM)
@@ -45,6 +49,8 @@ from zeroinit.loggers import log_scalars
 from zeroinit.signals import stopped_by
 
 FILENAME = "results.json"
+# what the module measures each epoch (epoch_metrics), as results.json's `epochs` has them
+METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "test_top_class_frac")
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
@@ -99,7 +105,7 @@ def epoch_scalars(entry: dict) -> dict:
     return {
         key.replace("_", "/", 1) if key != "epoch_time_s" else "train/epoch_time_s": value
         for key, value in entry.items()
-        if key != "epoch" and value is not None
+        if key not in ("epoch", "step") and value is not None
     }
 
 
@@ -149,6 +155,7 @@ class ResultsWriter(L.Callback):
             "resumed_from_epoch",
             "stack_size",
             "logger_runs",
+            "num_classes",
         ):
             raise ValueError(f"results.json key {key!r} belongs to the run itself")
         self.results[key] = section
@@ -184,6 +191,7 @@ class ResultsWriter(L.Callback):
         self._rank = trainer.global_rank
         self._start = self._epoch_start = time.perf_counter()  # resumed inside an epoch:
         self.results["device"] = describe_device(trainer.strategy.root_device)
+        self.results["num_classes"] = getattr(trainer.datamodule, "num_classes", None)
         self.write("running")
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -193,7 +201,8 @@ class ResultsWriter(L.Callback):
         metrics = pl_module.epoch_metrics()
         entry = {
             "epoch": trainer.current_epoch + 1,
-            **{k: metrics.get(k) for k in ("test_acc", "test_loss", "train_loss", "train_acc")},
+            "step": trainer.global_step,
+            **{k: metrics.get(k) for k in METRICS},
             "epoch_time_s": time.perf_counter() - self._epoch_start,
         }
         self.results["epochs"].append(entry)
@@ -268,8 +277,17 @@ def read_runs(*paths) -> list[tuple[Path, dict]]:
     return runs
 
 
-EPOCH_COLUMNS = ("epoch", "test_acc", "test_loss", "train_loss", "train_acc", "epoch_time_s")
-RUN_COLUMNS = ("figure", "configuration", "line", "run", "status", "error", "has_diagnostics")
+EPOCH_COLUMNS = ("epoch", "step", *METRICS, "epoch_time_s")
+RUN_COLUMNS = (
+    "figure",
+    "configuration",
+    "line",
+    "run",
+    "status",
+    "error",
+    "num_classes",
+    "has_diagnostics",
+)
 
 
 def load(*paths):
@@ -280,7 +298,9 @@ def load(*paths):
       line                    the line's key: runs equal in it are seeds of one configuration
       run, status, error      the run's folder, its status (zeroinit.results), why it failed
       <config keys>           the resolved config, dotted: init.name, init.bias_scale, seed, ...
-      epoch, test_acc, test_loss, train_loss, train_acc, epoch_time_s
+      epoch, step, test_acc, test_loss, train_loss, train_acc, test_top_class_frac,
+      epoch_time_s           (step, test_top_class_frac: NaN for runs written before them)
+      num_classes             the data's classes (NaN for runs written before it)
       has_diagnostics, wakeup_all, erank_mean, erank_first, ...   the diagnostics' summary
                               (zeroinit.report_diagnostics.summary_columns), per run
 
@@ -309,6 +329,7 @@ def load(*paths):
         figure, line = figure_key(config), line_key(config)
         diagnostics = bool(results.get("diagnostics"))
         run.update(
+            num_classes=results.get("num_classes"),
             figure=figure,
             configuration=labels[figure][line],
             line=line,

@@ -141,7 +141,7 @@ def _train_stack(members, done) -> None:
             )
         stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
         optimizer = speed.optimizer(build(cfg0.optimizer), settings)
-        module = StackedClassifier(stacked, len(members), optimizer=optimizer)
+        module = StackedClassifier(stacked, len(members), optimizer, data.num_classes)
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
         runs = StackedRuns(group)
         trainer = build(

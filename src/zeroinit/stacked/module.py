@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroinit.data import DeviceBatches, ImageDataModule
-from zeroinit.module import SummingModule, add_batch, means
+from zeroinit.module import SummingModule, add_batch, add_votes, means, top_class_fracs
 
 # Optimizers whose update of an entry depends only on that entry's own history: one of them
 # over stacked tensors is K independent optimizers. (LBFGS, LARS-like and norm-based
@@ -43,9 +43,9 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class StackedClassifier(SummingModule):
-    def __init__(self, net: nn.Module, k: int, optimizer):
-        super().__init__(net, k, optimizer)  # per-member sums (3, K); a member's checkpoint
-        self.k = k  # gets its column (members.StackedRuns.member_checkpoint)
+    def __init__(self, net: nn.Module, k: int, optimizer, num_classes: int):
+        super().__init__(net, k, optimizer, num_classes)  # per-member sums (3, K); a member's
+        self.k = k  # checkpoint gets its column (members.StackedRuns.member_checkpoint)
 
     def _step(self, batch, split):
         x, y = batch  # (K, B, ...), (K, B)
@@ -53,14 +53,17 @@ class StackedClassifier(SummingModule):
         losses = member_losses(logits, y)
         # max().indices = argmax (the first of tied maxima, NaN counting as the largest), but
         # over the strided class dim argmax took 0.29 ms a step, max 0.02 ms (CPU, K=15)
-        correct = (logits.detach().max(dim=2).indices == y).sum(dim=1)
-        add_batch(getattr(self, f"{split}_sums"), losses, correct, y.shape[1])
+        predicted = logits.detach().max(dim=2).indices
+        add_batch(getattr(self, f"{split}_sums"), losses, (predicted == y).sum(dim=1), y.shape[1])
+        if split == "test":
+            add_votes(self.test_votes, predicted)
         return losses.sum()
 
     def epoch_metrics(self) -> list[dict[str, float]]:
         """Each member's train and test loss/accuracy of the epoch just finished, then reset."""
         per_split = [means(getattr(self, f"{split}_sums"), split) for split in ("train", "test")]
-        return [{**train, **test} for train, test in zip(*per_split)]
+        per_split.append(top_class_fracs(self.test_votes))
+        return [{**train, **test, **top} for train, test, top in zip(*per_split)]
 
 
 class StackedBatches:
