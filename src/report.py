@@ -1,29 +1,39 @@
-"""Aggregate runs into the paper's figures and a table with 95% confidence intervals.
+"""Aggregate runs into the paper's figures and tables: every run's outcome, how often a line's
+runs never learned, and means with 95% intervals.
 
     python src/report.py outputs/sweeps/fig03_mnist_fnn            # one sweep
     python src/report.py outputs -o outputs/report                 # every run under outputs/
 
 Writes, into the output folder (default: <first path>/report): one PNG per figure (a sweep
-on one dataset), results.md and results.csv (final mean test accuracy ± 95% CI per
-configuration, n, diverged/failed/running counts, mean epoch time, the paper's number,
-diagnostics columns), report.md tying them together, and tensorboard/ (per configuration
-the mean test accuracy per epoch with its 95% band, a Custom Scalars margin chart). For
-experiment=fig12_gradient_flow it also draws Figure 12 (per-layer gradient distributions over
-the first steps) and lists each init's wake-up order. Runs that are not `completed` are
-listed, never averaged.
+on one dataset: the curves, every run's final accuracy, time to learn), results.md and
+results.csv (per configuration: never learned k/n by its horizon with an exact interval, the
+final mean test accuracy with an interval inside [0, 100], the mean over runs that learned,
+median steps to learn, diverged/failed/running counts, mean epoch time, the paper's number,
+diagnostics columns), runs.csv (one row per run), comparisons.csv (pairs of lines that differ
+in one config group: rate difference, Fisher, log-rank, paired by seed), report.md tying them
+together, and tensorboard/ (per configuration the mean test accuracy per epoch with its 95%
+band, the share not learned yet, a Custom Scalars margin chart). Rules and methods:
+docs/report.md. For experiment=fig12_gradient_flow it also draws Figure 12 (per-layer
+gradient distributions over the first steps) and lists each init's wake-up order. Runs that
+are not `completed` are listed, never averaged.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from zeroinit import rank_accuracy
+from zeroinit import outcomes, rank_accuracy
 from zeroinit.report import (
+    comparisons,
+    comparisons_markdown,
     gradient_flow,
     group_runs,
     not_averaged,
     plot_figure,
+    run_rows,
+    runs_markdown,
     table_rows,
+    write_csv,
     write_tables,
     write_tensorboard,
 )
@@ -40,7 +50,16 @@ def main(argv=None) -> int:
         help="also: first layer's effective rank vs final accuracy, Spearman's rho with a "
         "95%% bootstrap interval, and its scatter plot (docs/findings.md)",
     )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=100 * outcomes.MARGIN,
+        help="a run has learned once its test accuracy reaches chance + MARGIN points "
+        "(default %(default)g; chance = 100/classes)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.margin < 100:
+        parser.error(f"--margin: {args.margin:g} is not allowed; allowed: points in (0, 100)")
 
     runs = load(*args.paths)  # one row per run and epoch (zeroinit.results.load)
     if runs.empty:
@@ -48,7 +67,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    figures = group_runs(runs)
+    figures = group_runs(runs, margin=args.margin / 100)
     pngs = [plot_figure(name, groups, out / f"{name}.png") for name, groups in figures.items()]
     wakeup = []
     for name, groups in figures.items():  # Figure 12: gradient flow of the first steps
@@ -60,16 +79,50 @@ def main(argv=None) -> int:
             wakeup += [f"{name}:", *drawn[1]]
     rows = table_rows(figures)
     csv_path, md_path = write_tables(rows, out)
+    per_run = run_rows(figures)
+    write_csv(per_run, out / "runs.csv")
+    pairs = comparisons(figures)
+    write_csv(pairs, out / "comparisons.csv")
     board = write_tensorboard(figures, out)
     skipped = not_averaged(runs)
     report = [
         f"# Report: {runs['run'].nunique()} runs from {', '.join(args.paths)}",
         "",
-        "Final test accuracy: mean over completed runs ± half-width of the 95% Student-t "
-        "confidence interval (n-1 degrees of freedom); n = completed runs.",
+        f"A completed run has **learned** once its test accuracy (measured after every epoch) "
+        f"reaches chance + {args.margin:g} points (chance = 100/classes); one that has not by "
+        "its last step T **never learned** (by T). Never learned: k/n with its exact "
+        "(Clopper-Pearson) 95% interval. Final test accuracy: the mean over completed runs "
+        f"[95% interval: bca = seeded BCa bootstrap (n >= {outcomes.BOOTSTRAP_MIN_N}), t = "
+        "Student t within [0, 100]]; with runs that never learned the mean describes no run: "
+        "read it beside k/n and each run's value (below). Median steps to learn: "
+        "Kaplan-Meier, runs that never learned censored at their last step (>= T: fewer "
+        "than half learned). One class: runs that predict one class for every test image at "
+        "their last epoch. Rules and methods: docs/report.md.",
         "",
         md_path.read_text(),
         *[f"![{p.stem}]({p.name})" for p in pngs],
+    ]
+    if pairs:
+        report += [
+            "",
+            "## Comparisons",
+            "",
+            "Pairs of lines whose configs differ in one config group. Rate difference: "
+            "Newcombe's hybrid score interval; Fisher's exact test; log-rank test on time to "
+            "learn; paired by seed: the same seed gives both lines the same batch order, "
+            "a - b per seed (interval as for a mean, within [-100, 100]), and the sign test "
+            "on the seeds each side wins (comparisons.csv: every column).",
+            "",
+            comparisons_markdown(pairs),
+        ]
+    report += [
+        "",
+        "## Every run",
+        "",
+        "Final test accuracy (%) of each completed run, ascending; * never learned, (1) one "
+        "class for every test image (runs.csv: seed, steps to learn, ...).",
+        "",
+        *runs_markdown(per_run),
     ]
     if wakeup:
         report += ["", "## Wake-up order (Figure 12)", *wakeup]

@@ -1,10 +1,12 @@
-"""results.json files -> per-epoch means with 95% confidence intervals, figures and tables.
+"""results.json files -> each run's outcome, per-epoch means with 95% intervals, figures and
+tables.
 
 Runs are grouped by everything in their config but the seed (and settings that do not change
 the experiment: paths, device, logging); a figure is one sweep (its `sweep_name`) on one
 dataset. Only `completed` runs enter a mean; `diverged`, `failed` and `running` runs are
 counted and listed, never averaged in silently (`interrupted` ones count as running: a rerun
-resumes both).
+resumes both). How often a line's runs never learned, when they learned, and how lines
+compare: zeroinit.outcomes (its rules and methods).
 """
 
 import csv
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from zeroinit import outcomes
+from zeroinit.keys import ignored_by_report
 from zeroinit.paper import paper_accuracy
 from zeroinit.report_diagnostics import plot_gradient_flow, summary_columns
 from zeroinit.results import EPOCH_COLUMNS, RUN_COLUMNS, read_results
@@ -28,6 +32,14 @@ class Group:
     key: str
     rows: "pandas.DataFrame"  # noqa: F821 - pandas is imported where the frame is made
     label: str = ""
+    margin: float = outcomes.MARGIN  # learned: test accuracy >= chance + margin
+    _runs: object = None
+
+    def outcomes(self):
+        """Each run's outcome (zeroinit.outcomes.per_run): learned, when, final accuracy."""
+        if self._runs is None:
+            self._runs = outcomes.per_run(self.rows, self.margin)
+        return self._runs
 
     @property
     def config(self) -> dict:
@@ -55,15 +67,50 @@ class Group:
         """The rows of the line's completed runs that are epochs (what is averaged)."""
         return self.rows[self.rows["status"] == "completed"].dropna(subset=["epoch"])
 
-    def curve(self, metric: str = "test_acc"):
-        """(epochs, mean, ci half-width, n) over completed runs; epochs common to all."""
+    def per_epoch(self, metric: str = "test_acc", runs: list | None = None) -> np.ndarray:
+        """(completed runs, epochs) of `metric`, over the epochs common to all; `runs`, if
+        given, gets the run folders in the rows' order."""
         done = self.completed_epochs()
-        per_run = [g.sort_values("epoch")[metric].to_numpy(float) for _, g in done.groupby("run")]
+        grouped = list(done.groupby("run"))
+        if runs is not None:
+            runs[:] = [run for run, _ in grouped]
+        per_run = [g.sort_values("epoch")[metric].to_numpy(float) for _, g in grouped]
         if not per_run:
-            return np.array([]), np.array([]), np.array([]), 0
+            return np.zeros((0, 0))
         length = min(len(v) for v in per_run)
-        mean, half = mean_ci(np.array([v[:length] for v in per_run]))
-        return np.arange(1, length + 1), mean, half, len(per_run)
+        return np.array([v[:length] for v in per_run])
+
+    def curve(self, metric: str = "test_acc"):
+        """(epochs, mean, Student-t ci half-width, n) over completed runs; epochs common to
+        all. The table's `ci95_%`; the figures draw `band`, which stays inside [0, 1]."""
+        values = self.per_epoch(metric)
+        if not len(values):
+            return np.array([]), np.array([]), np.array([]), 0
+        mean, half = mean_ci(values)
+        return np.arange(1, values.shape[1] + 1), mean, half, len(values)
+
+    def band(self):
+        """(epochs, mean, low, high, n, method) of test accuracy per epoch over completed runs,
+        the interval of zeroinit.outcomes.mean_interval (inside [0, 1]; NaN for one run)."""
+        values = self.per_epoch()
+        if not len(values):
+            return np.array([]), np.array([]), np.array([]), np.array([]), 0, ""
+        bounds = [outcomes.mean_interval(values[:, e]) for e in range(values.shape[1])]
+        low, high = (np.array([b[i] for b in bounds]) for i in (0, 1))
+        methods = {b[2] for b in bounds}
+        epochs = np.arange(1, values.shape[1] + 1)
+        return epochs, values.mean(0), low, high, len(values), "/".join(sorted(methods))
+
+    def not_learned_by_epoch(self) -> np.ndarray:
+        """Per epoch (common to all completed runs), the fraction of completed runs that have
+        not yet reached the learned threshold (chance + margin)."""
+        order = []
+        values = self.per_epoch(runs=order)
+        if not len(values):
+            return np.array([])
+        threshold = self.outcomes().set_index("run").loc[order, "threshold"].to_numpy(float)
+        reached = np.maximum.accumulate(values >= threshold[:, None] - 1e-12, axis=1)
+        return 1 - reached.mean(0)
 
     def epochs_to(self, acc: float = 0.5) -> tuple[float, float, int, int]:
         """When the completed runs first reach test accuracy `acc`: (mean epoch, its 95%
@@ -101,14 +148,15 @@ def mean_ci(values: np.ndarray, level: float = 0.95):
     return mean, stats.t.ppf(0.5 + level / 2, n - 1) * sem
 
 
-def group_runs(frame) -> dict[str, list[Group]]:
-    """figure -> its lines, from zeroinit.results.load's frame (unreadable runs left out)."""
+def group_runs(frame, margin: float = outcomes.MARGIN) -> dict[str, list[Group]]:
+    """figure -> its lines, from zeroinit.results.load's frame (unreadable runs left out);
+    a run has learned once its test accuracy reaches chance + `margin`."""
     readable = frame[frame["status"] != "unreadable"] if len(frame) else frame
     out = {}
     for fig in sorted(set(readable["figure"])) if len(readable) else []:
         rows = readable[readable["figure"] == fig]
         groups = [
-            Group(key, lines, label=lines["configuration"].iloc[0])
+            Group(key, lines, label=lines["configuration"].iloc[0], margin=margin)
             for key, lines in rows.groupby("line", sort=False)
         ]
         out[fig] = sorted(groups, key=lambda g: (g.config.get("model.name") == "logreg", g.label))
@@ -133,6 +181,7 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
                 "n": n,
                 "final_test_acc_%": 100 * mean[-1] if n else math.nan,
                 "ci95_%": 100 * half[-1] if n else math.nan,
+                **outcome_columns(g),
                 "diverged": g.count("diverged"),
                 "failed": g.count("failed"),
                 "running": g.count("running") + g.count("interrupted"),
@@ -152,51 +201,301 @@ def table_rows(figures: dict[str, list[Group]]) -> list[dict]:
     return rows
 
 
+def outcome_columns(g: Group) -> dict:
+    """A line's outcome columns (zeroinit.outcomes, docs/report.md): never learned by its
+    horizon with an exact interval, the mean's interval inside [0, 100], the mean over the runs
+    that learned, runs that predict one class, the median steps to learn (Kaplan-Meier)."""
+    runs = g.outcomes()
+    done = runs[runs["status"] == "completed"]
+    judged = done[done["learned"].notna()]
+    k, n = int((~judged["learned"].astype(bool)).sum()), len(judged)
+    low, high = outcomes.clopper_pearson(k, n)
+    acc = done["final_acc"].to_numpy(float)
+    acc_low, acc_high, method = outcomes.mean_interval(acc)
+    learned = judged[judged["learned"].astype(bool)]["final_acc"].to_numpy(float)
+    km = outcomes.time_to_learn(done)
+    pct = lambda v: 100 * v  # noqa: E731
+    return {
+        "never_learned": f"{k}/{n}" if n else "",
+        "horizon_step": km["horizon"],
+        "never_learned_rate_%": pct(k / n) if n else math.nan,
+        "never_learned_ci95_low_%": pct(low),
+        "never_learned_ci95_high_%": pct(high),
+        "acc_ci95_low_%": pct(acc_low),
+        "acc_ci95_high_%": pct(acc_high),
+        "acc_ci95_method": method,
+        "learned_n": len(learned),
+        "learned_mean_acc_%": pct(learned.mean()) if len(learned) else math.nan,
+        "final_test_loss": float(done["final_loss"].mean()) if len(done) else math.nan,
+        "one_class": f"{int(done['one_class'].eq(True).sum())}/{len(done)}" if len(done) else "",
+        "steps_to_learn_median": km["median"],
+        "runs_final_acc_%": " ".join(f"{100 * v:.2f}" for v in sorted(acc)),
+    }
+
+
+def comparisons(figures: dict[str, list[Group]]) -> list[dict]:
+    """Every pair of a figure's lines whose configs differ in one config group only (init,
+    model, optimizer, ...): the difference in never-learned rate (Newcombe's interval,
+    Fisher's exact test), in mean final accuracy, time to learn (log-rank) and, over the seeds
+    both lines ran, the paired per-seed difference of final accuracy."""
+    rows = []
+    for fig, groups in figures.items():
+        for i, a in enumerate(groups):
+            for b in groups[i + 1 :]:
+                ca, cb = (
+                    {k: str(v) for k, v in g.config.items() if not ignored_by_report(k)}
+                    for g in (a, b)
+                )
+                differs = {k.split(".")[0] for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)}
+                if len(differs) != 1:
+                    continue
+                rows.append({"figure": fig, "differs_in": differs.pop(), **compare(a, b)})
+    return rows
+
+
+def compare(a: Group, b: Group) -> dict:
+    ra, rb = (g.outcomes() for g in (a, b))
+    da, db = (r[(r["status"] == "completed") & r["learned"].notna()] for r in (ra, rb))
+    ka, kb = (int((~d["learned"].astype(bool)).sum()) for d in (da, db))
+    diff, low, high = outcomes.newcombe(ka, len(da), kb, len(db))
+    pair = outcomes.paired(ra, rb)
+    acc_a, acc_b = (r.loc[r["status"] == "completed", "final_acc"].mean() for r in (ra, rb))
+    return {
+        "line_a": a.label,
+        "line_b": b.label,
+        "never_learned_a": f"{ka}/{len(da)}",
+        "never_learned_b": f"{kb}/{len(db)}",
+        "rate_diff_%": 100 * diff,
+        "rate_diff_ci95_low_%": 100 * low,
+        "rate_diff_ci95_high_%": 100 * high,
+        "fisher_p": outcomes.fisher(ka, len(da), kb, len(db)),
+        "acc_diff_%": 100 * (acc_a - acc_b),
+        "logrank_p": outcomes.logrank(da, db),
+        "paired_seeds": pair["n"],
+        "paired_acc_diff_%": 100 * pair["mean"],
+        "paired_ci95_low_%": 100 * pair["low"],
+        "paired_ci95_high_%": 100 * pair["high"],
+        "paired_ci95_method": pair["method"],
+        "seeds_a_better": pair["wins_a"],
+        "seeds_b_better": pair["wins_b"],
+        "seeds_tied": pair["ties"],
+        "sign_test_p": pair["sign_p"],
+    }
+
+
+def run_rows(figures: dict[str, list[Group]]) -> list[dict]:
+    """One row per run: its line, seed, status and outcome (runs.csv)."""
+    rows = []
+    for fig, groups in figures.items():
+        for g in groups:
+            for r in g.outcomes().to_dict("records"):
+                learned = r["learned"]
+                r["learned"] = bool(learned) if isinstance(learned, (bool, np.bool_)) else None
+                rows.append(
+                    {
+                        "figure": fig,
+                        "configuration": g.label,
+                        "seed": r["seed"],
+                        "status": r["status"],
+                        "epochs": r["epochs"],
+                        "last_step": r["last_step"],
+                        "final_test_acc_%": 100 * r["final_acc"]
+                        if r["final_acc"] is not None
+                        else math.nan,
+                        "best_test_acc_%": 100 * r["best_acc"]
+                        if r["best_acc"] is not None
+                        else math.nan,
+                        "final_test_loss": r["final_loss"],
+                        "learned": r["learned"],
+                        # censored: blank, and the step it is censored at
+                        "steps_to_learn": _blank(r["learn_step"]),
+                        "epochs_to_learn": _blank(r["learn_epoch"]),
+                        "censored_at_step": r["last_step"] if r["learned"] is False else None,
+                        "threshold_%": 100 * r["threshold"],
+                        "top_class_frac": r["top_class_frac"],
+                        "one_class": r["one_class"],
+                        "stack_size": r["stack_size"],
+                        "run": r["run"],
+                    }
+                )
+    return rows
+
+
+def _blank(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.2f}"
     return "" if v is None else str(v)
 
 
-def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def write_csv(rows: list[dict], path: Path) -> Path:
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
-    with open(csv_path, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    shown = [
-        c
-        for c in columns
-        if c not in ("dataset", "model", "init", "bias_scale", "ci95_%", "final_test_acc_%")
-    ]
-    header = ["figure", "configuration", "final test acc % (mean ± 95% CI)"] + [
-        c for c in shown if c not in ("figure", "configuration")
-    ]
+    return path
+
+
+def markdown(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        acc = (
-            ""
-            if not r["n"]
-            else (
-                f"{r['final_test_acc_%']:.2f} ± {r['ci95_%']:.2f}"
-                if not math.isnan(r["ci95_%"])
-                else f"{r['final_test_acc_%']:.2f} (n=1, no CI)"
-            )
-        )
-        cells = [r["figure"], r["configuration"], acc] + [_fmt(r.get(c)) for c in header[3:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
+    lines += ["| " + " | ".join(_fmt(c) for c in cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_cell(r: dict) -> str:
+    """`mean [low, high]` of a line's final accuracy, or why there is no interval."""
+    if not r["n"]:
+        return ""
+    if math.isnan(r["acc_ci95_low_%"]):
+        return f"{r['final_test_acc_%']:.2f} (n=1, no CI)"
+    return (
+        f"{r['final_test_acc_%']:.2f} [{r['acc_ci95_low_%']:.2f}, {r['acc_ci95_high_%']:.2f}]"
+        f" {r['acc_ci95_method']}"
+    )
+
+
+def never_learned_cell(r: dict) -> str:
+    if not r["never_learned"]:
+        return ""
+    return (
+        f"{r['never_learned']} = {r['never_learned_rate_%']:.0f}% "
+        f"[{r['never_learned_ci95_low_%']:.0f}, {r['never_learned_ci95_high_%']:.0f}]"
+    )
+
+
+def steps_cell(r: dict) -> str:
+    if not r["never_learned"] or math.isnan(r["horizon_step"]):
+        return ""
+    median = r["steps_to_learn_median"]
+    return f"{median:.0f}" if not math.isnan(median) else f">= {r['horizon_step']:.0f}"
+
+
+OUTCOME_HEADER = [
+    "figure",
+    "configuration",
+    "n",
+    "final test acc % (mean [95% CI] method)",
+    "never learned by step T (k/n = % [exact 95% CI])",
+    "T (steps; epochs for runs without a step record)",
+    "mean acc % of runs that learned (n)",
+    "median steps to learn",
+    "one class",
+    "diverged",
+    "failed",
+    "running",
+]
+MORE = [  # the second table: what the first leaves out
+    "epochs",
+    "final_test_loss",
+    "epochs_to_50%",
+    "epochs_to_50%_ci95",
+    "reached_50%",
+    "mean_epoch_time_s",
+    "paper_%",
+]
+
+
+def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """results.csv (every column) and results.md: the outcomes table, then the other columns."""
+    csv_path, md_path = write_csv(rows, out_dir / "results.csv"), out_dir / "results.md"
+    outcome = [
+        [
+            r["figure"],
+            r["configuration"],
+            r["n"],
+            accuracy_cell(r),
+            never_learned_cell(r),
+            f"epoch {r['epochs']}" if math.isnan(r["horizon_step"]) else f"{r['horizon_step']:.0f}",
+            f"{r['learned_mean_acc_%']:.2f} ({r['learned_n']})" if r["learned_n"] else "",
+            steps_cell(r),
+            r["one_class"],
+            r["diverged"],
+            r["failed"],
+            r["running"],
+        ]
+        for r in rows
+    ]
+    diagnostics = [c for c in summary_columns({}) if any(c in r for r in rows)]
+    more = ["figure", "configuration", *MORE, *diagnostics]
+    text = markdown(OUTCOME_HEADER, outcome)
+    text += "\n" + markdown(more, [[r.get(c) for c in more] for r in rows])
+    md_path.write_text(text.replace("| nan |", "|  |"))
     return csv_path, md_path
+
+
+def comparisons_markdown(pairs: list[dict]) -> str:
+    header = [
+        "figure",
+        "a",
+        "b",
+        "never learned a, b",
+        "rate a - b % [Newcombe 95% CI]",
+        "Fisher p",
+        "log-rank p",
+        "mean acc a - b %",
+        "paired by seed: a - b % [95% CI] (seeds)",
+        "seeds a better / b better / tied",
+        "sign test p",
+    ]
+    body = [
+        [
+            p["figure"],
+            p["line_a"],
+            p["line_b"],
+            f"{p['never_learned_a']}, {p['never_learned_b']}",
+            f"{p['rate_diff_%']:.0f} [{p['rate_diff_ci95_low_%']:.0f}, "
+            f"{p['rate_diff_ci95_high_%']:.0f}]",
+            _p(p["fisher_p"]),
+            _p(p["logrank_p"]),
+            p["acc_diff_%"],
+            f"{p['paired_acc_diff_%']:.2f} [{p['paired_ci95_low_%']:.2f}, "
+            f"{p['paired_ci95_high_%']:.2f}] ({p['paired_seeds']})"
+            if p["paired_seeds"] >= 2
+            else "",
+            f"{p['seeds_a_better']} / {p['seeds_b_better']} / {p['seeds_tied']}"
+            if p["paired_seeds"]
+            else "",
+            _p(p["sign_test_p"]),
+        ]
+        for p in pairs
+    ]
+    return markdown(header, body).replace("nan [nan, nan]", "")
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return ""
+    return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
+
+
+def runs_markdown(rows: list[dict]) -> list[str]:
+    """Per line, every completed run's final test accuracy (%), ascending; * never learned,
+    (1) one class for every test image."""
+    lines, key = [], None
+    for r in sorted(rows, key=lambda r: (r["figure"], r["configuration"])):
+        if (r["figure"], r["configuration"]) != key:
+            key = (r["figure"], r["configuration"])
+            lines.append({"label": f"- {key[0]}, {key[1]}:", "values": []})
+        if r["status"] == "completed":
+            mark = ("*" if r["learned"] is False else "") + ("(1)" if r["one_class"] else "")
+            acc = r["final_test_acc_%"]
+            lines[-1]["values"].append((acc, f"{acc:.2f}{mark}"))
+    return [f"{x['label']} {' '.join(v for _, v in sorted(x['values']))}" for x in lines]
 
 
 def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | None:
     """Each figure's lines as TensorBoard runs (<out>/tensorboard/<figure>/<configuration>):
     the mean test accuracy per epoch over the line's completed runs and its 95% interval
-    (tags test_mean_over_seeds/<figure>/acc, acc_ci95_low, acc_ci95_high), and a Custom
-    Scalars margin chart per figure drawing each line with its band. Under the sweep's folder
-    by default, so `tensorboard --logdir outputs` shows them beside the runs. Rewritten from
-    the runs every time."""
+    (tags test_mean_over_seeds/<figure>/acc, acc_ci95_low, acc_ci95_high: Group.band, inside
+    [0, 100]), the % of its runs that have not learned yet (not_learned), its outcomes as text
+    (never learned k/n, every run's final accuracy), and a Custom Scalars margin chart per
+    figure drawing each line with its band. Under the sweep's folder by default, so
+    `tensorboard --logdir outputs` shows them beside the runs. Rewritten from the runs every
+    time."""
     from torch.utils.tensorboard import SummaryWriter
 
     root = out_dir / "tensorboard"
@@ -205,16 +504,26 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
     for fig, groups in figures.items():
         tag = f"test_mean_over_seeds/{fig}/acc"
         for g in groups:
-            epochs, mean, half, n = g.curve()
+            epochs, mean, low, high, n, _ = g.band()
             if not n:
                 continue
+            row = outcome_columns(g)
             folder = root / fig / g.label.replace("/", "_").replace(" ", "_")
             with SummaryWriter(str(folder)) as w:
-                for epoch, m, h in zip(epochs, mean, half):
-                    h = 0.0 if math.isnan(h) else h  # one run: no interval, a zero-width band
+                left = g.not_learned_by_epoch()
+                for epoch, m, lo, hi, nl in zip(epochs, mean, low, high, left):
+                    lo, hi = (m, m) if math.isnan(lo) else (lo, hi)  # one run: a zero-width band
                     w.add_scalar(tag, 100 * m, int(epoch))
-                    w.add_scalar(f"{tag}_ci95_low", 100 * (m - h), int(epoch))
-                    w.add_scalar(f"{tag}_ci95_high", 100 * (m + h), int(epoch))
+                    w.add_scalar(f"{tag}_ci95_low", 100 * lo, int(epoch))
+                    w.add_scalar(f"{tag}_ci95_high", 100 * hi, int(epoch))
+                    w.add_scalar(f"test_mean_over_seeds/{fig}/not_learned_%", 100 * nl, int(epoch))
+                w.add_text(
+                    f"outcomes/{fig}",
+                    f"never learned by step {_fmt(row['horizon_step'])}: "
+                    f"{never_learned_cell(row) or 'n/a'}; final test acc % of each run: "
+                    f"{row['runs_final_acc_%']}",
+                    int(epochs[-1]),
+                )
             written = True
         chart = f"test accuracy (%): mean and 95% CI over seeds, {fig}"
         layout[fig] = {chart: ["Margin", [tag, f"{tag}_ci95_low", f"{tag}_ci95_high"]]}
@@ -226,51 +535,114 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
 
 
 def plot_figure(name: str, groups: list[Group], path: Path) -> Path:
-    """Test accuracy vs epoch, one line per configuration, 95% CI as error bars; the logistic
-    baseline dashed, as in the paper's figures."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ns = set()
-    for g in groups:
-        epochs, mean, half, n = g.curve()
+    fig = draw_figure(name, groups)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_figure(name: str, groups: list[Group]):
+    """The figure as a matplotlib Figure, three panels, one colour per line: test accuracy vs
+    epoch (mean, its 95% interval as error bars where n >= 2, each run faintly behind; the
+    logistic baseline dashed, as in the paper's figures); every run's final accuracy (hollow:
+    never learned), chance and the learned threshold marked; and time to learn (Kaplan-Meier:
+    % of runs not learned yet by step, a run that never learned censored at its last step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, strip, km) = plt.subplots(
+        1, 3, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2, 2]}
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    jitter = np.random.default_rng(0)  # the same dots every time
+    ns, thresholds, chances, drawn = set(), set(), set(), []
+    for i, g in enumerate(groups):
+        colour = colours[i % len(colours)]
+        epochs, mean, low, high, n, _ = g.band()
         if not n:
             continue
         ns.add(n)
+        drawn.append(g)
         baseline = g.config.get("model.name") == "logreg"
+        for values in g.per_epoch() if n <= 60 else []:
+            ax.plot(epochs, 100 * values, color=colour, alpha=0.12, linewidth=0.7)
         ax.errorbar(
             epochs,
             100 * mean,
-            yerr=None if n < 2 else 100 * half,
+            yerr=None if n < 2 else 100 * np.array([mean - low, high - mean]),
             capsize=3,
             marker="o",
             markersize=3,
+            color=colour,
             linestyle="--" if baseline else "-",
             label=f"{g.label} (logistic baseline)"
             if baseline and "logreg" not in g.label
             else g.label,
         )
+        runs = g.outcomes()
+        done = runs[runs["status"] == "completed"]
+        thresholds |= set(done["threshold"].round(6))
+        chances |= set(done["chance"].round(6))
+        x = len(drawn) - 1 + jitter.uniform(-0.25, 0.25, len(done))
+        never = done["learned"].eq(False).to_numpy()
+        strip.scatter(x[~never], 100 * done["final_acc"][~never], s=14, color=colour, alpha=0.7)
+        strip.scatter(
+            x[never], 100 * done["final_acc"][never], s=22, facecolors="none", edgecolors=colour
+        )
+        curve = outcomes.time_to_learn(done)
+        if curve["n"]:
+            left = 100 * np.array(curve["not_learned"])
+            km.step(curve["steps"], left, where="post", color=colour)
+    for level, style in [(c, ":") for c in chances] + [(t, "--") for t in thresholds]:
+        if not math.isnan(level):
+            strip.axhline(100 * level, color="grey", linestyle=style, linewidth=0.8)
     c = groups[0].config
     models = sorted({g.config.get("model.name") for g in groups})
     n_text = f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}-{max(ns)}" if ns else "n=0"
+    what = (
+        "mean ± 95% CI"
+        if ns and min(ns) >= 2
+        else "mean"
+        if ns and max(ns) < 2
+        else "mean (± 95% CI where n >= 2)"
+    )
     ax.set_title(
         f"{c.get('sweep_name', name)}: {c.get('dataset.name')}, {' + '.join(models)}\n"
-        f"{n_text} runs per line, mean ± 95% CI",
-        fontsize=10,
+        f"{n_text} runs per line, {what}; each run faint",
+        fontsize=9,
     )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylim(max(0, ax.get_ylim()[0]), min(100, ax.get_ylim()[1]))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    labels = [g.label for g in drawn]
+    strip.set_xticks(range(len(drawn)), labels, rotation=30, ha="right", fontsize=7)
+    strip.set_ylabel("final test accuracy (%)")
+    strip.set_title(
+        "each run's final accuracy (hollow: never learned)\n"
+        "dotted: chance, dashed: learned threshold",
+        fontsize=9,
+    )
+    strip.grid(alpha=0.3, axis="y")
+    km.set(xlabel="optimizer steps", ylabel="runs not learned yet (%)", ylim=(-3, 103))
+    km.set_title("time to learn (Kaplan-Meier, censored at the last step)", fontsize=9)
+    km.grid(alpha=0.3)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=min(4, max(1, len(drawn))),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(drawn) - 1) // 4), 1, 1))
+    return fig
 
 
 def gradient_flow(name: str, groups: list[Group], path: Path) -> tuple[Path, list[str]] | None:

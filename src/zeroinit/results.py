@@ -286,6 +286,7 @@ RUN_COLUMNS = (
     "status",
     "error",
     "num_classes",
+    "stack_size",
     "has_diagnostics",
 )
 
@@ -301,6 +302,7 @@ def load(*paths):
       epoch, step, test_acc, test_loss, train_loss, train_acc, test_top_class_frac,
       epoch_time_s           (step, test_top_class_frac: NaN for runs written before them)
       num_classes             the data's classes (NaN for runs written before it)
+      stack_size              members of the stack it trained in (NaN: trained alone)
       has_diagnostics, wakeup_all, erank_mean, erank_first, ...   the diagnostics' summary
                               (zeroinit.report_diagnostics.summary_columns), per run
 
@@ -330,6 +332,7 @@ def load(*paths):
         diagnostics = bool(results.get("diagnostics"))
         run.update(
             num_classes=results.get("num_classes"),
+            stack_size=results.get("stack_size"),
             figure=figure,
             configuration=labels[figure][line],
             line=line,
