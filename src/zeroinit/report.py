@@ -572,7 +572,7 @@ def draw_figure(name: str, groups: list[Group]):
         drawn.append(g)
         baseline = g.config.get("model.name") == "logreg"
         for values in g.per_epoch() if n <= 60 else []:
-            ax.plot(epochs, 100 * values, color=colour, alpha=0.12, linewidth=0.7)
+            ax.plot(epochs, 100 * values, color=colour, alpha=0.25, linewidth=0.7)
         ax.errorbar(
             epochs,
             100 * mean,
