@@ -1,6 +1,8 @@
 """zeroinit.stacked.size: the stack size chosen from measured step times (here a fake cost
 model, so the choice is known), the cache of those times, and the setting's checks."""
 
+import json
+
 import pytest
 
 from zeroinit.errors import UserError
@@ -119,6 +121,25 @@ def test_resolve_auto_measures_the_real_model_and_says_what_it_chose(cached, cap
     assert line.startswith("stacked: logreg on cpu: ") and "4 runs -> " in line
     assert size.resolve("auto", cached("model=logreg"), 4) == chosen  # from the cache
     assert "(measured before)" in capsys.readouterr().out
+
+
+def test_an_image_folders_stacks_are_measured_from_its_first_image(cached, tmp_path, capsys):
+    """The config leaves an image folder's shape to the data (dataset.input_shape: null); the
+    probe reads it off the first training image instead of stacking up to the memory cap
+    unmeasured (a CIFAR-10 JPEG folder once made stacks of 50 cifar_fnn runs)."""
+    from fakedata import write_image_folder
+
+    write_image_folder(tmp_path / "images", classes=("a", "b", "c"), size=(8, 6), channels=1)
+    cfg = cached("dataset=image_folder", f"dataset.data_dir={tmp_path / 'images'}")
+    assert size.with_data_shape(cfg).dataset.input_shape == [1, 8, 6]
+    assert size.with_data_shape(cfg).dataset.num_classes == 3
+    assert cfg.dataset.input_shape is None  # the run's own config is left as it was
+    chosen = size.resolve("auto", cfg, 4)
+    assert 1 <= chosen <= 4 and capsys.readouterr().out.startswith("stacked: mnist_fnn on cpu")
+    (entry,) = json.loads((tmp_path / "cache" / size.FILE).read_text()).values()
+    assert entry["key"]["shape"] == [1, 8, 6] and entry["key"]["classes"] == 3
+    missing = cached("dataset=image_folder", f"dataset.data_dir={tmp_path / 'none'}")
+    assert size.with_data_shape(missing) is missing  # unreadable: the run itself says why
 
 
 def test_a_bad_stack_size_stops_the_sweep_in_one_line_before_any_run_folder(tmp_path, here):

@@ -117,6 +117,22 @@ def load_cifar10(data_dir, download):
     return _torchvision(datafiles.cifar10_files(), data_dir, download)
 
 
+def image_folder_shape(data_dir) -> tuple[tuple[int, int, int], int] | None:
+    """((C, H, W), classes) of an image folder from its first training image, as
+    load_image_folder will decode it, without decoding the rest; None if it cannot tell (the
+    run's own loading then says why)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    train = Path(data_dir) / "train"
+    try:
+        classes = sorted(d for d in train.iterdir() if d.is_dir())
+        first = next(p for p in sorted(classes[0].iterdir()) if p.is_file())
+        image = decode_image(str(first), mode=ImageReadMode.UNCHANGED)
+    except (OSError, IndexError, StopIteration, RuntimeError, ValueError):
+        return None
+    return (1 if image.shape[0] in (1, 2) else 3, *image.shape[1:]), len(classes)
+
+
 def load_image_folder(data_dir, download=False):
     """A user's own images: <data_dir>/train/<class>/*.png|jpg and <data_dir>/test/<class>/...,
     all of one size, decoded once. Class names come from the folder names."""

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from zeroinit import cache, speed
 from zeroinit.config import build, build_model
+from zeroinit.data import image_folder_shape
 from zeroinit.errors import UserError
 
 log = logging.getLogger("zeroinit")
@@ -55,9 +56,10 @@ def resolve(setting, cfg, n: int, measure: bool = True) -> int:
     if setting not in (None, "auto"):
         check_setting(setting)
         return min(n, setting)
+    cfg = with_data_shape(cfg)
     cap = largest(cfg, n)
     if cap == 1 or not measure or not cfg.dataset.get("input_shape"):
-        return cap  # (a user's image folder: its shape is known once read)
+        return cap  # (an image folder whose first image could not be read)
     try:
         choice = probe(cfg, cap)
     except Exception as e:  # noqa: BLE001 - a bad model config: the run itself says so
@@ -77,6 +79,24 @@ def resolve(setting, cfg, n: int, measure: bool = True) -> int:
         flush=True,
     )
     return size
+
+
+def with_data_shape(cfg):
+    """cfg, with an image folder's input shape and classes read from its first image where the
+    config leaves them to the data (dataset.input_shape: null), so its stacks are measured."""
+    import copy
+
+    from omegaconf import open_dict
+
+    if cfg.dataset.get("input_shape") or cfg.dataset.get("source") != "image_folder":
+        return cfg
+    found = image_folder_shape(cfg.dataset.data_dir)
+    if found is None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.dataset.input_shape, cfg.dataset.num_classes = list(found[0]), found[1]
+    return cfg
 
 
 def largest(cfg, n: int) -> int:
