@@ -275,3 +275,21 @@ def test_authors_scope_touches_only_stem_conv_and_classifier_of_resnet50(make_cf
     for layer in (net.stem[0], net.fc):
         assert torch.count_nonzero(layer.weight) == 0
         assert (init == "zero") == (torch.count_nonzero(layer.bias) == 0)
+
+
+def test_the_failure_studys_bias_controls(make_cfg):
+    """uniform_symmetric: U[-1, 1) (signs mixed, bounded); half_normal: |N(0, 1)| (all
+    positive, normal tails); both scaled like the paper's rules."""
+    cfg, net = compose_and_build(make_cfg, "cifar_fnn", "init=bias_uniform")
+    for rule, scale in (("uniform_symmetric", 1.0), ("half_normal", 1.0), ("half_normal", 3.0)):
+        torch.manual_seed(0)
+        InitScheme("zero", rule, scale).apply(net)
+        b = pooled_biases(net)
+        n = b.numel()
+        assert all(torch.count_nonzero(layer.weight) == 0 for _, layer in init_layers(net))
+        if rule == "uniform_symmetric":
+            assert b.min() >= -1 and b.max() < 1 and abs(b.mean().item()) < 5 / math.sqrt(3 * n)
+            assert (b < 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+        else:  # E|N(0, 1)| = sqrt(2 / pi)
+            assert b.min() >= 0
+            assert b.mean().item() == pytest.approx(scale * math.sqrt(2 / math.pi), rel=0.1)

@@ -4,7 +4,10 @@ A scheme is data, not code: a weight rule, a bias rule, a bias scale and a scope
 are the dictionaries below (the one place that lists them; conf/init/*.yaml only pick names):
 
   weight: pytorch (keep PyTorch's default draw) | zero | lecun_uniform
-  bias:   pytorch | zero | normal (N(0, 1)) | uniform (U[0, 1))
+  bias:   pytorch | zero | normal (N(0, 1)) | uniform (U[0, 1)); and two controls of the
+          failure-rate study (docs/findings.md): uniform_symmetric (U[-1, 1): signs mixed as
+          N(0, 1)'s, support bounded as U[0, 1)'s), half_normal (|N(0, 1)|: all positive as
+          U[0, 1)'s, tails as N(0, 1)'s)
   bias_scale multiplies only the random bias rules (SCALED_BIAS_RULES), as in the paper's
   Figures 4 and 6.
   scope:  all     every Linear and Conv at any depth (output layer, bottlenecks, shortcuts);
@@ -53,10 +56,25 @@ def _uniform(layer, tensor, generator):
     tensor.uniform_(0.0, 1.0, generator=generator)
 
 
+def _uniform_symmetric(layer, tensor, generator):
+    tensor.uniform_(-1.0, 1.0, generator=generator)
+
+
+def _half_normal(layer, tensor, generator):
+    tensor.normal_(0.0, 1.0, generator=generator).abs_()
+
+
 # None = keep what PyTorch's reset_parameters drew (kaiming_uniform with a=sqrt(5)).
 WEIGHT_RULES = {"pytorch": None, "zero": _zero, "lecun_uniform": _lecun_uniform}
-BIAS_RULES = {"pytorch": None, "zero": _zero, "normal": _normal, "uniform": _uniform}
-SCALED_BIAS_RULES = ("normal", "uniform")
+BIAS_RULES = {
+    "pytorch": None,
+    "zero": _zero,
+    "normal": _normal,
+    "uniform": _uniform,
+    "uniform_symmetric": _uniform_symmetric,
+    "half_normal": _half_normal,
+}
+SCALED_BIAS_RULES = ("normal", "uniform", "uniform_symmetric", "half_normal")
 SCOPES = ("all", "authors")
 _SCALE_HELP = "allowed: a finite number >= 0, or bias_scale=down|none|up"
 
