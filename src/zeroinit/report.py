@@ -599,7 +599,8 @@ def draw_figure(name: str, groups: list[Group]):
         curve = outcomes.time_to_learn(done)
         if curve["n"]:
             left = 100 * np.array(curve["not_learned"])
-            km.step(curve["steps"], left, where="post", color=colour)
+            style = ("-", "--", "-.", ":")[i % 4]  # lines that drop at one step stay visible
+            km.step(curve["steps"], left, where="post", color=colour, linestyle=style)
     for level, style in [(c, ":") for c in chances] + [(t, "--") for t in thresholds]:
         if not math.isnan(level):
             strip.axhline(100 * level, color="grey", linestyle=style, linewidth=0.8)
