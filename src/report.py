@@ -57,11 +57,21 @@ def main(argv=None) -> int:
         help="a run has learned once its test accuracy reaches chance + MARGIN points "
         "(default %(default)g; chance = 100/classes)",
     )
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        help="judge every run at this optimizer step: its epochs that end later are left out "
+        "(never learned by an earlier step; runs without a step record are kept whole)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.margin < 100:
         parser.error(f"--margin: {args.margin:g} is not allowed; allowed: points in (0, 100)")
+    if args.horizon is not None and args.horizon < 1:
+        parser.error(f"--horizon: {args.horizon} is not allowed; allowed: a step >= 1")
 
     runs = load(*args.paths)  # one row per run and epoch (zeroinit.results.load)
+    if args.horizon is not None and "step" in runs.columns:
+        runs = runs[~(runs["step"] > args.horizon)]  # NaN (no record) stays
     if runs.empty:
         print(f"error: no runs (results.json files) under {', '.join(args.paths)}", file=sys.stderr)
         return 2
@@ -88,6 +98,11 @@ def main(argv=None) -> int:
     report = [
         f"# Report: {runs['run'].nunique()} runs from {', '.join(args.paths)}",
         "",
+        *(
+            [f"**Judged at step {args.horizon}**: epochs ending later are left out.", ""]
+            if args.horizon is not None
+            else []
+        ),
         f"A completed run has **learned** once its test accuracy (measured after every epoch) "
         f"reaches chance + {args.margin:g} points (chance = 100/classes); one that has not by "
         "its last step T **never learned** (by T). Never learned: k/n with its exact "

@@ -202,6 +202,15 @@ def test_the_margin_is_a_report_option(planted, tmp_path, capsys):
     assert "--margin: 120 is not allowed; allowed: points in (0, 100)" in capsys.readouterr().err
 
 
+def test_an_earlier_horizon_judges_every_run_at_that_step(planted, tmp_path):
+    report.main([str(planted), "-o", str(tmp_path), "--horizon", "32"])
+    with open(tmp_path / "results.csv") as f:
+        lines = {r["configuration"]: r for r in csv.DictReader(f)}
+    assert float(lines["bias_uniform"]["horizon_step"]) == 32 and lines["pytorch"]["epochs"] == "1"
+    assert lines["bias_uniform"]["never_learned"].endswith("/5")
+    assert "**Judged at step 32**" in (tmp_path / "report.md").read_text()
+
+
 def test_runs_from_before_steps_were_recorded_still_get_their_outcome(planted, tmp_path):
     old = tmp_path / "old"
     for run in planted.iterdir():
