@@ -12,7 +12,7 @@ compare: zeroinit.outcomes (its rules and methods).
 import csv
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ class Group:
     rows: "pandas.DataFrame"  # noqa: F821 - pandas is imported where the frame is made
     label: str = ""
     margin: float = outcomes.MARGIN  # learned: test accuracy >= chance + margin
-    _runs: object = None
+    _runs: object = field(default=None, init=False, repr=False)  # outcomes(), once
 
     def outcomes(self):
         """Each run's outcome (zeroinit.outcomes.per_run): learned, when, final accuracy."""
@@ -214,18 +214,17 @@ def outcome_columns(g: Group) -> dict:
     acc_low, acc_high, method = outcomes.mean_interval(acc)
     learned = judged[judged["learned"].astype(bool)]["final_acc"].to_numpy(float)
     km = outcomes.time_to_learn(done)
-    pct = lambda v: 100 * v  # noqa: E731
     return {
         "never_learned": f"{k}/{n}" if n else "",
         "horizon_step": km["horizon"],
-        "never_learned_rate_%": pct(k / n) if n else math.nan,
-        "never_learned_ci95_low_%": pct(low),
-        "never_learned_ci95_high_%": pct(high),
-        "acc_ci95_low_%": pct(acc_low),
-        "acc_ci95_high_%": pct(acc_high),
+        "never_learned_rate_%": 100 * k / n if n else math.nan,
+        "never_learned_ci95_low_%": 100 * low,
+        "never_learned_ci95_high_%": 100 * high,
+        "acc_ci95_low_%": 100 * acc_low,
+        "acc_ci95_high_%": 100 * acc_high,
         "acc_ci95_method": method,
         "learned_n": len(learned),
-        "learned_mean_acc_%": pct(learned.mean()) if len(learned) else math.nan,
+        "learned_mean_acc_%": 100 * learned.mean() if len(learned) else math.nan,
         "final_test_loss": float(done["final_loss"].mean()) if len(done) else math.nan,
         "one_class": f"{int(done['one_class'].eq(True).sum())}/{len(done)}" if len(done) else "",
         "steps_to_learn_median": km["median"],
