@@ -114,7 +114,7 @@ def test_a_run_at_chance_is_never_learned_by_its_horizon(planted, tmp_path, caps
         stats.t.ppf(0.975, 4) * np.std(finals, ddof=1) / math.sqrt(5)
     )
     text = (tmp_path / "report.md").read_text()
-    assert "1/5 = 20% [1, 72]" in text and "10.00*(1)" in text
+    assert "1/5 = 20.0% [0.5, 71.6]" in text and "10.00*(1)" in text
 
 
 def test_every_run_and_its_censored_time_to_learn(planted, tmp_path):
@@ -228,4 +228,4 @@ def test_runs_from_before_steps_were_recorded_still_get_their_outcome(planted, t
     # classes from the dataset's name; no step record: no horizon or time in steps
     assert lines["bias_uniform"]["never_learned"] == "1/5"
     assert math.isnan(float(lines["bias_uniform"]["horizon_step"]))
-    assert "| 1/5 = 20% [1, 72] | epoch 2 |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| 1/5 = 20.0% [0.5, 71.6] | epoch 2 |" in (tmp_path / "out" / "results.md").read_text()

@@ -361,8 +361,8 @@ def never_learned_cell(r: dict) -> str:
     if not r["never_learned"]:
         return ""
     return (
-        f"{r['never_learned']} = {r['never_learned_rate_%']:.0f}% "
-        f"[{r['never_learned_ci95_low_%']:.0f}, {r['never_learned_ci95_high_%']:.0f}]"
+        f"{r['never_learned']} = {r['never_learned_rate_%']:.1f}% "
+        f"[{r['never_learned_ci95_low_%']:.1f}, {r['never_learned_ci95_high_%']:.1f}]"
     )
 
 
@@ -446,8 +446,8 @@ def comparisons_markdown(pairs: list[dict]) -> str:
             p["line_a"],
             p["line_b"],
             f"{p['never_learned_a']}, {p['never_learned_b']}",
-            f"{p['rate_diff_%']:.0f} [{p['rate_diff_ci95_low_%']:.0f}, "
-            f"{p['rate_diff_ci95_high_%']:.0f}]",
+            f"{p['rate_diff_%']:.1f} [{p['rate_diff_ci95_low_%']:.1f}, "
+            f"{p['rate_diff_ci95_high_%']:.1f}]",
             _p(p["fisher_p"]),
             _p(p["logrank_p"]),
             p["acc_diff_%"],
