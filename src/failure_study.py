@@ -3,12 +3,12 @@
     python src/failure_study.py outputs/sweeps/failrate_cifar_fnn_arms [-o markers.csv]
 
 For every completed run with diagnostics under the paths: its outcome (zeroinit.outcomes:
-learned by its last step?, steps to learn) and what the Diagnostics callback measured of its
-first layer on the probe batch: the fraction of negative pre-activations at the last measured
-step <= --marker-step (default 20: the hypothesis says a failing U[0, 1) run has pushed nearly
-all of them negative by then), dead units, effective rank at the end (for a zero-weight init
-W - W0 = W), and each layer's wake-up step. Prints one line per configuration and outcome
-(medians), writes one row per run.
+learned by its last step?, steps to learn) and what the Diagnostics callback measured on the
+probe batch: each hidden layer's fraction of negative pre-activations at the last measured
+step <= --marker-step (default 20: the hypothesis under test says a failing U[0, 1) run has
+pushed nearly all of them negative by then) and at the end; the first layer's dead units,
+distinct units and effective rank at the end (for a zero-weight init W - W0 = W); each layer's
+wake-up step. Prints one line per configuration and outcome (medians), writes one row per run.
 """
 
 import argparse
@@ -24,30 +24,33 @@ from zeroinit.results import load, read_results
 
 
 def first_layer_markers(results: dict, marker_step: int) -> dict:
-    """What the diagnostics saw of the first layer: negative pre-activations at the last
-    measured step <= marker_step (and that step), at the end; dead units and effective rank at
-    the end; the wake-up step of every layer."""
+    """What the diagnostics saw: for each layer followed by an activation (1, 2, ...: input to
+    output), its negative pre-activations at the last measured step <= marker_step (and that
+    step) and at the end; the first layer's dead units, distinct units and effective rank at
+    the end; every layer's wake-up step."""
     diagnostics = results.get("diagnostics") or {}
     history = (diagnostics.get("symmetry") or {}).get("history") or {}
     layers = diagnostics.get("layers") or []
     if not layers or not history.get("step"):
         return {}
-    first = layers[0]["name"]
-    metrics = history["layers"].get(first, {})
     steps = history["step"]
     early = [i for i, s in enumerate(steps) if s <= marker_step]
     at = early[-1] if early else 0
-    neg = metrics.get("neg_preact_frac") or [math.nan] * len(steps)
-    dead = metrics.get("dead_units_frac") or [math.nan] * len(steps)
-    erank = metrics.get("effective_rank") or [math.nan] * len(steps)
-    return {
-        "marker_step": steps[at],
-        "neg_preact_first@marker": _value(neg[at]),
-        "neg_preact_first@end": _value(neg[-1]),
-        "dead_first@end": _value(dead[-1]),
-        "erank_first@end": _value(erank[-1]),
-        "wakeup_steps": " ".join(str(v) for v in diagnostics.get("wakeup_step", {}).values()),
-    }
+    nan = [math.nan] * len(steps)
+    out = {"marker_step": steps[at]}
+    for i, layer in enumerate(layers, start=1):
+        metrics = history["layers"].get(layer["name"], {})
+        neg = metrics.get("neg_preact_frac") or nan
+        if all(v is None for v in neg):
+            continue  # the output layer: no activation after it
+        out[f"neg_preact_{i}@marker"] = _value(neg[at])
+        out[f"neg_preact_{i}@end"] = _value(neg[-1])
+    first = history["layers"].get(layers[0]["name"], {})
+    out["dead_first@end"] = _value((first.get("dead_units_frac") or nan)[-1])
+    out["distinct_first@end"] = _value((first.get("distinct_units") or nan)[-1])
+    out["erank_first@end"] = _value((first.get("effective_rank") or nan)[-1])
+    out["wakeup_steps"] = " ".join(str(v) for v in diagnostics.get("wakeup_step", {}).values())
+    return out
 
 
 def _value(v) -> float:
@@ -91,15 +94,18 @@ def summary(found: list[dict]) -> list[str]:
             if (r["figure"], r["configuration"], r["learned"]) == (fig, label, learned)
         ]
         med = {
-            k: float(np.nanmedian([r[k] for r in these]))
-            for k in ("neg_preact_first@marker", "dead_first@end", "erank_first@end")
+            k: float(np.nanmedian([r.get(k, math.nan) for r in these]))
+            for k in these[0]
+            if k.startswith(("neg_preact_", "dead_", "distinct_", "erank_"))
         }
         steps = sorted({r["marker_step"] for r in these})
+        negs = [k for k in med if k.startswith("neg_preact_") and k.endswith("@marker")]
         lines.append(
             f"{fig} | {label} | {'learned' if learned else 'never learned'} | n={len(these)} | "
-            f"negative first-layer pre-activations at step {'/'.join(map(str, steps))}: "
-            f"median {med['neg_preact_first@marker']:.3f} | dead first-layer units at the "
-            f"end {med['dead_first@end']:.3f} | effective rank {med['erank_first@end']:.1f}"
+            f"negative pre-activations at step {'/'.join(map(str, steps))}, median per layer: "
+            + " ".join(f"{med[k]:.2f}" for k in negs)
+            + f" | first layer at the end: dead {med['dead_first@end']:.2f}, distinct units "
+            f"{med['distinct_first@end']:.0f}, effective rank {med['erank_first@end']:.1f}"
         )
     return lines
 

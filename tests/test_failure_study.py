@@ -26,10 +26,10 @@ def test_markers_of_real_runs_and_a_summary_per_outcome(make_cfg, tmp_path, caps
     assert sorted(r["seed"] for r in rows) == ["0", "1"]
     for r in rows:
         assert 10 <= int(r["marker_step"]) <= 20  # the last measured step <= 20 of 32
-        assert 0 <= float(r["neg_preact_first@marker"]) <= 1
+        assert 0 <= float(r["neg_preact_1@marker"]) <= 1 and "neg_preact_2@marker" not in r
         assert r["learned"] == "True" and r["wakeup_steps"]
     said = capsys.readouterr().out
-    assert "| mnist_fnn bias_uniform | learned | n=2 | negative first-layer" in said
+    assert "| mnist_fnn bias_uniform | learned | n=2 | negative pre-activations at step" in said
 
 
 def test_runs_without_diagnostics_are_one_clear_line(make_cfg, tmp_path, capsys):
