@@ -19,7 +19,10 @@ SHORT = [
     "+trainer.limit_val_batches=1",
     "batch_size=8",
 ]
-EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "train_acc", "epoch_time_s"}
+EPOCH_KEYS = {
+    "epoch", "step", "test_acc", "test_loss", "test_top_class_frac", "train_loss", "train_acc",
+    "epoch_time_s",
+}
 TOP_KEYS = {"status", "config", "overrides", "epochs", "final", "wall_time_s", "device", "versions"}
 PAPER_NORM = "dataset.normalize={mean:[0.4914,0.4822,0.4465],std:[0.2023,0.1994,0.2010]}"
 
@@ -31,8 +34,9 @@ def check_results(results, run_dir, n_epochs=1):
     for i, entry in enumerate(results["epochs"], 1):
         assert set(entry) == EPOCH_KEYS
         assert entry["epoch"] == i
-        for key in ("test_acc", "train_acc"):
+        for key in ("test_acc", "train_acc", "test_top_class_frac"):
             assert 0.0 <= entry[key] <= 1.0
+        assert entry["step"] > 0
         for key in ("test_loss", "train_loss", "epoch_time_s"):
             assert math.isfinite(entry[key]) and entry[key] >= 0
     last = results["epochs"][-1]
