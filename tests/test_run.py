@@ -20,7 +20,13 @@ SHORT = [
     "batch_size=8",
 ]
 EPOCH_KEYS = {
-    "epoch", "step", "test_acc", "test_loss", "test_top_class_frac", "train_loss", "train_acc",
+    "epoch",
+    "step",
+    "test_acc",
+    "test_loss",
+    "test_top_class_frac",
+    "train_loss",
+    "train_acc",
     "epoch_time_s",
 }
 TOP_KEYS = {"status", "config", "overrides", "epochs", "final", "wall_time_s", "device", "versions"}
