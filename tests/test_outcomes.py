@@ -5,6 +5,7 @@ run that never left chance writes it)."""
 import csv
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -30,6 +31,17 @@ def test_rate_difference_is_newcombes_hybrid_score_interval():
     assert outcomes.fisher(3, 20, 0, 20) == pytest.approx(
         stats.fisher_exact([[3, 17], [0, 20]]).pvalue
     )
+
+
+def test_log_rank_of_lines_that_all_learned_at_one_step_is_undefined_without_a_warning():
+    import pandas as pd
+
+    at_391 = pd.DataFrame({"learned": [True] * 3, "learn_step": [391.0] * 3, "last_step": 391.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's 0/0 would warn here
+        assert math.isnan(outcomes.logrank(at_391, at_391.copy()))
+    one_failed = at_391.assign(learned=[True, True, False], learn_step=[391.0, 391.0, np.nan])
+    assert 0 < outcomes.logrank(at_391, one_failed) < 1
 
 
 def test_the_mean_of_a_bimodal_line_gets_an_interval_inside_the_scale():

@@ -206,3 +206,22 @@ def test_report_writes_each_lines_mean_and_95_band_for_tensorboards_margin_chart
         tag + "_ci95_low",
         tag + "_ci95_high",
     )
+
+
+def test_line_labels_leave_out_unset_keys_and_keep_a_nested_settings_keys_together():
+    from zeroinit.figures import line_labels
+
+    base = {"model.name": "cifar_fnn", "init.name": "bias_uniform", "init.bias": "uniform"}
+    lines = {
+        "raw": {**base, "dataset.normalize": None},
+        "quarter": {**base, "dataset.normalize.mean": [0, 0, 0], "dataset.normalize.std": [4] * 3},
+        "centred": {**base, "dataset.normalize.mean": [0.5] * 3, "dataset.normalize.std": [1] * 3},
+        "symmetric": {**base, "init.bias": "uniform_symmetric", "dataset.normalize": None},
+    }
+    labels = line_labels(lines)
+    assert len(set(labels.values())) == len(lines)  # still one label per line
+    assert "None" not in " ".join(labels.values())
+    assert labels["raw"] == "init.bias=uniform"
+    assert labels["quarter"] == (
+        "dataset.normalize.mean=[0, 0, 0] dataset.normalize.std=[4, 4, 4] init.bias=uniform"
+    )

@@ -30,7 +30,8 @@ def line_key(config: dict) -> str:
 def line_labels(lines: dict[str, dict]) -> dict[str, str]:
     """{line key: config} of one figure -> {line key: label}, labelled by the config keys that
     differ between the figure's lines: model, init and scale first, then any other key that
-    these do not already determine (init.weight follows from init.name)."""
+    these do not already determine (init.weight follows from init.name). A key a line leaves
+    unset (None) is left out of its label: labels stay distinct, as the set of keys differs."""
     configs = {
         key: {k: v for k, v in c.items() if not ignored_by_report(k)} for key, c in lines.items()
     }
@@ -50,6 +51,10 @@ def line_labels(lines: dict[str, dict]) -> dict[str, str]:
             seen.setdefault(ident, set()).add(json.dumps(c.get(k), default=str))
         if any(len(v) > 1 for v in seen.values()):
             shown.append(k)
+    # a nested setting's varying keys go together: normalize's std beside its mean
+    nested = {k.rsplit(".", 1)[0] for k in shown if k.count(".") >= 2}
+    shown += [k for k in varying if k not in shown and k.rsplit(".", 1)[0] in nested]
+    shown.sort(key=varying.index)
     labels = {}
     for key, c in lines.items():
         parts = [
@@ -57,7 +62,8 @@ def line_labels(lines: dict[str, dict]) -> dict[str, str]:
             if k in ("model.name", "init.name")
             else f"{SHORT.get(k, k)}{'' if k in SHORT else '='}{c.get(k)}"
             for k in shown
-            if k != "init.bias_scale" or bias_is_scaled(c.get("init.bias"))
+            if (k != "init.bias_scale" or bias_is_scaled(c.get("init.bias")))
+            and c.get(k) is not None  # a key the line leaves unset: "x=None" says nothing
         ]
         labels[key] = " ".join(parts) or f"{c.get('model.name')} {c.get('init.name')}"
     return labels

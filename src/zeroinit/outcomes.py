@@ -198,12 +198,14 @@ def censored(runs):
 
 def logrank(a, b) -> float:
     """Two-sided p of the log-rank test between two lines' times to learn (`per_run` rows of
-    completed runs with steps); NaN when neither line has a run that learned."""
+    completed runs with steps); NaN when neither line has a run that learned, or when the
+    test has no variance (every run of both lines learned at the same step: one epoch)."""
     a = a[a["learned"].notna() & a["last_step"].notna()]
     b = b[b["learned"].notna() & b["last_step"].notna()]
     if a.empty or b.empty or not pd_any(a["learned"]) and not pd_any(b["learned"]):
         return math.nan
-    return float(stats.logrank(censored(a), censored(b)).pvalue)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 there is scipy's NaN
+        return float(stats.logrank(censored(a), censored(b)).pvalue)
 
 
 def pd_any(learned) -> bool:

@@ -623,7 +623,18 @@ def draw_figure(name: str, groups: list[Group]):
     ax.set(xlabel="epoch", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     labels = [g.label for g in drawn]
-    strip.set_xticks(range(len(drawn)), labels, rotation=30, ha="right", fontsize=7)
+    longest = max(map(len, labels), default=0)
+    numbered = (
+        longest > 24
+    )  # long labels: the strip's ticks number the lines, the legend names them
+    ticks = [str(i) for i in range(1, len(drawn) + 1)] if numbered else labels
+    strip.set_xticks(
+        range(len(drawn)),
+        ticks,
+        rotation=0 if numbered else 30,
+        ha="center" if numbered else "right",
+        fontsize=7,
+    )
     strip.set_ylabel("final test accuracy (%)")
     strip.set_title(
         "each run's final accuracy (hollow: never learned)\n"
@@ -632,16 +643,20 @@ def draw_figure(name: str, groups: list[Group]):
     )
     strip.grid(alpha=0.3, axis="y")
     km.set(xlabel="optimizer steps", ylabel="runs not learned yet (%)", ylim=(-3, 103))
-    km.set_title("time to learn (Kaplan-Meier, censored at the last step)", fontsize=9)
+    km.set_title("time to learn (Kaplan-Meier)\ncensored at a run's last step", fontsize=9)
     km.grid(alpha=0.3)
+    ncol = min(4 if longest < 35 else 2 if longest < 70 else 1, max(1, len(drawn)))
+    handles, names = ax.get_legend_handles_labels()
     fig.legend(
-        *ax.get_legend_handles_labels(),
+        handles,
+        [f"{i}: {n}" for i, n in enumerate(names, 1)] if numbered else names,
         loc="lower center",
-        ncol=min(4, max(1, len(drawn))),
+        ncol=ncol,
         fontsize=8,
         frameon=False,
     )
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(drawn) - 1) // 4), 1, 1))
+    rows = -(-max(1, len(drawn)) // ncol)  # a long label gets fewer columns, all on the page
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows, 1, 1))
     return fig
 
 
