@@ -215,20 +215,28 @@ def combine_checkpoints(checkpoints: list[dict]) -> dict:
     return combined
 
 
-HOOKS = (
-    "on_fit_start",
-    "on_train_start",
-    "on_train_epoch_start",
-    "on_before_backward",
-    "on_after_backward",
-    "on_train_batch_start",
-    "on_validation_start",
-    "on_validation_epoch_start",
-    "on_validation_epoch_end",
-    "on_validation_end",
-    "on_train_end",
-    "on_fit_end",
-)
+def callback_hooks() -> list[str]:
+    """Every hook of Lightning's Callback: its on_* methods, setup and teardown (state_dict
+    and load_state_dict are not hooks: StackedRuns keeps the members' states by their keys)."""
+    return [
+        name
+        for name, value in vars(L.Callback).items()
+        if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
+    ]
+
+
+# Hooks a member's callbacks get other than "called with the member's proxies whenever the
+# stack's Trainer calls it", and why. Every other hook of Callback is forwarded as it is.
+NOT_FORWARDED_AS_IS = {
+    "on_save_checkpoint": "called with the member's own checkpoint as it is written "
+    "(MemberTrainer.save_checkpoint), never with the stack's",
+    "on_load_checkpoint": "called with the member's own part of the stack's checkpoint",
+    "on_before_optimizer_step": "called only at the steps a callback reads gradients "
+    "(wants_gradients), with the member's gradients in .grad",
+    "teardown": "called for every member, those that ended early (diverged) too",
+}
+# What differs from a run alone, in every forwarded hook: `batch` and `outputs` are the
+# stack's (each member's own batch stacked along dim 0; the stack's summed loss).
 
 
 class StackedRuns(L.Callback):
@@ -292,9 +300,42 @@ class StackedRuns(L.Callback):
         ckpt["callbacks"] = _callback_states(member.callbacks)
         if "epoch_sums" in group:
             ckpt["epoch_sums"] = {"train": group["epoch_sums"]["train"][:, member.index, None]}
+        # as Trainer.save_checkpoint does after collecting the callbacks' states
+        self._call_member(
+            member,
+            trainer,
+            trainer.lightning_module,
+            "on_save_checkpoint",
+            member.implementing("on_save_checkpoint"),
+            ckpt,
+        )
         return ckpt
 
     # -- hooks
+    def setup(self, trainer, pl_module, stage):
+        self._views(pl_module)  # before the move to the device: on_fit_start points again
+        self._call("setup", trainer, pl_module, stage)
+
+    def teardown(self, trainer, pl_module, stage):
+        self._call("teardown", trainer, pl_module, stage, members=self.members)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        pass  # the stack's checkpoint is no member's: each gets its own (member_checkpoint)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        states = checkpoint.get("callbacks", {}).get(type(self).__qualname__, {})
+        for m in self.active():
+            if m.implementing("on_load_checkpoint"):
+                own = member_part(checkpoint, m.index, states.get("members", [{}] * (m.index + 1)))
+                self._call_member(
+                    m,
+                    trainer,
+                    pl_module,
+                    "on_load_checkpoint",
+                    m.implementing("on_load_checkpoint"),
+                    own,
+                )
+
     def on_fit_start(self, trainer, pl_module):
         self._views(pl_module)  # after the move to the device: views of the final storage
         self._call("on_fit_start", trainer, pl_module)
@@ -360,14 +401,33 @@ class StackedRuns(L.Callback):
                         t.copy_(m.frozen[name])
 
 
+def member_part(checkpoint: dict, k: int, callback_states: list) -> dict:
+    """Member k's checkpoint cut from a stack's (the inverse of combine_checkpoints)."""
+    own = {
+        key: v
+        for key, v in checkpoint.items()
+        if key not in ("state_dict", "optimizer_states", "callbacks", "epoch_sums")
+    }
+    own["state_dict"] = {
+        n: t if t.dim() == 0 else t[k] for n, t in checkpoint.get("state_dict", {}).items()
+    }
+    own["optimizer_states"] = [
+        member_optimizer_state(s, k) for s in checkpoint.get("optimizer_states", [])
+    ]
+    own["callbacks"] = callback_states[k]
+    if "epoch_sums" in checkpoint:
+        own["epoch_sums"] = {"train": checkpoint["epoch_sums"]["train"][:, k, None]}
+    return own
+
+
 def _forward(hook):
-    def method(self, trainer, pl_module, *args):
-        self._call(hook, trainer, pl_module, *args)
+    def method(self, trainer, pl_module, *args, **kwargs):
+        self._call(hook, trainer, pl_module, *args, *kwargs.values())
 
     method.__name__ = hook
     return method
 
 
-for _hook in HOOKS:
+for _hook in callback_hooks():  # every hook StackedRuns does not define itself
     if _hook not in StackedRuns.__dict__:
         setattr(StackedRuns, _hook, _forward(_hook))
