@@ -236,7 +236,7 @@ NOT_FORWARDED_AS_IS = {
     "teardown": "called for every member, those that ended early (diverged) too",
 }
 # What differs from a run alone, in every forwarded hook: `batch` and `outputs` are the
-# stack's (each member's own batch stacked along dim 0; the stack's summed loss).
+# stack's (x of shape (K, B, ...): member k's batch is x[k]; the stack's summed loss).
 
 
 class StackedRuns(L.Callback):
