@@ -6,15 +6,18 @@
     trainer, module, data, writer = build_run(cfg, data=data) # ready for trainer.fit
     results = run(cfg)                                        # all of the above + fit
 
-`build_net` is the single definition of "the initial parameters of a run": the stacked
-launcher (zeroinit.stacked) builds each member with it, which is why a member starts bitwise
-equal to the separate run with the same config and seed.
+`build_member` is the single definition of a run's own objects (its net from `build_net`,
+results writer, callbacks, loggers) and `start` of what a fit checks and prints first: a run
+alone is one member trained by its own Trainer (`build_run`), a stack is K members joined by
+zeroinit.stacked (group.py). So a member starts bitwise equal to the separate run with the
+same config and seed, and gets the same checks and notes.
 """
 
 import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -115,33 +118,74 @@ def build_run_loggers(cfg: DictConfig, writer: ResultsWriter, resume: bool = Fal
     return loggers
 
 
+def check_run(cfg: DictConfig) -> None:
+    """Every check of a run's settings that needs no data: a UserError (one line) if not."""
+    validate(cfg)
+    build(cfg.init)  # InitScheme checks its values when built
+    check_device(cfg)
+
+
+def start(cfg: DictConfig, data=None, stacked: bool = False):
+    """What one fit needs before its members: the run's checks, the process-wide speed
+    switches, the data read and the notes a user should see once. Returns (speed settings,
+    data). `stacked`: the settings of a stack's net (zeroinit.speed.for_stack)."""
+    quiet_lightning()
+    check_run(cfg)
+    settings = speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
+    data = (data if data is not None else build_data(cfg)).load()
+    for note in (speed.cpu_note(cfg), data.batch_size_note()):
+        if note and not ddp_worker():
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+    return (speed.for_stack(settings) if stacked else settings), data
+
+
+@dataclass
+class RunParts:
+    """One run's own objects, whether it trains alone or as a member of a stack."""
+
+    cfg: DictConfig
+    net: torch.nn.Module  # seeded, init scheme applied; speed settings not yet
+    callbacks: list  # results writer, conf/callbacks, checkpoint
+    loggers: list
+    writer: ResultsWriter
+
+
+def build_member(
+    cfg: DictConfig, data, overrides=(), resume: bool = False, stack_size: int | None = None
+) -> RunParts:
+    """The parts of one run, for `build_run` (a run alone) and a stack's members alike.
+    `resume`: the fit restores a checkpoint (the loggers continue their runs). `stack_size`:
+    it trains as one of that many members (quiet: the stack prints one line per epoch; no
+    checkpoint inside an epoch)."""
+    check_run(cfg)
+    net = build_net(cfg, data)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=stack_size is None)
+    if stack_size is not None:
+        writer.results["stack_size"] = stack_size
+    loggers = build_run_loggers(cfg, writer, resume)
+    callbacks = build_callbacks(cfg, writer, mid_epoch=stack_size is None)
+    return RunParts(cfg, net, callbacks, loggers, writer)
+
+
 def build_run(cfg: DictConfig, overrides=(), data=None, resume: bool = False):
     """The objects of one run: (trainer, module, data, writer), ready for `trainer.fit`.
 
     `data` replaces the configured dataset (any object with ImageDataModule's interface:
     benchmarks/ passes one holding random images of the real sizes). `resume`: the fit
     will restore a checkpoint (the loggers continue their runs)."""
-    quiet_lightning()
-    validate(cfg)
-    check_device(cfg)
-    speed.configure(cfg.get("speed"))  # fp32 unless conf/speed says otherwise
-    data = (data if data is not None else build_data(cfg)).load()
-    for note in (speed.cpu_note(cfg), data.batch_size_note()):
-        if note and not ddp_worker():
-            print(f"warning: {note}", file=sys.stderr, flush=True)
-    net = speed.prepare(build_net(cfg, data), cfg.get("speed"))  # channels_last, compile
-    optimizer = speed.optimizer(build(cfg.optimizer), cfg.get("speed"))  # fused or not
+    settings, data = start(cfg, data)
+    parts = build_member(cfg, data, overrides, resume)
+    net = speed.prepare(parts.net, settings)  # channels_last, compile
+    optimizer = speed.optimizer(build(cfg.optimizer), settings)  # fused or not
     module = Classifier(net, data.num_classes, optimizer=optimizer)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    writer = ResultsWriter(cfg.paths.output_dir, config, overrides)
-    loggers = build_run_loggers(cfg, writer, resume)
     # Progress first: its line is erased before the results writer prints the epoch's.
     trainer = build(
         cfg.trainer,
-        logger=loggers or False,
-        callbacks=[Progress(), *build_callbacks(cfg, writer), StopOnSignal()],
+        logger=parts.loggers or False,
+        callbacks=[Progress(), *parts.callbacks, StopOnSignal()],
     )
-    return trainer, module, data, writer
+    return trainer, module, data, parts.writer
 
 
 def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:

@@ -18,21 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zeroinit import speed
-from zeroinit.config import build, validate
+from zeroinit.config import build
 from zeroinit.errors import UserError
 from zeroinit.lifecycle import claim
 from zeroinit.loggers import finalize
 from zeroinit.progress import Progress
-from zeroinit.results import FILENAME, ResultsWriter, read_results
-from zeroinit.run import (
-    build_callbacks,
-    build_data,
-    build_net,
-    build_run_loggers,
-    claim_gpu,
-    quiet_lightning,
-    run,
-)
+from zeroinit.results import FILENAME, read_results
+from zeroinit.run import build_member, check_run, claim_gpu, run, start
 from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
@@ -60,8 +52,7 @@ def train_group(
     for i, (cfg, _) in enumerate(jobs):
         out_dir = Path(cfg.paths.output_dir)
         try:
-            validate(cfg)
-            build(cfg.init)  # InitScheme checks its values when built
+            check_run(cfg)
         except UserError as e:
             done(i, "failed", None, f"UserError: {e}")
             continue
@@ -115,31 +106,17 @@ def _train_stack(members, done) -> None:
     cfg0 = members[0][1][0]
     names = [Path(cfg.paths.output_dir).name for _, (cfg, _), _ in members]
     print(f"stacked: {len(members)} runs in one fit: {', '.join(names)}", flush=True)
-    quiet_lightning()
-    settings = speed.for_stack(speed.configure(cfg0.get("speed")))
     gpu = claim_gpu(cfg0)
     group: list[Member] = []
     try:
         trainer_cfg = cfg0.trainer
         if gpu is not None:
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"devices": [gpu.index]})
-        data = build_data(cfg0)
-        nets = [build_net(cfg, data) for _, (cfg, _), _ in members]
+        settings, data = start(cfg0, stacked=True)
         for k, (_, (cfg, overrides), ckpt) in enumerate(members):
-            config = OmegaConf.to_container(cfg, resolve=True)
-            writer = ResultsWriter(cfg.paths.output_dir, config, overrides, verbose=False)
-            writer.results["stack_size"] = len(members)
-            group.append(
-                Member(
-                    k,
-                    cfg,
-                    nets[k],
-                    build_callbacks(cfg, writer, mid_epoch=False),
-                    build_run_loggers(cfg, writer, resume=ckpt is not None),
-                    writer,
-                )
-            )
-        stacked = speed.prepare(stack_nets(nets), settings)  # copies: nets become views
+            parts = build_member(cfg, data, overrides, ckpt is not None, len(members))
+            group.append(Member(k, parts))
+        stacked = speed.prepare(stack_nets([m.net for m in group]), settings)  # nets: views
         optimizer = speed.optimizer(build(cfg0.optimizer), settings)
         module = StackedClassifier(stacked, len(members), optimizer, data.num_classes)
         dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])

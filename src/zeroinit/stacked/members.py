@@ -1,5 +1,5 @@
 """Each member of a stacked group is a run: its own callbacks, results.json, TensorBoard
-events and checkpoint, exactly the objects a separate run has (zeroinit.run.build_callbacks).
+events and checkpoint, exactly the objects a separate run has: both are built by zeroinit.run.build_member.
 
 The group's Trainer holds one callback, `StackedRuns`, which calls every hook of every
 member's callbacks with a `MemberTrainer` and a `MemberModule` in place of the trainer and the
@@ -22,9 +22,10 @@ from zeroinit.stacked.layers import member_state_dict, stacked_state_dict
 class Member:
     """One run of the group: its config, its network view and its callbacks."""
 
-    def __init__(self, index: int, cfg, net: nn.Module, callbacks: list, loggers: list, writer):
-        self.index, self.cfg, self.net = index, cfg, net
-        self.callbacks, self.loggers, self.writer = callbacks, loggers, writer
+    def __init__(self, index: int, parts):
+        """`parts`: the run's own objects (zeroinit.run.build_member's RunParts)."""
+        self.index, self.cfg, self.net = index, parts.cfg, parts.net
+        self.callbacks, self.loggers, self.writer = parts.callbacks, parts.loggers, parts.writer
         self.metrics: dict = {}
         self.stop_requested = False  # set through MemberTrainer.should_stop (divergence)
         self.ended = False  # its fit-end hooks have run; it no longer trains
