@@ -1,5 +1,6 @@
 """Each member of a stacked group is a run: its own callbacks, results.json, TensorBoard
-events and checkpoint, exactly the objects a separate run has: both are built by zeroinit.run.build_member.
+events and checkpoint, exactly the objects a separate run has (both are built by
+zeroinit.run.build_member).
 
 The group's Trainer holds one callback, `StackedRuns`, which calls every hook of every
 member's callbacks with a `MemberTrainer` and a `MemberModule` in place of the trainer and the
