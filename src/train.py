@@ -12,7 +12,6 @@ TensorBoard events, checkpoints/last.ckpt and the resolved config (.hydra/).
 import logging
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from zeroinit.config import UserError, register_resolvers
+from zeroinit.config import register_resolvers
 
 # torch, Lightning and the training code are imported in main(), not here: `--help`, `--cfg`
 # and `--info` only compose the config and should answer in well under the ~4 s those take.
@@ -42,19 +41,6 @@ def _limit_threads_for_parallel_jobs():
         torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
-def _remove_run_dir(out_dir: Path, log_dir: Path) -> None:
-    """A run that never started leaves nothing: its folder, and the folders above it up to
-    paths.log_dir that only it was in (outputs/runs/)."""
-    shutil.rmtree(out_dir, ignore_errors=True)
-    for parent in out_dir.absolute().parents:
-        if parent == log_dir.absolute() or log_dir.absolute() not in parent.parents:
-            break
-        try:
-            parent.rmdir()  # only if empty
-        except OSError:
-            break
-
-
 def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
     # A sweep's run directory is a function of its config, so the same command finds it; a
     # single run's is new every time (it starts with the date), so it is named.
@@ -72,7 +58,7 @@ def _resume_hint(sweeping: bool, saved: bool, out_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from zeroinit.lifecycle import outcome_line, record
+    from zeroinit.lifecycle import End, failed, finish, record, remove_unstarted
     from zeroinit.results import FILENAME
     from zeroinit.run import ddp_worker, train_or_resume
     from zeroinit.signals import STOPPED, interrupt_on_ctrl_c, leave
@@ -88,8 +74,9 @@ def main(cfg: DictConfig) -> float | None:
     )
 
     hc = HydraConfig.get()
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir, log_dir = Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
+    sweep_dir = hc.sweep.dir if sweeping else None
     _limit_threads_for_parallel_jobs()
     interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
     if sweeping and skip_if_stopped(hc.sweep.dir, out_dir):  # a sweep-wide fault stopped it
@@ -101,9 +88,9 @@ def main(cfg: DictConfig) -> float | None:
     except STOPPED as stop:  # SIGTERM, Ctrl-C & co.: saved; record, then leave (signals.py)
         saved = (out_dir / FILENAME).exists()
         if not saved:  # stopped before training: nothing to resume, nothing left behind
-            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
+            remove_unstarted(out_dir, log_dir)
         if sweeping:
-            record(hc.sweep.dir, out_dir, "interrupted", error=str(stop))
+            record(hc.sweep.dir, out_dir, "interrupted", error=stop)
         leave(
             stop,
             out_dir,
@@ -111,10 +98,7 @@ def main(cfg: DictConfig) -> float | None:
             then=summary_so_far(hc.sweep.dir) if sweeping and started_here() else None,
         )
     except Exception as e:  # noqa: BLE001 - a sweep goes on past one failed run
-        if not (out_dir / FILENAME).exists():  # nothing half-written: a run that never started
-            _remove_run_dir(out_dir, Path(cfg.paths.log_dir))
-        if sweeping:
-            record(hc.sweep.dir, out_dir, "failed", error=f"{type(e).__name__}: {e}")
+        code = finish(failed(out_dir, e), out_dir, sweep_dir, log_dir)
         if is_disk_error(e):  # nothing later could be written: stop here, in one line
             if not sweeping:
                 hint = _resume_hint(False, (out_dir / FILENAME).exists(), out_dir)
@@ -135,18 +119,14 @@ def main(cfg: DictConfig) -> float | None:
         if sweeping and is_sweep_wide(e):  # every run would meet it: stop, said once at the end
             stop_sweep(hc.sweep.dir, e)
             return None
-        if isinstance(e, UserError):
-            print(f"error: {e}", file=sys.stderr)
-            if not sweeping:
-                sys.exit(2)
+        if sweeping:
             return None
-        log.exception("run %s failed", out_dir.name)
-        if not sweeping:
-            raise
-        return None
-    if sweeping:
-        record(hc.sweep.dir, out_dir, outcome, results, (results or {}).get("error"))
+        if code == 2:  # a user error: its one line is said
+            sys.exit(2)
+        raise
     if ddp_worker():  # rank 0 reports for the run
+        if sweeping:
+            record(hc.sweep.dir, out_dir, outcome, results)
         return None
     where = (
         ""
@@ -161,11 +141,11 @@ def main(cfg: DictConfig) -> float | None:
             )
         )
     )
-    print(outcome_line(outcome, results, out_dir, where), flush=True)
+    code = finish(End(outcome, results), out_dir, sweep_dir, tail=where)
     if results is None:  # busy
         return None
-    if results["status"] == "failed" and not sweeping:
-        sys.exit(1)
+    if code and not sweeping:
+        sys.exit(code)
     return (results.get("final") or {}).get("test_acc")
 
 

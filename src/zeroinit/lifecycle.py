@@ -7,21 +7,30 @@ edit here.
   claim(run_dir)     a finished run is skipped; one another process holds is left alone
                      (busy); else it is locked, its checkpoint found (resume, said once) and
                      its TensorBoard events made to match it (zeroinit.events)
-  record(...)        what became of it, for the sweep's summary (zeroinit.sweep)
-  outcome_line(...)  what became of it, as the one line a user reads
+  finish(end, ...)   what became of it: a run that never started leaves nothing, the
+                     sweep's records get its outcome, a user error is one line, any other a
+                     traceback (once), the outcome line; and the exit code of a run alone.
+                     train.py, the stacked launcher and SLURM's lost jobs all end here.
 """
 
 import fcntl
+import logging
 import math
 import os
+import shutil
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from zeroinit import events
 from zeroinit.checkpoint import set_aside, unreadable
+from zeroinit.errors import UserError
 from zeroinit.results import FILENAME, read_results
-from zeroinit.sweep import record_outcome
+from zeroinit.sweep import is_disk_error, is_sweep_wide, record_outcome
+
+log = logging.getLogger("zeroinit")
 
 # A run's directory is named by its configuration and seed (conf/hydra/default.yaml), so the
 # same command finds the runs it made before:
@@ -132,12 +141,71 @@ def claim(run_dir) -> Claim:
     return Claim(lock=lock, checkpoint=checkpoint)
 
 
-def record(
-    sweep_dir, run_dir, outcome: str, results: dict | None = None, error: str | None = None
-) -> None:
+class End(NamedTuple):
+    """How a run's training ended, as the code that trained it saw it."""
+
+    outcome: str  # completed, diverged, failed, interrupted; skipped or busy (not trained)
+    results: dict | None = None  # its results as written (None: it wrote none)
+    error: BaseException | str | None = None  # what ended it: the exception itself (a text
+    # only where none exists: a SLURM job killed before it could say why)
+
+
+def failed(run_dir, error: BaseException) -> End:
+    """The End of a run that raised `error`: its results.json as far as it got, if any."""
+    saved = Path(run_dir) / FILENAME
+    return End("failed", read_results(run_dir) if saved.exists() else None, error)
+
+
+def record(sweep_dir, run_dir, outcome: str, results: dict | None = None, error=None) -> None:
     """The run's outcome in the sweep's records (a no-op outside a sweep)."""
     resumed = outcome not in ("skipped", "busy") and "resumed_from_epoch" in (results or {})
     record_outcome(sweep_dir, run_dir, outcome, error, resumed=resumed)
+
+
+def remove_unstarted(run_dir, log_dir=None) -> None:
+    """A run that never started leaves nothing: its folder, and the folders above it up to
+    `log_dir` that only it was in (outputs/runs/)."""
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if log_dir is None:
+        return
+    log_dir = Path(log_dir).absolute()
+    for parent in run_dir.absolute().parents:
+        if parent == log_dir or log_dir not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+def finish(end: End, run_dir, sweep_dir=None, log_dir=None, tail: str = "") -> int:
+    """What becomes of a run once its training ends, for every caller. Returns the exit code
+    of a run alone: 0, 1 (it failed) or 2 (a user error: bad input, said in one line).
+
+    A failed run that wrote nothing is removed (`log_dir`: and the folders only it was in);
+    in a sweep (`sweep_dir`) its outcome is recorded. A user error is printed as one line;
+    a disk error (the caller stops, in one line) and, in a sweep, an error every run shares
+    (said once at its end) are not printed here; any other error's traceback is logged once
+    (the members of a failed stack share one)."""
+    run_dir, e = Path(run_dir), end.error
+    if end.outcome == "failed" and not (run_dir / FILENAME).exists():
+        remove_unstarted(run_dir, log_dir)
+    if sweep_dir is not None:
+        record(sweep_dir, run_dir, end.outcome, end.results, e or (end.results or {}).get("error"))
+    if isinstance(e, BaseException) and not is_disk_error(e):
+        if isinstance(e, UserError):
+            if sweep_dir is None or not is_sweep_wide(e):
+                print(f"error: {e}", file=sys.stderr, flush=True)
+        elif not getattr(e, "_zeroinit_logged", False):
+            log.error("run %s failed", run_dir.name, exc_info=e)
+            e._zeroinit_logged = True
+    line = outcome_line(end.outcome, end.results, run_dir, tail)
+    if line:
+        print(line, flush=True)
+    if isinstance(e, UserError) or isinstance(e, BaseException) and is_disk_error(e):
+        return 2
+    return 1 if end.outcome == "failed" else 0
 
 
 def outcome_line(outcome: str, results: dict | None, run_dir, tail: str = "") -> str | None:

@@ -296,20 +296,17 @@ class SlurmLauncher(_Base):
                 job.paths.stdout,
             )
             if not _reported(sweep_dir, job.job_id):  # killed before it could say why
-                from zeroinit.sweep import record_outcome
+                from zeroinit.lifecycle import End, finish
 
                 last = [ln for ln in str(e).splitlines() if ln.strip()][-1:]
                 shown = [
                     o for o in overrides if not o.startswith(("paths.", "hydra.", "launcher="))
                 ]
                 label = f"#{idx} {' '.join(shown)}".replace("/", "_")  # a file name, too
-                record_outcome(
-                    sweep_dir,
-                    label,
-                    "failed",
-                    f"SLURM job {job.job_id} ended ({state}) without a result"
-                    + (f": {last[0].strip()[:200]}" if last else ""),
-                )
+                why = f"SLURM job {job.job_id} ended ({state}) without a result" + (
+                    f": {last[0].strip()[:200]}" if last else ""
+                )  # no exception reached this process: its text is all there is
+                finish(End("failed", None, why), Path(sweep_dir) / label, sweep_dir)
             # Not FAILED: Hydra would raise it as a traceback; the sweep summary says it.
             return JobReturn(
                 overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None

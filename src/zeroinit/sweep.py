@@ -30,25 +30,24 @@ def outcome_dir(sweep_dir) -> Path | None:
     return Path(sweep_dir) / ".outcomes" / sweep_id if sweep_id else None
 
 
-def record_outcome(
-    sweep_dir, run_dir, status: str, error: str | None = None, resumed: bool = False
-) -> None:
-    """Called by each job of a sweep (in whatever process runs it): what became of it."""
+def record_outcome(sweep_dir, run_dir, status: str, error=None, resumed: bool = False) -> None:
+    """Called by each job of a sweep (in whatever process runs it): what became of it.
+    `error`: the exception that ended it (or a text where there is none)."""
     out = outcome_dir(sweep_dir)
     if out is None:
         return
     entry = {
         "run": Path(run_dir).name,
         "status": status,
-        "error": error,
+        "error": f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error,
         "resumed": resumed,
         "slurm_job": slurm_job_id(),
     }  # lets the launcher tell which jobs reported
     try:  # whole or not at all: a full disk leaves no empty record behind
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / f"{Path(run_dir).name}.json", entry)
-    except OSError:
-        if status != "failed" or not is_disk_error(error):
+    except OSError as e:
+        if status != "failed" or not is_disk_error(e):  # the disk that failed the run
             raise
 
 
@@ -146,11 +145,8 @@ def is_sweep_wide(e: BaseException) -> bool:
     return isinstance(e, SweepError) or is_disk_error(e)
 
 
-def is_disk_error(e) -> bool:
-    """A full disk, an exhausted quota, a read-only file system (an exception, or the text a
-    run recorded of one)."""
-    if isinstance(e, str):
-        return any(os.strerror(n) in e for n in SWEEP_WIDE_ERRNOS)
+def is_disk_error(e: BaseException) -> bool:
+    """A full disk, an exhausted quota, a read-only file system."""
     return isinstance(e, OSError) and e.errno in SWEEP_WIDE_ERRNOS
 
 

@@ -8,7 +8,6 @@ resuming from different epochs cannot share a loop, so they train in separate st
 `stack_size` caps the members of one stack (zeroinit.stacked.size: auto measures the fastest).
 """
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -20,33 +19,31 @@ from omegaconf import DictConfig, OmegaConf
 from zeroinit import speed
 from zeroinit.config import build
 from zeroinit.errors import UserError
-from zeroinit.lifecycle import claim
+from zeroinit.lifecycle import End, claim, failed
 from zeroinit.loggers import finalize
 from zeroinit.progress import Progress
-from zeroinit.results import FILENAME, read_results
+from zeroinit.results import FILENAME
 from zeroinit.run import build_member, check_run, claim_gpu, run, start
 from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
 from zeroinit.stacked.module import StackedClassifier, StackedDataModule
 from zeroinit.stacked.size import resolve
-from zeroinit.sweep import is_disk_error, is_sweep_wide
-
-log = logging.getLogger("zeroinit")
+from zeroinit.sweep import is_sweep_wide
 
 
 def train_group(
     jobs: list[tuple[DictConfig, list]], stack_size="auto", on_outcome=None
-) -> list[tuple[str, dict | None, str | None]]:
+) -> list[End]:
     """jobs: [(resolved config with paths.output_dir, overrides)] of one group.
-    Returns [(outcome, results, error)] in the jobs' order; `on_outcome(i, outcome, results,
-    error)` is called as each job's outcome is known."""
+    Returns each job's End (outcome, results, error: the exception) in the jobs' order;
+    `on_outcome(i, end)` is called as each job's end is known (the launcher: lifecycle.finish)."""
     outcomes: list = [None] * len(jobs)
 
-    def done(i, outcome, results=None, error=None):
-        outcomes[i] = (outcome, results, error)
+    def done(i, end: End):
+        outcomes[i] = end
         if on_outcome:
-            on_outcome(i, outcome, results, error)
+            on_outcome(i, end)
 
     todo, claims = {}, []  # optimizer steps done -> [(job index, checkpoint)]
     for i, (cfg, _) in enumerate(jobs):
@@ -54,11 +51,11 @@ def train_group(
         try:
             check_run(cfg)
         except UserError as e:
-            done(i, "failed", None, f"UserError: {e}")
+            done(i, End("failed", None, e))
             continue
         claimed = claim(out_dir)
         if claimed.outcome is not None:  # skipped or busy
-            done(i, claimed.outcome, claimed.results)
+            done(i, End(claimed.outcome, claimed.results))
             continue
         claims.append(claimed)
         ckpt, steps = claimed.checkpoint, 0
@@ -86,19 +83,11 @@ def _train_alone(i, ckpt, job, done) -> None:
     try:
         results = run(cfg, overrides, ckpt_path=ckpt)
     except Exception as e:  # noqa: BLE001 - as a stack's failure: recorded, the group goes on
-        if not is_disk_error(e):  # a full disk: the launcher says it, in one line
-            log.exception("run %s failed", Path(cfg.paths.output_dir).name)
         if is_sweep_wide(e):
             raise
-        saved = Path(cfg.paths.output_dir) / FILENAME
-        done(
-            i,
-            "failed",
-            read_results(cfg.paths.output_dir) if saved.exists() else None,
-            f"{type(e).__name__}: {e}",
-        )
+        done(i, failed(cfg.paths.output_dir, e))
         return
-    done(i, results["status"], results, results.get("error"))
+    done(i, End(results["status"], results))
 
 
 def _train_stack(members, done) -> None:
@@ -134,18 +123,17 @@ def _train_stack(members, done) -> None:
             if ckpt_path:
                 Path(ckpt_path).unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - the group failed: every member records it
-        if not is_disk_error(e):  # a full disk: the launcher says it, in one line
-            log.exception("stacked group failed")
         for k, (i, (cfg, _), _) in enumerate(members):
             if k < len(group) and group[k].writer.results["status"] == "running":
                 group[k].writer.write("failed", error=f"{type(e).__name__}: {e}")
-        error = f"{type(e).__name__}: {e}"
         for k, (i, (cfg, _), _) in enumerate(members):
             results = group[k].writer.results if k < len(group) else None
             if results is None or not (Path(cfg.paths.output_dir) / FILENAME).exists():
-                done(i, "failed", None, error)
-            else:
-                done(i, results["status"], results, results.get("error") or error)
+                done(i, End("failed", None, e))
+            else:  # a member that had ended (diverged) keeps its outcome
+                done(
+                    i, End(results["status"], results, e if results["status"] == "failed" else None)
+                )
         if is_sweep_wide(e):  # every other stack would meet it too: the launcher stops
             raise
         return
@@ -156,7 +144,7 @@ def _train_stack(members, done) -> None:
         if gpu is not None:
             gpu.release()
     for m, (i, _, _) in zip(group, members):
-        done(i, m.writer.results["status"], m.writer.results, m.writer.results.get("error"))
+        done(i, End(m.writer.results["status"], m.writer.results))
 
 
 def _group_checkpoint(members, cfg0) -> str | None:

@@ -13,7 +13,6 @@ overflows).
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from zeroinit.config import build_model
 from zeroinit.errors import UserError
 from zeroinit.keys import MEMBER_KEYS
-from zeroinit.lifecycle import outcome_line, record
-from zeroinit.results import FILENAME
+from zeroinit.lifecycle import finish, record
 from zeroinit.signals import STOPPED, child_processes, forwarded_to, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
@@ -326,18 +324,11 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
         job.save_hydra_files()
     returns = {}
 
-    def report(i, outcome, results, error):
+    def report(i, end):
         job = group[i]
         out_dir = Path(job.cfg.paths.output_dir)
-        if outcome == "failed" and not (out_dir / FILENAME).exists():
-            shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-written
-            if error and error.startswith("UserError: "):
-                print(f"error: {error[len('UserError: ') :]}", flush=True)
-        record(sweep_dir, out_dir, outcome, results, error)
-        line = outcome_line(outcome, results, out_dir, out_dir.name)
-        if line:
-            print(line, flush=True)
-        returns[job.idx] = job.job_return(((results or {}).get("final") or {}).get("test_acc"))
+        finish(end, out_dir, sweep_dir, tail=out_dir.name)
+        returns[job.idx] = job.job_return(((end.results or {}).get("final") or {}).get("test_acc"))
 
     try:
         train_group([(job.cfg, job.overrides) for job in group], stack_size, on_outcome=report)
