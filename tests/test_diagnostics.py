@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from zeroinit.diagnostics import Diagnostics, measurement_steps
+from zeroinit.diagnostics.record import new_record
 from zeroinit.results import read_results
 from zeroinit.run import run
 
@@ -276,7 +277,7 @@ def test_a_rounding_sized_gradient_wakes_its_layer():
     diag = Diagnostics()
     diag.layers = [(n, torch.nn.Linear(3, 2)) for n in ("a", "b", "c")]
     diag.labels = {n: n for n, _ in diag.layers}
-    diag.record = diag._new_record()
+    diag.record = new_record(diag._settings(), diag.layers, {})
     for (_, m), g in zip(diag.layers, (1e-30, 0.0, float("nan"))):
         m.weight.grad = torch.zeros(2, 3)
         m.weight.grad[1, 2] = g

@@ -21,7 +21,7 @@ On a fixed probe batch, by `probe_metrics`:
 Of a weight gradient, by `gradient_stats`: norm, non-zero fraction, bias-gradient norm and a
 histogram (Figure 12).
 
-A new metric is one function here, called from the callback in diagnostics.py.
+A new metric is one function here, called from the callback in diagnostics/.
 """
 
 import contextlib

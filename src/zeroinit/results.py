@@ -14,21 +14,8 @@ resume, diagnostics, benchmarks). Extend it; don't fork it.
   stopped_by (interrupted runs only: the signal, e.g. SIGTERM)
   resumed_from_epoch (resumed runs);  stack_size (runs trained as a member of a stack)
   logger_runs {conf/logger key: run id} of the loggers a resume continues (mlflow, wandb)
-  diagnostics (when the Diagnostics callback is on; what each metric means: diagnostics.py
-              and layer_metrics.py):
-    settings       the callback's options
-    layers         [{name, type, shape, units, fan_in}], every Linear/Conv, input to output
-    wakeup_step    {layer: first step with a non-zero weight gradient, or null}
-    wakeup_watched_steps   how many steps were checked
-    first_steps    {step: [1..steps], layers: {layer: {grad_norm, grad_nonzero_frac,
-                    bias_grad_norm, weight_change: [per step], hist_edges: [[bins+1 edges]
-                    per step], hist_counts: [[bins counts] per step]}}}. Bins span [min, max]
-                    of the gradient; a constant gradient (all zero: a sleeping layer) is one
-                    zero-width bin [v, v] holding every entry.
-    symmetry       {final: {layer: {metric: value}} (the latest measurement),
-                    history: {step: [...], epoch: [the epoch a step ends, else null],
-                    layers: {layer: {metric: [...]}}}, skipped: {layer: reason}}
-    time_s         seconds the callback itself took
+  diagnostics (when the Diagnostics callback is on) its record, declared in
+              zeroinit/diagnostics/record.py; what each metric means: layer_metrics.py
 
 The file is rewritten after every epoch by write-then-rename, so a crash or a kill leaves
 either the previous complete file or the new one, never a torn one.
