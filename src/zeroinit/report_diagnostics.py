@@ -1,6 +1,7 @@
 """The report's view of a run's diagnostics (results.json "diagnostics": its schema is
-zeroinit/diagnostics/record.py, written by the callback there): a few summary columns per run for the report's tables, and the
-paper's Figure 12 (gradient flow over the first steps)."""
+zeroinit/diagnostics/record.py, written by the callback there): a few summary columns per
+run for the report's tables, and the paper's Figure 12 (gradient flow over the first
+steps)."""
 
 import numpy as np
 
