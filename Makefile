@@ -43,28 +43,28 @@ RESNET_FIGS := fig11_resnet50
 # Every figure's sweep runs even if one has failed runs; the target fails at the end if any did.
 # Exit code 2 (bad input, data missing, a failure every run shares) would repeat for the
 # next figure too: stop there.
-# The small models' sweeps train stacked (launcher=stacked: the runs of a figure that share a
-# model train as one); ARGS="launcher=parallel" (or slurm, ...) chooses another launcher.
+# The small models' sweeps train stacked (-m's default launcher: the runs of a figure that
+# share a model train as one); ARGS="launcher=parallel" (or slurm, ...) chooses another.
 # ResNet-50 runs one by one: one ResNet-50 already fills a GPU, so stacking has little to
 # gain there (benchmarks/gpu_bench.py --stacked measures it; ARGS=launcher=stacked to try).
-STACKED = $(if $(findstring launcher=,$(ARGS)),,launcher=stacked)
+ONE_BY_ONE = $(if $(findstring launcher=,$(ARGS)),,launcher=basic)
 define sweep
 	@status=0; for e in $(1); do $(PY) src/train.py -m experiment=$$e $(2) $(ARGS); rc=$$?; \
 	  if [ $$rc -eq 2 ]; then exit 2; elif [ $$rc -ne 0 ]; then status=1; fi; done; exit $$status
 endef
 
 sweep-mnist: $(VENV)/.installed  ## Figures 3-7: 135 runs on MNIST, stacked (`make data` first; ARGS="launcher=parallel" etc.)
-	$(call sweep,$(MNIST_FIGS),$(STACKED))
+	$(call sweep,$(MNIST_FIGS))
 
 sweep-cifar: $(VENV)/.installed  ## Figures 8-10: 75 runs on CIFAR-10, stacked (`make data` first)
-	$(call sweep,$(CIFAR_FIGS),$(STACKED))
+	$(call sweep,$(CIFAR_FIGS))
 
 sweep-resnet: $(VENV)/.installed  ## Figure 11: 15 ResNet-50 runs on CIFAR-10, 30 epochs each, one by one (`make data` first)
-	$(call sweep,$(RESNET_FIGS))
+	$(call sweep,$(RESNET_FIGS),$(ONE_BY_ONE))
 
 paper: $(VENV)/.installed  ## every figure (3-11), then the report (`make data` first)
-	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS),$(STACKED))
-	$(call sweep,$(RESNET_FIGS))
+	$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS))
+	$(call sweep,$(RESNET_FIGS),$(ONE_BY_ONE))
 	$(PY) src/report.py outputs/sweeps -o outputs/report
 
 report: $(VENV)/.installed  ## figures + table (95% CIs) of every sweep under outputs/sweeps

@@ -207,15 +207,15 @@ def reusable(stacked: dict, tiny: bool) -> dict:
 
 
 def cli(tiny):
-    """`python src/train.py -m init=zero,pytorch,bias_normal seed=0,1,2,3,4 [launcher=stacked]`
-    as the user types it (imports and Hydra included)."""
+    """`python src/train.py -m init=zero,pytorch,bias_normal seed=0,1,2,3,4` as the user types
+    it (stacked: -m's default), and with launcher=basic (imports and Hydra included)."""
     import tempfile
 
     sweep = timing.DEFAULT_SWEEP + (" trainer.max_epochs=1" if tiny else "")
     with tempfile.TemporaryDirectory() as work:
         rows = [
             (name, timing.time_sweep(sweep + extra, Path(work) / name))
-            for name, extra in (("one at a time", ""), ("stacked", " launcher=stacked"))
+            for name, extra in (("one at a time", " launcher=basic"), ("stacked", ""))
         ]
     print(f"| `-m {sweep}` | runs | statuses | wall | runs/min |\n|---|---|---|---|---|")
     for name, s in rows:
@@ -232,7 +232,7 @@ def two_places(tiny):
 
     sweep = (
         timing.DEFAULT_SWEEP
-        + " launcher=stacked hydra.launcher.stack_size=8"
+        + " hydra.launcher.stack_size=8"
         + (" trainer.max_epochs=1" if tiny else "")
     )
     with tempfile.TemporaryDirectory() as work:
@@ -260,7 +260,7 @@ def parallel(tiny):
     with tempfile.TemporaryDirectory() as work:
         rows = []
         for name, extra in (
-            ("one by one", ""),
+            ("one by one", " launcher=basic"),
             ("parallel, 2 per GPU", " launcher=parallel hydra.launcher.n_jobs=2 runs_per_gpu=2"),
         ):
             # (a folder name without commas: Hydra would read one as a sweep over paths)

@@ -3,8 +3,8 @@
     python benchmarks/paper_time.py                    # on a GPU: ~4 min on an H200 (estimated)
     python benchmarks/paper_time.py --tiny --models logreg_mnist,resnet50   # a dry run, any CPU
 
-What `make paper` runs: the figures of the Makefile's MNIST_FIGS and CIFAR_FIGS with
-`launcher=stacked` (stacks of the size its probe chooses) and RESNET_FIGS one run at a time,
+What `make paper` runs: the figures of the Makefile's MNIST_FIGS and CIFAR_FIGS
+stacked, -m's default (stacks of the size its probe chooses) and RESNET_FIGS one run at a time,
 each figure's runs read from its conf/experiment/fig*.yaml (gpu_bench.paper_runs). For each
 of the paper's models and each speed setting (SPEEDS: strict fp32, the default;
 `speed=tf32`; `speed=bf16`) this times one epoch through the launcher's own code:
@@ -36,7 +36,7 @@ STACK_RUNS = 15  # the README's sweep: one figure's runs of one model
 
 def paper_figures(makefile=timing.ROOT / "Makefile") -> dict[str, str]:
     """{figure: launcher variant} as `make paper` runs them, read from the Makefile: its
-    MNIST_FIGS and CIFAR_FIGS with launcher=stacked, RESNET_FIGS one at a time."""
+    MNIST_FIGS and CIFAR_FIGS stacked (-m's default), RESNET_FIGS one at a time."""
     text = Path(makefile).read_text()
 
     def figures(name):

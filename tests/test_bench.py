@@ -101,8 +101,8 @@ def test_paper_time_reads_the_figures_and_launchers_of_make_paper():
     assert len(figures) == 9 and figures["fig11_resnet50"] == "sequential"
     assert {v for f, v in figures.items() if f != "fig11_resnet50"} == {"stacked"}
     recipe = (ROOT / "Makefile").read_text().split("\npaper:")[1].split("\n\n")[0]
-    assert "$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS),$(STACKED))" in recipe  # what it assumes
-    assert "$(call sweep,$(RESNET_FIGS))" in recipe
+    assert "$(call sweep,$(MNIST_FIGS) $(CIFAR_FIGS))" in recipe  # what it assumes: -m's default
+    assert "$(call sweep,$(RESNET_FIGS),$(ONE_BY_ONE))" in recipe
     runs = paper_time.paper_runs()
     assert len(runs) == 225 and "fig12_gradient_flow" not in {r[0] for r in runs}
 

@@ -135,6 +135,7 @@ def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path
     proc = here(
         "train.py",
         "-m",
+        "launcher=basic",  # one run at a time: the later two never start
         "trainer=cpu",
         "seed=0,1,2",
         "trainer.max_epochs=1",

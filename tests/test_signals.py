@@ -220,6 +220,7 @@ def test_ctrl_c_stops_a_sweep_with_its_summary_so_far(tmp_path):
         sys.executable,
         "src/train.py",
         "-m",
+        "launcher=basic",  # one run at a time: the second is running when Ctrl-C comes
         "trainer=cpu",
         "seed=0,1,2",
         "trainer.max_epochs=8",

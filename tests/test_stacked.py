@@ -324,11 +324,10 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
         "+trainer.limit_train_batches=5",
         "callbacks.diagnostics=null",
     ]
-    stacked = here(
+    stacked = here(  # the default launcher of -m
         "train.py",
         "-m",
         *args,
-        "launcher=stacked",
         "hydra.launcher.stack_size=6",
         f"paths.log_dir={tmp_path / 'a'}",
     )
@@ -336,7 +335,9 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
     assert len(composed) == 6
     assert "stacked: 6 runs in one fit" in stacked.stdout
     assert "sweep: 6 runs: 6 completed" in stacked.stdout
-    sequential = here("train.py", "-m", *args, f"paths.log_dir={tmp_path / 'b'}")
+    multirun = (tmp_path / "a" / "sweeps" / "default" / "multirun.yaml").read_text()
+    assert "_target_: hydra_plugins.zeroinit_stacked" in multirun
+    sequential = here("train.py", "-m", *args, "launcher=basic", f"paths.log_dir={tmp_path / 'b'}")
     assert sequential.returncode == 0, sequential.stderr[-2000:]
     a_runs = sorted(
         p.name
