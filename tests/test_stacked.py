@@ -342,8 +342,11 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
     a_runs = sorted(
         p.name
         for p in (tmp_path / "a" / "sweeps" / "default").iterdir()
-        if not p.name.startswith(".")
+        if not p.name.startswith(".") and p.name != "stacks.txt"
     )
+    stacks = (tmp_path / "a" / "sweeps" / "default" / "stacks.txt").read_text().splitlines()
+    assert len(stacks) == 1 and stacks[0].startswith("6 runs in one fit: ")  # every member
+    assert len(stacks[0].split(", ")) == 6
     b_runs = sorted(
         p.name
         for p in (tmp_path / "b" / "sweeps" / "default").iterdir()

@@ -28,7 +28,7 @@ from pathlib import Path
 import submitit
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher
 
@@ -348,7 +348,7 @@ class StackedSlurmLauncher(SlurmLauncher):
     (hydra.launcher.stack_size, 8 by default), never measured here."""
 
     def launch(self, job_overrides, initial_job_idx):
-        from zeroinit.stacked.launch import Job, plan
+        from zeroinit.stacked.launch import compose_jobs, plan
         from zeroinit.stacked.size import check_setting
 
         size = self.params.get("stack_size")
@@ -362,17 +362,9 @@ class StackedSlurmLauncher(SlurmLauncher):
                 )
         except UserError as e:
             _fail(f"error: {e}")
-        jobs, sweep_overrides = [], {}
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_overrides[idx] = list(overrides)  # what a task composes its member from
-            config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
-            with open_dict(config.hydra.job):
-                config.hydra.job.num = idx
-            job = Job(idx, config)
-            job.prepare()
-            jobs.append(job)
+        nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        sweep_overrides = dict(zip(nums, map(list, job_overrides)))  # what a task composes
+        jobs = compose_jobs(self.hydra_context.config_loader, self.config, job_overrides, nums)
         stacks = [s for place in plan(jobs, size, places=1) for s in place]
         calls = [
             ([sweep_overrides[job.idx] for job in stack], [job.idx for job in stack])
@@ -424,21 +416,17 @@ class StackedSlurmLauncher(SlurmLauncher):
         then trained as one stack (a single job as the basic launcher would)."""
         from hydra.core.utils import setup_globals
 
-        from zeroinit.stacked.launch import Job, group_key, train_place
+        from zeroinit.stacked.launch import compose_jobs, group_key, train_place
 
         Singleton.set_state(singleton_state)
         setup_globals()
-        jobs = []
-        for job_overrides, num in zip(overrides, nums):
-            config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(job_overrides)
-            )
-            with open_dict(config.hydra.job):
-                config.hydra.job.id = submitit.JobEnvironment().job_id
-                config.hydra.job.num = num
-            job = Job(num, config)
-            job.prepare()
-            jobs.append(job)
+        jobs = compose_jobs(
+            self.hydra_context.config_loader,
+            self.config,
+            overrides,
+            nums,
+            job_id=submitit.JobEnvironment().job_id,
+        )
         if len(jobs) > 1:
             for job in jobs:
                 job.key = group_key(job.cfg)

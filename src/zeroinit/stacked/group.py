@@ -93,11 +93,10 @@ def _train_alone(i, ckpt, job, done) -> None:
 def _train_stack(members, done) -> None:
     """One stacked fit of [(job index, (cfg, overrides), checkpoint or None)]."""
     cfg0 = members[0][1][0]
-    names = [Path(cfg.paths.output_dir).name for _, (cfg, _), _ in members]
-    print(f"stacked: {len(members)} runs in one fit: {', '.join(names)}", flush=True)
     gpu = claim_gpu(cfg0)
     group: list[Member] = []
     try:
+        _announce([Path(cfg.paths.output_dir) for _, (cfg, _), _ in members])
         trainer_cfg = cfg0.trainer
         if gpu is not None:
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"devices": [gpu.index]})
@@ -145,6 +144,16 @@ def _train_stack(members, done) -> None:
             gpu.release()
     for m, (i, _, _) in zip(group, members):
         done(i, End(m.writer.results["status"], m.writer.results))
+
+
+def _announce(run_dirs: list[Path]) -> None:
+    """One short line for the stack (a 40-run stack's names would fill a screen); its members,
+    one line per stack, in stacks.txt beside their folders."""
+    listed = run_dirs[0].parent / "stacks.txt"
+    with open(listed, "a", encoding="utf-8") as f:
+        f.write(f"{len(run_dirs)} runs in one fit: {', '.join(d.name for d in run_dirs)}\n")
+    more = f" and {len(run_dirs) - 1} more (all: {listed})" if len(run_dirs) > 1 else ""
+    print(f"stacked: {len(run_dirs)} runs in one fit: {run_dirs[0].name}{more}", flush=True)
 
 
 def _group_checkpoint(members, cfg0) -> str | None:

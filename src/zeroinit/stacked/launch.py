@@ -21,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
-    _save_config,
     configure_log,
     run_job,
     setup_globals,
@@ -85,11 +84,16 @@ class Job:
             self.cfg = None
 
     def save_hydra_files(self) -> None:
-        """.hydra/ as run_job writes it: config.yaml, hydra.yaml, overrides.yaml."""
+        """.hydra/ as run_job writes it: config.yaml, hydra.yaml, overrides.yaml (the YAML
+        Hydra writes, written here: Hydra's own writer is private)."""
         hydra_dir = Path(self.cfg.paths.output_dir) / str(self.config.hydra.output_subdir)
-        _save_config(self.task_cfg, "config.yaml", hydra_dir)
-        _save_config(self.hydra_cfg, "hydra.yaml", hydra_dir)
-        _save_config(self.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        for name, node in (
+            ("config.yaml", self.task_cfg),
+            ("hydra.yaml", self.hydra_cfg),
+            ("overrides.yaml", self.config.hydra.overrides.task),
+        ):
+            (hydra_dir / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
     def job_return(self, value) -> JobReturn:
         ret = JobReturn(
@@ -102,6 +106,25 @@ class Job:
         )
         ret.return_value = value
         return ret
+
+
+def compose_jobs(config_loader, config, overrides: list, nums: list[int], job_id=None) -> list[Job]:
+    """Each job of a sweep composed as Hydra's launchers compose it, numbered and prepared: the
+    one loop of the stacked launcher and of SLURM's (the login node that plans the stacks, and
+    the array task that trains one). `config_loader`: Hydra's, or the stacked sweeper's
+    ComposedOnce, which hands back what the sweeper composed already. `job_id`: hydra.job.id
+    (SLURM's job id in an array task; else the job's number)."""
+    take = getattr(config_loader, "take", None) or config_loader.load_sweep_config
+    jobs = []
+    for job_overrides, num in zip(overrides, nums, strict=True):
+        job_config = take(config, list(job_overrides))
+        with open_dict(job_config):
+            job_config.hydra.job.id = num if job_id is None else job_id
+            job_config.hydra.job.num = num
+        job = Job(num, job_config)
+        job.prepare()
+        jobs.append(job)
+    return jobs
 
 
 def group_key(cfg) -> str | None:
@@ -204,16 +227,9 @@ def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for i, overrides in enumerate(job_overrides):
-        # composed once: the sweeper's check already did it (stacked_launcher.ComposedOnce)
-        job_config = launcher.hydra_context.config_loader.take(config, list(overrides))
-        with open_dict(job_config):
-            job_config.hydra.job.id = initial_job_idx + i
-            job_config.hydra.job.num = initial_job_idx + i
-        job = Job(initial_job_idx + i, job_config)
-        job.prepare()
-        jobs.append(job)
+    # composed once: the sweeper's check already did it (stacked_launcher.ComposedOnce)
+    nums = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+    jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, nums)
     interrupt_on_ctrl_c()  # Ctrl-C outside training: exit 130 with one line, too
     places = places_for(launcher.workers, jobs)
     schedule = [stacks for stacks in plan(jobs, launcher.stack_size, places) if stacks]
