@@ -10,6 +10,7 @@ resuming from different epochs cannot share a loop, so they train in separate st
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -32,6 +33,20 @@ from zeroinit.stacked.size import resolve
 from zeroinit.sweep import is_sweep_wide
 
 
+@dataclass
+class MemberJob:
+    """One run of the group, as train_group trains it."""
+
+    index: int  # its place in train_group's jobs (and outcomes)
+    cfg: DictConfig  # resolved, with paths.output_dir
+    overrides: list  # the command line's, as results.json records them
+    checkpoint: Path | None = None  # where it resumes from (lifecycle.claim); None: its seed
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.paths.output_dir)
+
+
 def train_group(
     jobs: list[tuple[DictConfig, list]], stack_size="auto", on_outcome=None
 ) -> list[End]:
@@ -40,74 +55,77 @@ def train_group(
     `on_outcome(i, end)` is called as each job's end is known (the launcher: lifecycle.finish)."""
     outcomes: list = [None] * len(jobs)
 
-    def done(i, end: End):
-        outcomes[i] = end
+    def done(job: MemberJob, end: End):
+        outcomes[job.index] = end
         if on_outcome:
-            on_outcome(i, end)
+            on_outcome(job.index, end)
 
-    todo, claims = {}, []  # optimizer steps done -> [(job index, checkpoint)]
-    for i, (cfg, _) in enumerate(jobs):
-        out_dir = Path(cfg.paths.output_dir)
+    todo, claims = {}, []  # optimizer steps done -> [MemberJob]
+    for i, (cfg, overrides) in enumerate(jobs):
+        job = MemberJob(i, cfg, list(overrides))
         try:
             check_run(cfg)
         except UserError as e:
-            done(i, End("failed", None, e))
+            done(job, End("failed", None, e))
             continue
-        claimed = claim(out_dir)
+        claimed = claim(job.run_dir)
         if claimed.outcome is not None:  # skipped or busy
-            done(i, End(claimed.outcome, claimed.results))
+            done(job, End(claimed.outcome, claimed.results))
             continue
         claims.append(claimed)
-        ckpt, steps = claimed.checkpoint, 0
-        if ckpt is not None:
-            steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-        todo.setdefault(steps, []).append((i, ckpt))
+        job.checkpoint, steps = claimed.checkpoint, 0
+        if job.checkpoint is not None:
+            ckpt = torch.load(job.checkpoint, map_location="cpu", weights_only=False)
+            steps = ckpt["global_step"]
+        todo.setdefault(steps, []).append(job)
     try:
-        for _, members in sorted(todo.items()):
-            size = resolve(stack_size, jobs[members[0][0]][0], len(members))
-            for start in range(0, len(members), size):
-                chunk = members[start : start + size]
-                if len(chunk) == 1:  # a stack of one is slower than the plain network
-                    _train_alone(*chunk[0], jobs[chunk[0][0]], done)
+        for _, members in sorted(todo.items()):  # runs at one step share a loop
+            size = resolve(stack_size, members[0].cfg, len(members))
+            for first in range(0, len(members), size):
+                stack = members[first : first + size]
+                if len(stack) == 1:  # a stack of one is slower than the plain network
+                    _train_alone(stack[0], done)
                 else:
-                    _train_stack([(i, jobs[i], ckpt) for i, ckpt in chunk], done)
+                    _train_stack(stack, done)
     finally:
         for claimed in claims:
             claimed.release()
     return outcomes
 
 
-def _train_alone(i, ckpt, job, done) -> None:
-    """Job i as the basic launcher's job would train it (zeroinit.run.run), lock already held."""
-    cfg, overrides = job
+def _train_alone(job: MemberJob, done) -> None:
+    """The job as the basic launcher's job would train it (zeroinit.run.run), lock already
+    held; its end goes where a stack's members' go."""
     try:
-        results = run(cfg, overrides, ckpt_path=ckpt)
+        results = run(job.cfg, job.overrides, ckpt_path=job.checkpoint)
     except Exception as e:  # noqa: BLE001 - as a stack's failure: recorded, the group goes on
         if is_sweep_wide(e):
             raise
-        done(i, failed(cfg.paths.output_dir, e))
+        done(job, failed(job.run_dir, e))
         return
-    done(i, End(results["status"], results))
+    done(job, End(results["status"], results))
 
 
-def _train_stack(members, done) -> None:
-    """One stacked fit of [(job index, (cfg, overrides), checkpoint or None)]."""
-    cfg0 = members[0][1][0]
+def _train_stack(members: list[MemberJob], done) -> None:
+    """One stacked fit of these members."""
+    cfg0 = members[0].cfg
     gpu = claim_gpu(cfg0)
     group: list[Member] = []
     try:
-        _announce([Path(cfg.paths.output_dir) for _, (cfg, _), _ in members])
+        _announce([job.run_dir for job in members])
         trainer_cfg = cfg0.trainer
         if gpu is not None:
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"devices": [gpu.index]})
         settings, data = start(cfg0, stacked=True)
-        for k, (_, (cfg, overrides), ckpt) in enumerate(members):
-            parts = build_member(cfg, data, overrides, ckpt is not None, len(members))
+        for k, job in enumerate(members):
+            parts = build_member(
+                job.cfg, data, job.overrides, job.checkpoint is not None, len(members)
+            )
             group.append(Member(k, parts))
         stacked = speed.prepare(stack_nets([m.net for m in group]), settings)  # nets: views
         optimizer = speed.optimizer(build(cfg0.optimizer), settings)
         module = StackedClassifier(stacked, len(members), optimizer, data.num_classes)
-        dm = StackedDataModule(data, [int(cfg.seed) for _, (cfg, _), _ in members])
+        dm = StackedDataModule(data, [int(job.cfg.seed) for job in members])
         runs = StackedRuns(group)
         trainer = build(
             trainer_cfg,
@@ -115,24 +133,23 @@ def _train_stack(members, done) -> None:
             callbacks=[Progress(), runs, _EpochLine(group), StopOnSignal()],
             enable_checkpointing=False,
         )
-        ckpt_path = _group_checkpoint(members, cfg0)
+        ckpt_path = _group_checkpoint(members)
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         finally:
             if ckpt_path:
                 Path(ckpt_path).unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - the group failed: every member records it
-        for k, (i, (cfg, _), _) in enumerate(members):
-            if k < len(group) and group[k].writer.results["status"] == "running":
-                group[k].writer.write("failed", error=f"{type(e).__name__}: {e}")
-        for k, (i, (cfg, _), _) in enumerate(members):
+        for m in group:
+            if m.writer.results["status"] == "running":
+                m.writer.write("failed", error=f"{type(e).__name__}: {e}")
+        for k, job in enumerate(members):
             results = group[k].writer.results if k < len(group) else None
-            if results is None or not (Path(cfg.paths.output_dir) / FILENAME).exists():
-                done(i, End("failed", None, e))
+            if results is None or not (job.run_dir / FILENAME).exists():
+                done(job, End("failed", None, e))
             else:  # a member that had ended (diverged) keeps its outcome
-                done(
-                    i, End(results["status"], results, e if results["status"] == "failed" else None)
-                )
+                status = results["status"]
+                done(job, End(status, results, e if status == "failed" else None))
         if is_sweep_wide(e):  # every other stack would meet it too: the launcher stops
             raise
         return
@@ -142,8 +159,8 @@ def _train_stack(members, done) -> None:
             finalize(m.loggers, "success" if ended else "failed")
         if gpu is not None:
             gpu.release()
-    for m, (i, _, _) in zip(group, members):
-        done(i, End(m.writer.results["status"], m.writer.results))
+    for m, job in zip(group, members):
+        done(job, End(m.writer.results["status"], m.writer.results))
 
 
 def _announce(run_dirs: list[Path]) -> None:
@@ -156,13 +173,14 @@ def _announce(run_dirs: list[Path]) -> None:
     print(f"stacked: {len(run_dirs)} runs in one fit: {run_dirs[0].name}{more}", flush=True)
 
 
-def _group_checkpoint(members, cfg0) -> str | None:
+def _group_checkpoint(members: list[MemberJob]) -> str | None:
     """The members' checkpoints combined into one file for Trainer.fit(ckpt_path=...)."""
-    paths = [ckpt for _, _, ckpt in members]
-    if all(p is None for p in paths):
+    if all(job.checkpoint is None for job in members):
         return None
-    checkpoints = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
-    target = Path(members[0][1][0].paths.output_dir) / "checkpoints" / ".stacked-resume.ckpt"
+    checkpoints = [
+        torch.load(job.checkpoint, map_location="cpu", weights_only=False) for job in members
+    ]
+    target = members[0].run_dir / "checkpoints" / ".stacked-resume.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(combine_checkpoints(checkpoints), target)
     return str(target)
