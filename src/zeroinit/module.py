@@ -57,10 +57,10 @@ MANUAL = "epoch_loop.manual_optimization.optim_step_progress"
 
 
 def count_steps_manually(checkpoint: dict) -> None:
-    """A checkpoint written before 2026-11-30, when Lightning's automatic optimization
-    stepped: its optimizer steps (the run's global step) are counted where a manual one's
-    are, so the run resumes at its step, not at 0 (this runs before Lightning restores its
-    loops from the checkpoint)."""
+    """A checkpoint of the older format, written while Lightning's automatic optimization
+    stepped (a run may be resumed long after): its optimizer steps (the run's global step)
+    are counted where a manual one's are, so the run resumes at its step, not at 0 (this
+    runs before Lightning restores its loops from the checkpoint)."""
     loops = checkpoint.get("loops", {}).get("fit_loop", {})
     counted = loops.get(AUTOMATIC, {}).get("optimizer", {}).get("step")
     if counted and not loops.get(MANUAL, {}).get("total", {}).get("completed"):
@@ -78,8 +78,8 @@ class SummingModule(L.LightningModule):
         super().__init__()
         self.net, self.optimizer_factory = net, optimizer
         # The step is ours (training_step): Lightning's automatic optimization wraps it in a
-        # closure and a chain of hooks, ~0.06-0.09 ms a step on the CPU (a no-op model's loop,
-        # bench.py --floor: 385 vs 325 us), a large share of a small model's step on a GPU. The
+        # closure and a chain of hooks, a large share of a small model's step on a GPU
+        # (benchmarks/bench.py --floor times a no-op model's loop both ways). The
         # hooks callbacks use (on_before_backward, on_after_backward,
         # on_before_optimizer_step, on_train_batch_*) still run.
         self.automatic_optimization = False
@@ -174,7 +174,7 @@ class Classifier(SummingModule):
     def on_load_checkpoint(self, checkpoint):
         super().on_load_checkpoint(checkpoint)
         if "epoch_sums" not in checkpoint and "epoch_metrics" in checkpoint:
-            # written before 2026-11-30, by torchmetrics: MeanMetric's mean_value = sum of
+            # the older format's sums, kept by torchmetrics: MeanMetric's mean_value = sum of
             # loss x images, weight = images; micro accuracy's tp = correct
             saved = checkpoint["epoch_metrics"]
             loss, acc = saved["train_loss"]["state"], saved["train_acc"]["state"]

@@ -38,7 +38,6 @@ from zeroinit.signals import stopped_by
 FILENAME = "results.json"
 # what the module measures each epoch (epoch_metrics), as results.json's `epochs` has them
 METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "test_top_class_frac")
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
 def write_json_atomic(path, data) -> None:

@@ -73,8 +73,8 @@ class Job:
             self.config.hydra.runtime.output_dir = os.path.abspath(out_dir)
         HydraConfig.instance().set_config(self.config)  # a fresh copy of the hydra node
         # The job's config without its hydra node, copied without copying that node first (it
-        # is most of the config: ~0.03 s a job on 2 cores); Hydra's own copy, as it is: each
-        # set_config makes a new one, which nothing changes afterwards.
+        # is most of the config, and a sweep copies it once per job); Hydra's own copy, as it
+        # is: each set_config makes a new one, which nothing changes afterwards.
         self.task_cfg = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
         self.hydra_cfg = HydraConfig.instance().cfg
         try:

@@ -66,8 +66,8 @@ class StackedLinear(nn.Module):
 def _linear(x, weight, bias):
     # W @ x^T, not x @ W^T: autograd then computes the weight's gradient (gy^T @ x) straight
     # into the weight's own (K, out, in) layout, where x @ W^T has it written transposed,
-    # which on the CPU made the backward of cifar_fnn's 3072->512 layer 2.8x that of the
-    # plain layer (4 members: 38.2 ms vs 13.8 ms now, plain 14.9 ms). The output, a view of
+    # which on the CPU made a wide layer's backward several times that of the plain layer
+    # (benchmarks/stacked_bench.py measures the stack against it). The output, a view of
     # (K, out, B), has the batch innermost; the next layer's x^T is contiguous again.
     return _linear_t(x, weight, bias).transpose(1, 2)
 

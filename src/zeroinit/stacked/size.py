@@ -20,10 +20,8 @@ and measures nothing.
 
 Lightning's loop, a fit's start-up and its epoch ends are paid once per stack, not once per
 run, and the probe times the model's step alone: so it errs towards smaller stacks, never
-towards a stack slower than one at a time. On the 2-core development machine (2026-11-30,
-ms per step and run at sizes 1/2/4/8/15): mnist_fnn 2.5/1.9/1.7/1.9/2.3, cifar_fnn
-13.1/13.1/13.2/16.2/16.3; the README's 15-run sweep took 22.5 s in stacks of 4 and 23.5 s
-as one stack of 15.
+towards a stack slower than one at a time. What it measured on the development machine:
+docs/stacking.md.
 """
 
 import hashlib
