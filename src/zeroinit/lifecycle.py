@@ -126,8 +126,80 @@ class Claim:
             self.lock.release()
 
 
-def claim(run_dir) -> Claim:
+# What a run computes does not depend on these: where it writes, what it logs or watches,
+# how its progress is shown, which device slot it gets. Every other setting is its identity.
+NOT_IDENTITY = (
+    "paths.",
+    "logger.",
+    "callbacks.",
+    "report.",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "checkpoint_every_min",
+    "runs_per_gpu",
+    "sweep_name",
+)
+
+
+def identity_mismatch(recorded: dict, wanted: dict) -> str | None:
+    """How the config a run folder's results.json records differs from the one asked of it
+    now (one line), or None. A key only one side has is a setting added to the project since
+    (not a difference), unless the other side has a value where it has a section."""
+    from zeroinit.config import flatten
+
+    a, b = flatten(recorded), flatten(wanted)
+
+    def leaf_above(key, side):  # e.g. dataset.normalize: None on one side, a dict on the other
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in side for i in range(1, len(parts)))
+
+    differ = [
+        k
+        for k in sorted(a.keys() | b.keys())
+        if not k.startswith(NOT_IDENTITY)
+        and (
+            (k in a and k in b and a[k] != b[k])
+            or (k not in a and leaf_above(k, a))
+            or (k not in b and leaf_above(k, b))
+        )
+    ]
+    if not differ:
+        return None
+    k = differ[0]
+    more = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
+    return f"{k}={b.get(k)!r} asked here, but the run was made with {k}={a.get(k)!r}{more}"
+
+
+def check_identity(run_dir, cfg) -> None:
+    """A UserError (one line, naming the key) if `run_dir` holds a run of other settings:
+    its results would be skipped or resumed as this one's. Nothing is written."""
+    from omegaconf import OmegaConf
+
     run_dir = Path(run_dir)
+    try:
+        recorded = read_results(run_dir).get("config")
+    except (OSError, ValueError):  # none yet, or unreadable (claim sets it aside)
+        return
+    if not recorded:
+        return
+    wanted = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    mismatch = identity_mismatch(recorded, wanted)
+    if mismatch:
+        raise UserError(
+            f"{run_dir}: {mismatch}; one folder holds one run: choose another sweep_name= "
+            "(or move that folder away) to train these settings"
+        )
+
+
+def claim(run_dir, cfg=None) -> Claim:
+    """What to do with `run_dir` now (see the module's docstring). `cfg`: the run's config,
+    checked against the run already there (check_identity) before anything else."""
+    run_dir = Path(run_dir)
+    if cfg is not None:
+        check_identity(run_dir, cfg)
     status = previous_status(run_dir)
     if status in FINISHED:
         return Claim("skipped", read_results(run_dir))

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zeroinit import speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
+from zeroinit.errors import UserError
 from zeroinit.gpus import GpuSlot, ddp_worker
 from zeroinit.lifecycle import claim
 from zeroinit.loggers import build_loggers, run_ids
@@ -204,6 +205,14 @@ def run(cfg: DictConfig, overrides=(), ckpt_path=None) -> dict:
     return writer.results
 
 
+def restore_hydra_config(out_dir) -> None:
+    """.hydra/config.yaml as the run in `out_dir` was made (its results.json's config,
+    resolved): Hydra's basic launcher writes the new command's before the job starts."""
+    saved = Path(out_dir) / ".hydra" / "config.yaml"
+    if saved.exists():
+        saved.write_text(OmegaConf.to_yaml(read_results(out_dir)["config"]), encoding="utf-8")
+
+
 def claim_gpu(cfg) -> GpuSlot | None:
     """Concurrent runs of a sweep (joblib workers, several sweeps) each get a GPU of their own,
     or share one only as far as `runs_per_gpu` allows. Single-device runs only: DDP and an
@@ -229,7 +238,11 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
     if ddp_worker():  # DDP re-launched this script for rank > 0: follow rank 0's decision
         results = run(cfg, overrides, ckpt_path=os.environ.get(RESUME_ENV) or None)
         return results["status"], results
-    claimed = claim(out_dir)
+    try:
+        claimed = claim(out_dir, cfg)
+    except UserError:  # another run's folder: put back the record Hydra just rewrote
+        restore_hydra_config(out_dir)
+        raise
     if claimed.outcome is not None:  # skipped or busy
         return claimed.outcome, claimed.results
     try:

@@ -65,10 +65,10 @@ def train_group(
         job = MemberJob(i, cfg, list(overrides))
         try:
             check_run(cfg)
+            claimed = claim(job.run_dir, cfg)
         except UserError as e:
             done(job, End("failed", None, e))
             continue
-        claimed = claim(job.run_dir)
         if claimed.outcome is not None:  # skipped or busy
             done(job, End(claimed.outcome, claimed.results))
             continue

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from zeroinit.config import build_model
 from zeroinit.errors import UserError
 from zeroinit.keys import MEMBER_KEYS
-from zeroinit.lifecycle import finish, record
+from zeroinit.lifecycle import check_identity, finish, record
 from zeroinit.signals import STOPPED, child_processes, forwarded_to, interrupt_on_ctrl_c, leave
 from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
@@ -336,6 +336,10 @@ def _launch_group(group: list[Job], stack_size, sweep_dir) -> dict:
             skip_if_stopped(sweep_dir, job.cfg.paths.output_dir)
         return {job.idx: job.job_return(None) for job in group}
     for job in group:
+        try:  # another run's folder: its record stays as it is (train_group refuses it)
+            check_identity(job.cfg.paths.output_dir, job.cfg)
+        except UserError:
+            continue
         Path(job.cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
         job.save_hydra_files()
     returns = {}
