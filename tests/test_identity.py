@@ -49,3 +49,19 @@ def test_settings_that_do_not_change_the_experiment_are_not_its_identity():
     assert identity_mismatch(old, {**old, "callbacks": {"diagnostics": None}}) is None
     moved = identity_mismatch(old, {**old, "dataset": {"data_dir": "/b"}})
     assert moved is not None and "dataset.data_dir" in moved and "/a" in moved and "/b" in moved
+
+
+def test_an_unfinished_run_may_be_resumed_longer_a_finished_one_is_not_rerun_shorter(tmp_path):
+    from zeroinit.errors import UserError
+    from zeroinit.lifecycle import check_identity
+    from zeroinit.results import write_json_atomic
+
+    config = {"seed": 0, "trainer": {"max_epochs": 1}}
+    longer = {"seed": 0, "trainer": {"max_epochs": 3}}
+    for status, refused in (("interrupted", False), ("completed", True)):
+        write_json_atomic(tmp_path / "results.json", {"status": status, "config": config})
+        try:
+            check_identity(tmp_path, longer)
+            assert not refused, status
+        except UserError as e:
+            assert refused and "trainer.max_epochs" in str(e), status

@@ -280,3 +280,14 @@ def test_image_folder_with_an_empty_class_or_two_image_sizes_is_one_line(tmp_pat
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("error: dataset.data_dir: ") and says in last
         assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("name", ["../../x", "", ".", "a/b", "x" * 300, "-flag"])
+def test_a_sweep_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, here, name):
+    proc = here(
+        "train.py", "-m", f"sweep_name={name}", "seed=0,1", f"paths.log_dir={tmp_path / 'o'}"
+    )
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "sweep_name" in errors[0], proc.stderr[-1500:]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()  # nothing written

@@ -144,7 +144,7 @@ NOT_IDENTITY = (
 )
 
 
-def identity_mismatch(recorded: dict, wanted: dict) -> str | None:
+def identity_mismatch(recorded: dict, wanted: dict, ignore=()) -> str | None:
     """How the config a run folder's results.json records differs from the one asked of it
     now (one line), or None. A key only one side has is a setting added to the project since
     (not a difference), unless the other side has a value where it has a section."""
@@ -159,7 +159,7 @@ def identity_mismatch(recorded: dict, wanted: dict) -> str | None:
     differ = [
         k
         for k in sorted(a.keys() | b.keys())
-        if not k.startswith(NOT_IDENTITY)
+        if not k.startswith(NOT_IDENTITY + tuple(ignore))
         and (
             (k in a and k in b and a[k] != b[k])
             or (k not in a and leaf_above(k, a))
@@ -175,18 +175,22 @@ def identity_mismatch(recorded: dict, wanted: dict) -> str | None:
 
 def check_identity(run_dir, cfg) -> None:
     """A UserError (one line, naming the key) if `run_dir` holds a run of other settings:
-    its results would be skipped or resumed as this one's. Nothing is written."""
+    its results would be skipped or resumed as this one's. Nothing is written. A run that
+    has not finished may be resumed with another trainer.max_epochs: that makes it longer
+    (or shorter), and its checkpoint carries the curve so far."""
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
     try:
-        recorded = read_results(run_dir).get("config")
+        results = read_results(run_dir)
     except (OSError, ValueError):  # none yet, or unreadable (claim sets it aside)
         return
+    recorded = results.get("config")
     if not recorded:
         return
     wanted = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-    mismatch = identity_mismatch(recorded, wanted)
+    longer = ("trainer.max_epochs",) if results.get("status") in RESUMABLE else ()
+    mismatch = identity_mismatch(recorded, wanted, ignore=longer)
     if mismatch:
         raise UserError(
             f"{run_dir}: {mismatch}; one folder holds one run: choose another sweep_name= "

@@ -14,6 +14,7 @@ sweep, if its config allows it (`dataset.download`); the runs themselves never d
 import difflib
 import inspect
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -326,10 +327,25 @@ def check_run(config: DictConfig) -> None:
     check_loggers(config)  # last: an MLflow store may be created
 
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_sweep_name(name) -> None:
+    """sweep_name names one folder under outputs/sweeps/: a path (../x), '' or '.' would
+    write elsewhere or into the sweeps' own folder."""
+    check(
+        isinstance(name, str) and SWEEP_NAME.fullmatch(name) is not None,
+        f"sweep_name: {name!r} is not allowed; allowed: a folder name of letters, digits, "
+        "'.', '_' and '-' (1-200 characters, starting with a letter or digit), e.g. "
+        "sweep_name=my_study",
+    )
+
+
 def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     """Raise UserError if a sweep's runs could not start; returns the datasets it checked.
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
+    check_sweep_name(config.get("sweep_name"))  # before anything is written under it
     validate(config)  # the values every job shares (swept ones are checked per run)
     check_added_keys(config)
     check_writable(config.hydra.sweep.dir)
