@@ -42,11 +42,15 @@ def test_build_drops_labels_and_keeps_a_constructors_own_message():
         ("batch_size", 0, "an integer > 0"),
         ("optimizer.lr", float("nan"), "a finite number > 0"),
         ("trainer.max_epochs", 1.5, "an integer > 0"),
+        ("trainer.limit_train_batches", 0, "a number of batches >= 1"),
+        ("trainer.limit_train_batches", -1, "a number of batches >= 1"),
+        ("trainer.limit_train_batches", 1.5, "a number of batches >= 1"),
+        ("model.batchnorm", "maybe", "true or false"),
     ],
 )
 def test_validate_names_the_key_and_what_is_allowed(make_cfg, key, value, allowed):
     cfg = make_cfg()
-    OmegaConf.update(cfg, key, value)
+    OmegaConf.update(cfg, key, value, force_add=True)  # (+key= on the command line)
     with pytest.raises(UserError, match=rf"^{key}: .* allowed: {allowed}"):
         validate(cfg)
     validate(make_cfg())  # the defaults pass

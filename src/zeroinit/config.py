@@ -93,6 +93,20 @@ def validate(cfg: DictConfig) -> None:
         every is None or (_is_number(every) and math.isfinite(every) and every >= 0),
         f"checkpoint_every_min: {every!r} is not allowed; allowed: minutes > 0, or 0 or null (off)",
     )
+    # a run that trains on no batch ends with NaN losses as if it had completed
+    limit = cfg.trainer.get("limit_train_batches")
+    check(
+        limit is None
+        or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1)
+        or (isinstance(limit, float) and 0 < limit <= 1),
+        f"trainer.limit_train_batches: {limit!r} is not allowed; allowed: a number of "
+        "batches >= 1, or a fraction of the epoch in (0, 1]",
+    )
+    batchnorm = (cfg.get("model") or {}).get("batchnorm")
+    check(
+        batchnorm is None or isinstance(batchnorm, bool),
+        f"model.batchnorm: {batchnorm!r} is not allowed; allowed: true or false",
+    )
 
 
 def _is_number(value) -> bool:
