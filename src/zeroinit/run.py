@@ -240,8 +240,8 @@ def train_or_resume(cfg: DictConfig, overrides=()) -> tuple[str, dict | None]:
         return results["status"], results
     try:
         claimed = claim(out_dir, cfg)
-    except UserError:  # another run's folder: put back the record Hydra just rewrote
-        restore_hydra_config(out_dir)
+    except UserError:
+        restore_hydra_config(out_dir)  # another run's folder: put back what Hydra rewrote
         raise
     if claimed.outcome is not None:  # skipped or busy
         return claimed.outcome, claimed.results
