@@ -7,6 +7,9 @@
         # python src/report.py outputs/sweeps/bn_accuracy --rank-vs-accuracy
     python src/bn_study.py rounding [--seeds 3] [--device cpu|gpu] [--conditions fp32 fp64]
         # full-width ResNet-50's first steps per precision -> outputs/sweeps/bn_rounding
+    python src/bn_study.py padding [--seeds 3] [--sweeps native exact]
+        # rounding vs padding (experiment=bn_padding) -> outputs/sweeps/bn_padding; then
+        # python src/bn_study.py padding-report
 
 What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
 can be repeated (or stopped and resumed) and `--seeds` raised later.
@@ -20,9 +23,12 @@ from pathlib import Path
 import torch
 
 from zeroinit.findings import (
+    PADDING_SWEEPS,
     ROUNDING,
     accuracy_commands,
     batchnorm_report,
+    padding_commands,
+    padding_report,
     report,
     rounding_report,
     rounding_runs,
@@ -36,7 +42,9 @@ TRAIN = Path(__file__).resolve().parent / "train.py"
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "report", "accuracy", "rounding"])
+    parser.add_argument(
+        "action", choices=["run", "report", "accuracy", "rounding", "padding", "padding-report"]
+    )
     parser.add_argument("--root", type=Path, default=Path("outputs/sweeps/bn_study"))
     parser.add_argument("--rounding-root", type=Path, default=Path("outputs/sweeps/bn_rounding"))
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="rounding only")
@@ -48,11 +56,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--seeds", type=int, help="default: 5 (rounding: 3)")
     parser.add_argument("--models", nargs="*", help="default: all of findings.MODELS")
+    parser.add_argument("--sweeps", nargs="*", choices=list(PADDING_SWEEPS), help="padding only")
     parser.add_argument("--threads", type=int, help="torch threads (rounding may depend on it)")
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/bn_study.md"))
     args = parser.parse_args(argv)
     if args.seeds is None:
-        args.seeds = 3 if args.action == "rounding" else 5
+        args.seeds = 3 if args.action in ("rounding", "padding") else 5
     quiet_lightning()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,10 +72,18 @@ def main(argv: list[str]) -> int:
         train_all(args.rounding_root, rounding_runs(args.seeds, args.device, args.conditions))
         print(rounding_report(args.rounding_root))
         return 0
-    if args.action == "accuracy":  # each a sweep of its own: train.py, as a user runs it
+    if args.action == "padding-report":
+        print(padding_report(Path("outputs/sweeps/bn_padding"), args.out.parent))
+        return 0
+    if args.action in ("accuracy", "padding"):  # each a sweep of its own, as a user runs it
         status = 0
-        # cifar_cnn at 1/4 width and the FNN control (resnet50_w16: --models)
-        for command in accuracy_commands(args.seeds, args.models or ["cifar_cnn_w4", "mnist_fnn"]):
+        # accuracy: cifar_cnn at 1/4 width and the FNN control (resnet50_w16: --models)
+        commands = (
+            accuracy_commands(args.seeds, args.models or ["cifar_cnn_w4", "mnist_fnn"])
+            if args.action == "accuracy"
+            else padding_commands(args.seeds, args.sweeps)
+        )
+        for command in commands:
             print(" ".join(["python", "src/train.py", *command]), flush=True)
             code = subprocess.call([sys.executable, str(TRAIN), *command])
             if code == 2:  # bad input or data missing: every other command would repeat it

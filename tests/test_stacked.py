@@ -27,6 +27,7 @@ MODELS = {  # model -> dataset overrides; each case stacks pytorch, bias_normal,
     "mnist_cnn": ["dataset=mnist"],
     "cifar_fnn": ["dataset=cifar10"],
     "cifar_cnn": ["dataset=cifar10"],
+    "cifar_cnn-circular": ["dataset=cifar10", "model.padding_mode=circular"],
     # ResNet-50 on 8x8 RGB images (every stage still runs, down to 1x1), in the default suite
     # at 1/8 of the widths (the same 16 bottlenecks, shortcuts and BatchNorms), and full size
     # in the slow suite

@@ -34,6 +34,7 @@ KEYS: dict[str, set[str]] = {
     "init": {NAME, MEMBER, NO_DATA},
     "init.bias_scale": {NAME},
     "bias_scale": {ALIAS, NO_DATA},
+    "perturb": {NO_DATA},
     "experiment": {ALIAS},
     "hparams_search": {ALIAS, NO_DATA},
     "trainer": {ALIAS, NO_DATA},

@@ -91,7 +91,15 @@ def build_net(cfg: DictConfig, data) -> torch.nn.Module:
     """The run's network with its init scheme applied, drawn after seeding with cfg.seed."""
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(cfg, data.input_shape, data.num_classes)
-    return build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
+    net = build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
+    return perturbation(cfg).apply(net)  # conf/perturb: off unless a study sets it
+
+
+def perturbation(cfg: DictConfig):
+    """conf/perturb -> zeroinit.perturb.Perturbation (all off where a config has none)."""
+    from zeroinit.perturb import Perturbation
+
+    return build(cfg.perturb) if cfg.get("perturb") else Perturbation()
 
 
 def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
@@ -123,6 +131,7 @@ def check_run(cfg: DictConfig) -> None:
     """Every check of a run's settings that needs no data: a UserError (one line) if not."""
     validate(cfg)
     build(cfg.init)  # InitScheme checks its values when built
+    perturbation(cfg)
     check_device(cfg)
 
 

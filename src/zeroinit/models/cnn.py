@@ -4,7 +4,9 @@
 (padding = kernel_size // 2); with `pool_bn` each stage ends in MaxPool 2x2 and BatchNorm, as
 in the CIFAR CNN. Then flatten and Linear layers (`hidden`), activation after each hidden one.
 `batchnorm=False` puts an Identity where those BatchNorms were (docs/findings.md: a BatchNorm
-behind zero-weight convs cancels their random biases).
+behind zero-weight convs cancels their random biases). `padding_mode` is Conv2d's: `zeros` (the
+paper's) makes a border patch of a constant input differ from an interior one, `circular` does
+not, which is how docs/findings.md separates rounding from padding.
 
   MNIST CNN: stages [[16, 32]], kernel 5, no pool/BN, hidden []
   CIFAR CNN: stages [[32, 64], [128, 128], [256, 256]], kernel 3, pool_bn, hidden [1024, 512]
@@ -12,8 +14,11 @@ behind zero-weight convs cancels their random biases).
 
 from torch import nn
 
+from zeroinit.errors import check
 from zeroinit.models.activation import make_activation
 from zeroinit.models.fnn import layer_widths
+
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")  # nn.Conv2d's
 
 
 class CNN(nn.Sequential):
@@ -27,14 +32,25 @@ class CNN(nn.Sequential):
         hidden=(),
         activation: str = "elu",
         batchnorm: bool = True,
+        padding_mode: str = "zeros",
     ):
+        check(
+            padding_mode in PADDING_MODES,
+            f"model.padding_mode: {padding_mode!r} is not one of {', '.join(PADDING_MODES)}",
+        )
         channels, height, width = input_shape
         hidden = layer_widths(hidden)
         layers = []
         for stage in (layer_widths(stage, "model.stages[i]") for stage in stages):
             for out in stage:
                 layers += [
-                    nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2),
+                    nn.Conv2d(
+                        channels,
+                        out,
+                        kernel_size,
+                        padding=kernel_size // 2,
+                        padding_mode=padding_mode,
+                    ),
                     make_activation(activation),
                 ]
                 channels = out

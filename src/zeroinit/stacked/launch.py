@@ -127,6 +127,10 @@ def compose_jobs(config_loader, config, overrides: list, nums: list[int], job_id
     return jobs
 
 
+# Callbacks that hook the run's own layers (a stack's forward runs on the stacked net instead)
+ALONE_CALLBACKS = ("border_split",)
+
+
 def group_key(cfg) -> str | None:
     """Jobs with equal keys train together; None: this job cannot be stacked."""
     t = cfg.trainer
@@ -135,6 +139,7 @@ def group_key(cfg) -> str | None:
         or t.get("devices") not in (1, "1", None)
         or str(t.get("precision")) in ("16", "16-mixed", "16-true")
         or cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1] not in ELEMENTWISE_OPTIMIZERS
+        or any((cfg.get("callbacks") or {}).get(name) for name in ALONE_CALLBACKS)
     ):
         return None
     shared = OmegaConf.to_container(cfg)

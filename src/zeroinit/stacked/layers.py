@@ -114,10 +114,13 @@ class StackedConv2d(nn.Module):
     def __init__(self, layers: list[nn.Conv2d]):
         super().__init__()
         first = layers[0]
-        if first.padding_mode != "zeros" or isinstance(first.padding, str):
-            raise StackError(f"Conv2d with padding {first.padding!r}/{first.padding_mode}")
+        if isinstance(first.padding, str):
+            raise StackError(f"Conv2d with padding {first.padding!r}")
         self.k, self.groups = len(layers), first.groups
         self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
+        # any other mode pads first, as nn.Conv2d does (per channel: members never mix)
+        self.padding_mode = first.padding_mode
+        self._pad = first._reversed_padding_repeated_twice
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
         self.bias = (
             nn.Parameter(torch.stack([m.bias.detach() for m in layers]))
@@ -128,9 +131,10 @@ class StackedConv2d(nn.Module):
     def forward(self, x):
         w = self.weight.flatten(0, 1)  # (K*out, in/groups, kh, kw): member k's filters k-th
         b = None if self.bias is None else self.bias.flatten()
-        y = F.conv2d(
-            _conv_in(x), w, b, self.stride, self.padding, self.dilation, self.groups * self.k
-        )
+        x, padding = _conv_in(x), self.padding
+        if self.padding_mode != "zeros":
+            x, padding = F.pad(x, self._pad, mode=self.padding_mode), 0
+        y = F.conv2d(x, w, b, self.stride, padding, self.dilation, self.groups * self.k)
         return _conv_out(y, self.k)
 
 
