@@ -80,6 +80,10 @@ BAD_INPUTS = [
     (["trainer=gpu"], "trainer.accelerator"),
     (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val"),
     (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches"),
+    (["perturb.bn_offset=-1"], "perturb.bn_offset"),
+    (["perturb.exact_bn=yes"], "perturb.exact_bn"),
+    (["perturb.exact_bn=true"], "perturb"),  # mnist_fnn has no BatchNorm
+    (["model=mnist_cnn", "model.padding_mode=mirror"], "model.padding_mode"),
 ]
 
 

@@ -61,12 +61,7 @@ class Perturbation:
         """Offsets and hooks on a run's freshly initialized net, in place; returns it."""
         if not self.active:
             return net
-        norms = batchnorms(net)
-        check(
-            bool(norms),
-            f"perturb: {self.describe()} needs BatchNorm layers and this model has none "
-            "(model.batchnorm=false, or a model without them)",
-        )
+        norms = self.check_model(net)
         if self.bn_offset > 0:
             # its own generator from the run's seed: the draw of every other thing is unchanged
             generator = torch.Generator().manual_seed(torch.initial_seed())
@@ -76,6 +71,16 @@ class Perturbation:
                     sign = torch.randint(0, 2, m.bias.shape, generator=generator) * 2 - 1
                     m.bias.add_(self.bn_offset * sign.to(m.bias.dtype))
         return self.attach(net)
+
+    def check_model(self, net: nn.Module) -> list[nn.Module]:
+        """The net's BatchNorms; a UserError if a perturbation is on and there are none."""
+        norms = batchnorms(net)
+        check(
+            not self.active or bool(norms),
+            f"perturb: {self.describe()} needs BatchNorm layers and this model has none "
+            "(model.batchnorm=false, or a model without them)",
+        )
+        return norms
 
     def attach(self, net: nn.Module) -> nn.Module:
         """The forward hooks alone: a stack's net carries its members' offsets already."""

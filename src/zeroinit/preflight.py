@@ -224,6 +224,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
 
     from zeroinit import speed
     from zeroinit.config import build, build_model
+    from zeroinit.run import perturbation
 
     precision = config.trainer.get("precision")
     try:
@@ -240,6 +241,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
                 "16-true"
             ) from None
     build(config.init)  # InitScheme checks its values when built
+    perturb = perturbation(config)  # and Perturbation
     if not input_shape or not num_classes:
         return
     with torch.device("meta"):
@@ -252,6 +254,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
                 f"model: {config.model.get('name')} cannot be built from these "
                 f"settings: {_reason(e)}"
             ) from None
+        perturb.check_model(net)
         try:
             build(config.optimizer)(net.parameters())
             # with speed.fused_optimizer, on a real parameter (a fused step refuses meta)
