@@ -9,7 +9,7 @@
         # full-width ResNet-50's first steps per precision -> outputs/sweeps/bn_rounding
     python src/bn_study.py padding [--seeds 3] [--sweeps native exact]
         # rounding vs padding (experiment=bn_padding) -> outputs/sweeps/bn_padding; then
-        # python src/bn_study.py padding-report
+        # python src/bn_study.py padding-report [--padding-out docs/padding]
 
 What is run and how it is read: src/zeroinit/findings.py. A finished run is skipped, so `run`
 can be repeated (or stopped and resumed) and `--seeds` raised later.
@@ -28,13 +28,13 @@ from zeroinit.findings import (
     accuracy_commands,
     batchnorm_report,
     padding_commands,
-    padding_report,
     report,
     rounding_report,
     rounding_runs,
     run_study,
     train_all,
 )
+from zeroinit.rounding_padding import padding_report
 from zeroinit.run import quiet_lightning
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -47,6 +47,10 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--root", type=Path, default=Path("outputs/sweeps/bn_study"))
     parser.add_argument("--rounding-root", type=Path, default=Path("outputs/sweeps/bn_rounding"))
+    parser.add_argument("--padding-root", type=Path, default=Path("outputs/sweeps/bn_padding"))
+    parser.add_argument(
+        "--padding-out", type=Path, default=Path("outputs/bn_padding"), help="runs.csv, cells.csv"
+    )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="rounding only")
     parser.add_argument(
         "--conditions",
@@ -73,7 +77,7 @@ def main(argv: list[str]) -> int:
         print(rounding_report(args.rounding_root))
         return 0
     if args.action == "padding-report":
-        print(padding_report(Path("outputs/sweeps/bn_padding"), args.out.parent))
+        print(padding_report(args.padding_root, args.padding_out))
         return 0
     if args.action in ("accuracy", "padding"):  # each a sweep of its own, as a user runs it
         status = 0

@@ -203,27 +203,31 @@ def accuracy_commands(seeds: int, models=None, log_dir: str = "outputs") -> list
 
 
 # ------------------------------------------------- rounding vs padding (issue 37, part 1)
-# experiment=bn_padding; each entry one train.py -m grid over 3 seeds (a grid crosses every
-# comma list). In the order that answers the most first: the baselines, the exact-BatchNorm
-# grid, the noise arm, then Adam's amplification put back (fp64 eps 1e-20) and the authors'
-# effective Adam eps (their loss is summed over the batch of 128: eps 1e-8 acts as ~8e-11).
+# experiment=bn_padding; each entry one train.py -m grid over the seeds (a grid crosses every
+# comma list), in the order that answers the most first: the baselines, exact BatchNorm with no
+# offset and with one, Adam's amplification put back (fp64 eps 1e-20), the authors' effective
+# Adam eps (their loss is summed over the batch of 128: eps 1e-8 acts as ~8e-11), more offsets
+# (time to wake against the offset), then the noise arm. A rerun skips finished runs.
 PADDING = ["model.padding_mode=zeros,circular"]
 PADDING_SWEEPS = {
     "native": ["trainer.precision=32-true,64-true", "perturb.exact_bn=false"],
     "exact": [
         "trainer.precision=32-true,64-true",
         "perturb.exact_bn=true",
-        "perturb.bn_offset=0,1e-11,1e-8,1e-5",
-    ],
-    "noise": ["trainer.precision=64-true", "perturb.exact_bn=true", "perturb.bn_noise=1e-5"],
-    "eps1e-20_native": ["trainer.precision=64-true", "optimizer.eps=1e-20"],
-    "eps1e-20_exact": [
-        "trainer.precision=64-true",
-        "optimizer.eps=1e-20",
-        "perturb.exact_bn=true",
         "perturb.bn_offset=0,1e-8",
     ],
+    "eps1e-20": [
+        "trainer.precision=64-true",
+        "optimizer.eps=1e-20",
+        "perturb.exact_bn=false,true",
+    ],
     "authors_eps": ["optimizer.eps=8e-11", "perturb.exact_bn=false,true"],
+    "offsets": [
+        "trainer.precision=32-true,64-true",
+        "perturb.exact_bn=true",
+        "perturb.bn_offset=1e-11,1e-5",
+    ],
+    "noise": ["trainer.precision=64-true", "perturb.exact_bn=true", "perturb.bn_noise=1e-5"],
 }
 
 
