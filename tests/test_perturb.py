@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from zeroinit import rounding_padding
 from zeroinit.diagnostics.border import split_terms
 from zeroinit.run import build_net, compose, run
 from zeroinit.stacked.layers import stack_nets
@@ -40,6 +41,18 @@ def test_exact_batchnorm_without_offset_keeps_the_layer_after_each_batchnorm_at_
     assert all(native[layer] is not None for layer in AFTER_BN), native
     assert all(exact[layer] is None for layer in AFTER_BN), exact
     assert exact["23"] == 1  # the output layer still learns from its biases' input
+
+    # the study's tables read these runs: one cell each, every run's outcome listed
+    rows = rounding_padding.collect(tmp_path)
+    assert [(r["bn"], r["padding"], r["precision"]) for r in rows] == [
+        ("exact", "zeros", "fp32"),
+        ("native", "zeros", "fp32"),
+    ]
+    table = rounding_padding.cells(rows)
+    assert [c["n"] for c in table] == [1, 1] and table[0]["horizon"] == STEPS
+    assert table[1]["convs_woken"] == "5/6" and table[0]["convs_woken"] == "0/6"  # conv 0: step 9
+    text = rounding_padding.markdown(table)
+    assert "| fp32 | 1e-8 | zeros | exact + 0 | 1 |" in text and "| native | 1 |" in text
 
 
 @pytest.mark.parametrize("padding", ["zeros", "circular"])

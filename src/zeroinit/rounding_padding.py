@@ -3,7 +3,7 @@ run and one per cell (precision x Adam eps x padding x BatchNorm mode x offset),
 results.json (its config, epochs, diagnostics' wake-up steps and border split).
 
     python src/bn_study.py padding          # trains the cells (zeroinit.findings.PADDING_SWEEPS)
-    python src/bn_study.py padding-report   # -> docs/padding/{runs,cells}.csv, wake.png, stdout
+    python src/bn_study.py padding-report   # -> {runs,cells}.csv, wake.png, curves.png, stdout
 
 "Learned" is the report's rule (zeroinit.outcomes): test accuracy at an epoch end >= chance + 5
 points; "steps to learn" is that epoch's last step, censored (">= T") at the run's last step.
@@ -191,6 +191,57 @@ def wake_figure(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _bn_mode(r: dict) -> str:
+    mode = "native" if r["bn"] == "native" else f"exact + {_eps(r['offset'])}"
+    return mode + (f", noise {_eps(r['noise'])}" if r["noise"] else "")
+
+
+def curves_figure(rows: list[dict], path: Path) -> None:
+    """Every run's test accuracy per epoch: one panel per precision x Adam eps (rows) and
+    padding (columns), one colour per BatchNorm mode, the legend beside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    settings = sorted({(r["precision"], r["adam_eps"]) for r in rows}, key=lambda k: (k[0], -k[1]))
+    paddings = sorted({r["padding"] for r in rows}, key=lambda p: p != "zeros")
+    modes = sorted({_bn_mode(r) for r in rows}, key=lambda m: (m != "native", m))
+    colors = dict(zip(modes, plt.cm.tab10.colors))
+    fig, axes = plt.subplots(
+        len(settings),
+        len(paddings),
+        figsize=(4.2 * len(paddings) + 2.4, 2.3 * len(settings)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for i, (precision, eps) in enumerate(settings):
+        for j, padding in enumerate(paddings):
+            ax = axes[i][j]
+            for r in rows:
+                if (r["precision"], r["adam_eps"], r["padding"]) != (precision, eps, padding):
+                    continue
+                acc = [100 * float(a) for a in r["acc_by_epoch"].split()]
+                ax.plot(range(1, len(acc) + 1), acc, color=colors[_bn_mode(r)], alpha=0.75)
+            ax.set_title(f"{precision}, Adam eps {_eps(eps)}, {padding} padding", fontsize=8)
+            ax.set_ylim(0, 100)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.axhline(15, color="grey", lw=0.6, ls=":")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("test acc %", fontsize=8)
+            if i == len(settings) - 1:
+                ax.set_xlabel("epoch (32 steps)", fontsize=8)
+    handles = [plt.Line2D([], [], color=colors[m], label=m) for m in modes]
+    fig.legend(handles=handles, title="BatchNorm", loc="center right", fontsize=8)
+    fig.suptitle("cifar_cnn 1/4 width, embedded digits: every run (dotted: chance + 5)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -208,4 +259,5 @@ def padding_report(root: Path, out_dir: Path) -> str:
     write_csv(rows, out_dir / "runs.csv")
     write_csv(table, out_dir / "cells.csv")
     wake_figure(rows, out_dir / "wake.png")
+    curves_figure(rows, out_dir / "curves.png")
     return markdown(table)
