@@ -230,6 +230,27 @@ PADDING_SWEEPS = {
     ],
     "noise": ["trainer.precision=64-true", "perturb.exact_bn=true", "perturb.bn_noise=1e-5"],
 }
+# On real CIFAR-10 (the JPEG copy, docs/data.md), opt in with --sweeps: one epoch of 391
+# steps, a sweep of its own. fp32 first (the baseline and exact BatchNorm with and without an
+# offset), then the float64 cells that test "an offset learns with zeros, not with circular".
+CIFAR = [
+    "dataset=image_folder",
+    "dataset.data_dir=data/cifar10-jpeg",
+    "sweep_name=bn_padding_cifar",
+    "trainer.max_epochs=1",
+    "callbacks.diagnostics.wakeup_max_steps=391",
+    "callbacks.border_split.steps=391",
+]
+PADDING_SWEEPS |= {
+    "cifar_fp32_native": [*CIFAR, "perturb.exact_bn=false"],
+    "cifar_fp32_exact": [*CIFAR, "perturb.exact_bn=true", "perturb.bn_offset=0,1e-8"],
+    "cifar_fp64_exact": [
+        *CIFAR,
+        "trainer.precision=64-true",
+        "perturb.exact_bn=true",
+        "perturb.bn_offset=1e-8",
+    ],
+}
 
 
 def padding_commands(seeds: int, sweeps=None, log_dir: str = "outputs") -> list[list[str]]:
@@ -245,7 +266,7 @@ def padding_commands(seeds: int, sweeps=None, log_dir: str = "outputs") -> list[
             "launcher=parallel",
             f"paths.log_dir={log_dir}",
         ]
-        for name in sweeps or PADDING_SWEEPS
+        for name in sweeps or [n for n in PADDING_SWEEPS if not n.startswith("cifar")]
     ]
 
 
