@@ -78,9 +78,12 @@ def rank_change(run_dir) -> dict:
     if "config" not in results:
         return {"erank_change_first": math.nan, "erank_change_mean": math.nan}
     cfg = OmegaConf.create(results["config"])
-    shape = SimpleNamespace(
-        input_shape=tuple(cfg.dataset.input_shape), num_classes=int(results["num_classes"])
-    )
+    # (runs written before results.json kept the input shape: the dataset's config has it,
+    # except for an image folder's)
+    input_shape = results.get("input_shape") or cfg.dataset.get("input_shape")
+    if input_shape is None:
+        return {"erank_change_first": math.nan, "erank_change_mean": math.nan}
+    shape = SimpleNamespace(input_shape=tuple(input_shape), num_classes=int(results["num_classes"]))
     net = build_net(cfg, shape)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     ranks = []

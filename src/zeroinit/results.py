@@ -142,6 +142,7 @@ class ResultsWriter(L.Callback):
             "stack_size",
             "logger_runs",
             "num_classes",
+            "input_shape",
         ):
             raise ValueError(f"results.json key {key!r} belongs to the run itself")
         self.results[key] = section
@@ -178,6 +179,8 @@ class ResultsWriter(L.Callback):
         self._start = self._epoch_start = time.perf_counter()  # resumed inside an epoch:
         self.results["device"] = describe_device(trainer.strategy.root_device)
         self.results["num_classes"] = getattr(trainer.datamodule, "num_classes", None)
+        shape = getattr(trainer.datamodule, "input_shape", None)
+        self.results["input_shape"] = list(shape) if shape is not None else None
         self.write("running")
 
     def on_train_epoch_start(self, trainer, pl_module):
