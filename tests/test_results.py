@@ -112,3 +112,20 @@ def test_tensorboard_hparams_are_the_experiments_keys_with_no_fake_metric(make_c
     assert not [t for t in scalars if t.startswith("hp")]  # no duplicate of test/acc
     assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # no 0 at step 0
     assert "config" in "".join(acc.Tags()["tensors"])  # the whole config, in TEXT
+
+
+def test_results_json_follows_the_umask_like_any_other_file(tmp_path):
+    """A temporary file is created 0600; renamed into place as it is, results.json would be
+    unreadable by a group on a shared disk. Under umask 022 it is 0644, as `open` makes."""
+    import os
+    import stat
+
+    from zeroinit.files import FILE_MODE
+    from zeroinit.results import write_json_atomic
+
+    write_json_atomic(tmp_path / "results.json", {"status": "completed"})
+    (tmp_path / "plain.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode)
+    assert mode == FILE_MODE == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode)
+    assert mode & 0o044 == 0o044  # group- and world-readable under the usual umask 022
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -11,11 +11,12 @@ the value is computed as if there were no cache.
 import hashlib
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from zeroinit.files import replaced_atomically
 
 log = logging.getLogger("zeroinit")
 CACHE_ENV = "ZEROINIT_CACHE"
@@ -49,14 +50,8 @@ def arrays(name: str, build) -> dict[str, np.ndarray]:
     out = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **out)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replaced_atomically(path, binary=True, fsync=False) as f:
+            np.savez(f, **out)
     except OSError as e:
         log.info("cache %s not written (%s)", path, e)
     return out

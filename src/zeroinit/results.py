@@ -23,15 +23,14 @@ either the previous complete file or the new one, never a torn one.
 
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from zeroinit.files import replaced_atomically
 from zeroinit.loggers import log_scalars
 from zeroinit.signals import stopped_by
 
@@ -41,17 +40,8 @@ METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "test_top_class_f
 
 
 def write_json_atomic(path, data) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as f:
+        json.dump(data, f, indent=2, allow_nan=True)
 
 
 def read_results(run_dir) -> dict:
