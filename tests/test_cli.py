@@ -62,6 +62,16 @@ def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
         assert d.name.startswith(f"mnist5k-mnist_fnn-{results['config']['init']['name']}-")
         assert list(d.glob("events.out.tfevents.*"))
         assert (d / "checkpoints" / "last.ckpt").exists()
+    # the sweep's last lines: where it is and what to run next
+    tail = proc.stdout.strip().splitlines()[-3:]
+    assert tail == [
+        f"  folder:  {sweep}",
+        f"  report:  python src/report.py {sweep}",
+        f"  curves:  tensorboard --logdir {sweep}",
+    ], proc.stdout[-1000:]
+    again = cli("train.py", *proc.args[2:])  # the same command: nothing to do, and it says so
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"  nothing trained: all 4 runs had finished before in {sweep}" in again.stdout
 
 
 BAD_INPUTS = [

@@ -467,3 +467,35 @@ def test_a_full_disk_ends_a_single_run_in_one_line(small_disk, here):
     assert (
         last.startswith("error: No space left on device writing ") and "Traceback" not in out.stderr
     )
+
+
+def test_a_sweep_ends_saying_where_it_is_and_what_was_not_logged(tmp_path, monkeypatch):
+    """next_steps: folder, report and TensorBoard commands; all skipped: says nothing
+    trained; a logger added to a sweep whose runs had finished: says they were not logged."""
+    from omegaconf import OmegaConf
+
+    from zeroinit.sweep import next_steps
+
+    monkeypatch.chdir(tmp_path)
+    config = OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(tmp_path / "outputs/sweeps/s")}},
+            "logger": {"tensorboard": {}, "mlflow": {"tracking_uri": "x"}},
+        }
+    )
+    skipped = [{"status": "skipped", "run": f"r{i}"} for i in range(3)]
+    lines = next_steps(config, skipped)
+    assert lines[0].startswith(
+        "  nothing trained: all 3 runs had finished before in outputs/sweeps/s"
+    )
+    assert lines[1].startswith("  logger.mlflow: the 3 skipped runs were not logged")
+    assert lines[-3:] == [
+        "  folder:  outputs/sweeps/s",
+        "  report:  python src/report.py outputs/sweeps/s",
+        "  curves:  tensorboard --logdir outputs/sweeps/s",
+    ]
+    trained = next_steps(config, [{"status": "completed", "run": "r"}])
+    assert len(trained) == 3  # nothing skipped: only the next steps
+    (tmp_path / "outputs/sweeps/s").mkdir(parents=True)
+    (tmp_path / "outputs/sweeps/s/search_best.json").write_text("{}")
+    assert "  best trial: outputs/sweeps/s/search_best.json" in next_steps(config, [])

@@ -91,6 +91,45 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     return "\n".join(lines), bool(failed or interrupted)
 
 
+def _shown(path) -> str:
+    """A path as a user would type it: relative to the working folder where it is inside."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def next_steps(config, outcomes: list[dict]) -> list[str]:
+    """Where the sweep is and what to run next; and, where nothing trained, why (a sweep
+    folder's finished runs are skipped: a new experiment needs a new sweep_name)."""
+    where = _shown(config.hydra.sweep.dir)
+    lines = []
+    skipped = sum(o["status"] == "skipped" for o in outcomes)
+    if outcomes and skipped == len(outcomes):
+        lines.append(
+            f"  nothing trained: all {skipped} runs had finished before in {where} "
+            "(the same command resumes a sweep; another experiment needs its own "
+            "sweep_name=<name>)"
+        )
+    for name in (config.get("logger") or {}):
+        if skipped and config.logger[name] and name not in ("tensorboard", "csv"):
+            lines.append(
+                f"  logger.{name}: the {skipped} skipped runs were not logged to it (they "
+                "had finished before); to log them, run the command again with a new "
+                "sweep_name=<name>"
+            )
+    best = Path(config.hydra.sweep.dir) / "search_best.json"
+    if best.exists():
+        lines.append(f"  best trial: {_shown(best)}")
+    lines += [
+        f"  folder:  {where}",
+        f"  report:  python src/report.py {where}",
+        f"  curves:  tensorboard --logdir {where}",
+    ]
+    return lines
+
+
 def started_here() -> bool:
     """Whether this process started the sweep (the basic and stacked launchers run its jobs
     in it; joblib workers and SLURM jobs are other processes)."""
@@ -229,6 +268,8 @@ class SweepSummary(Callback):
             text += "\n  stopped after the first run that met the error above: every run would"
             text += " meet it; once it is fixed, the same command resumes the sweep"
         print(text, flush=True)
+        if message is None:
+            print("\n".join(next_steps(config, outcomes)), flush=True)
         if message is not None:
             raise SystemExit(2)
         if failed:
