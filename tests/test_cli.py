@@ -236,3 +236,47 @@ def test_help_and_config_listing_import_neither_torch_nor_lightning(args):
     )
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Configuration groups" in proc.stdout or "dataset:" in proc.stdout
+
+
+def test_the_default_sweep_refuses_another_command_and_takes_more_seeds(tmp_path):
+    """outputs/sweeps/default keeps the command that made it (command.json): the same command
+    with more seeds, another launcher or logger extends or resumes it; a command that is another
+    experiment (here 2 epochs instead of 1) is one error line naming sweep_name, exit 2, and
+    nothing is written; with its own sweep_name it runs."""
+    common = ["trainer=cpu", "+trainer.limit_train_batches=2", "callbacks.diagnostics=null"]
+    common.append(f"paths.log_dir={tmp_path}")
+    first = cli("train.py", "-m", "init=zero", "seed=0", "trainer.max_epochs=1", *common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep = tmp_path / "sweeps" / "default"
+    saved = json.loads((sweep / "command.json").read_text())
+    assert saved == {
+        "overrides": ["+trainer.limit_train_batches=2", "init=zero", "trainer.max_epochs=1"]
+    }
+    more = cli(
+        "train.py",
+        "-m",
+        "init=zero",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        "launcher=basic",
+        *common,
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "1 completed, 1 skipped" in more.stdout
+    before = sorted(p.name for p in sweep.rglob("*"))
+    other = cli("train.py", "-m", "init=zero", "seed=0", "trainer.max_epochs=2", *common)
+    assert other.returncode == 2
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sweep_name: "), other.stderr
+    assert "(+trainer.limit_train_batches=2 init=zero trainer.max_epochs=1)" in lines[0]
+    assert sorted(p.name for p in sweep.rglob("*")) == before
+    named = cli(
+        "train.py",
+        "-m",
+        "init=zero",
+        "seed=0",
+        "trainer.max_epochs=2",
+        "sweep_name=two",
+        *common,
+    )
+    assert named.returncode == 0, named.stderr[-2000:]

@@ -1,4 +1,6 @@
-"""Files written whole or not at all: a temporary file beside the target, renamed over it.
+"""Files written whole or not at all, and paths as a user types them.
+
+Written whole or not at all: a temporary file beside the target, renamed over it.
 
 A reader (the report, a resumed run, another user on a shared disk) sees the previous
 complete file or the new one, never a torn one, and the new file gets the mode any other
@@ -38,3 +40,12 @@ def replaced_atomically(path, binary: bool = False, fsync: bool = True):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def shown_path(path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -13,6 +13,7 @@ sweep, if its config allows it (`dataset.download`); the runs themselves never d
 
 import difflib
 import inspect
+import json
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from zeroinit import data
 from zeroinit.config import check_device, validate
 from zeroinit.errors import UserError, check
+from zeroinit.files import replaced_atomically, shown_path
 from zeroinit.keys import NOT_DATA
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -349,6 +351,7 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
     check_sweep_name(config.get("sweep_name"))  # before anything is written under it
+    check_default_sweep(config)
     validate(config)  # the values every job shares (swept ones are checked per run)
     check_added_keys(config)
     check_writable(config.hydra.sweep.dir)
@@ -367,6 +370,65 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
         data.read(source, data_dir, download)
     check_loggers(config)  # last: an MLflow store may be created
     return [(source, data_dir) for source, data_dir, _ in datasets.values()]
+
+
+DEFAULT_SWEEP = "default"
+COMMAND_FILE = "command.json"  # the default sweep folder's command (check_default_sweep)
+# Overrides that do not make another experiment: where and how its runs run, what they log,
+# and the seeds (more seeds extend a sweep).
+NOT_COMMAND = ("seed", "trainer", "launcher", "logger", "hydra/launcher", "callbacks")
+
+
+def sweep_command(config: DictConfig) -> list[str]:
+    """The command line's overrides that say which experiment a sweep is (sorted)."""
+    from zeroinit.lifecycle import NOT_IDENTITY
+
+    kept = []
+    for override in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in NOT_COMMAND or key.startswith((*NOT_IDENTITY, "hydra.", "logger.", "launcher.")):
+            continue
+        kept.append(override)
+    return sorted(kept)
+
+
+def check_default_sweep(config: DictConfig) -> None:
+    """A -m command without a sweep_name lands in outputs/sweeps/default. Another command's
+    runs there would be skipped as finished or drawn beside this one's in a report, so the
+    folder keeps the command that made it and refuses a different one in one line (a named
+    sweep may hold several commands on purpose: a study's arms). Writes nothing."""
+    if config.get("sweep_name") != DEFAULT_SWEEP or any(
+        o.lstrip("+").startswith("sweep_name=")
+        for o in OmegaConf.select(config, "hydra.overrides.task") or []
+    ):
+        return
+    saved = Path(config.hydra.sweep.dir) / COMMAND_FILE
+    if not saved.exists():
+        return
+    try:
+        before = json.loads(saved.read_text())["overrides"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: written again when this sweep starts
+    now = sweep_command(config)
+    if before != now:
+        shown = lambda o: " ".join(o) or "(no overrides)"  # noqa: E731
+        raise UserError(
+            f"sweep_name: {shown_path(config.hydra.sweep.dir)} holds the sweep of another command "
+            f"({shown(before)}), not of this one ({shown(now)}): give it its own "
+            "sweep_name=<name> (rerunning that command resumes it)"
+        )
+
+
+def save_default_sweep(config: DictConfig) -> None:
+    """The default sweep folder's command, once its checks passed."""
+    if config.get("sweep_name") != DEFAULT_SWEEP:
+        return
+    folder = Path(config.hydra.sweep.dir)
+    if (folder / COMMAND_FILE).exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(folder / COMMAND_FILE) as f:
+        json.dump({"overrides": sweep_command(config)}, f, indent=2)
 
 
 class Preflight(Callback):
@@ -392,6 +454,7 @@ class Preflight(Callback):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None  # Hydra turns exceptions here into warnings
+        save_default_sweep(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         os.environ.pop(data.NO_DOWNLOAD_ENV, None)

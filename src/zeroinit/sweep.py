@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from zeroinit.errors import SweepError
+from zeroinit.files import shown_path
 from zeroinit.results import write_json_atomic
 from zeroinit.signals import slurm_job_id
 
@@ -91,19 +92,10 @@ def summarize(outcomes: list[dict], said: str | None = None) -> tuple[str, bool]
     return "\n".join(lines), bool(failed or interrupted)
 
 
-def _shown(path) -> str:
-    """A path as a user would type it: relative to the working folder where it is inside."""
-    path = Path(path).absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def next_steps(config, outcomes: list[dict]) -> list[str]:
     """Where the sweep is and what to run next; and, where nothing trained, why (a sweep
     folder's finished runs are skipped: a new experiment needs a new sweep_name)."""
-    where = _shown(config.hydra.sweep.dir)
+    where = shown_path(config.hydra.sweep.dir)
     lines = []
     skipped = sum(o["status"] == "skipped" for o in outcomes)
     if outcomes and skipped == len(outcomes):
@@ -112,7 +104,7 @@ def next_steps(config, outcomes: list[dict]) -> list[str]:
             "(the same command resumes a sweep; another experiment needs its own "
             "sweep_name=<name>)"
         )
-    for name in (config.get("logger") or {}):
+    for name in config.get("logger") or {}:
         if skipped and config.logger[name] and name not in ("tensorboard", "csv"):
             lines.append(
                 f"  logger.{name}: the {skipped} skipped runs were not logged to it (they "
@@ -121,7 +113,7 @@ def next_steps(config, outcomes: list[dict]) -> list[str]:
             )
     best = Path(config.hydra.sweep.dir) / "search_best.json"
     if best.exists():
-        lines.append(f"  best trial: {_shown(best)}")
+        lines.append(f"  best trial: {shown_path(best)}")
     lines += [
         f"  folder:  {where}",
         f"  report:  python src/report.py {where}",
