@@ -145,6 +145,17 @@ class FailAtEpochEnd(L.Callback):
         raise RuntimeError("boom at the end of the epoch")
 
 
+class DeniedAtEpochEnd(L.Callback):
+    """Raises what a folder made unwritable raises (EACCES) at the end of the first epoch: a
+    permission lost while a sweep runs (as root a real chmod would not stop the write)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import errno
+        import os
+
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), trainer.default_root_dir)
+
+
 class NoSpaceAtEpochEnd(L.Callback):
     """Raises what a full disk raises at the end of the first training epoch: a failure every
     run of a sweep would share. Use it as `+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd`

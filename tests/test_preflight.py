@@ -131,7 +131,11 @@ def test_sweep_with_data_missing_creates_nothing_and_says_it_once(tmp_path, here
 
 
 # ------------------------------------------------------------------ during a run
-def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path, here):
+@pytest.mark.parametrize(
+    "boom,said",
+    [("NoSpaceAtEpochEnd", "No space left on device"), ("DeniedAtEpochEnd", "Permission denied")],
+)
+def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path, here, boom, said):
     proc = here(
         "train.py",
         "-m",
@@ -140,15 +144,15 @@ def test_a_failure_every_run_shares_stops_the_sweep_after_the_first_run(tmp_path
         "seed=0,1,2",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
-        "+callbacks.boom._target_=fakedata.NoSpaceAtEpochEnd",
+        f"+callbacks.boom._target_=fakedata.{boom}",
         f"paths.log_dir={tmp_path}",
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert len(errors) == 1 and said in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert "sweep: 3 runs: 1 failed, 2 not started" in proc.stdout
-    assert "No space left" not in proc.stdout  # said once, on stderr
+    assert said not in proc.stdout  # said once, on stderr
     runs = sorted(
         p.name
         for p in (tmp_path / "sweeps" / "default").iterdir()
@@ -162,6 +166,7 @@ def test_sweep_wide_failures_are_told_apart_from_a_runs_own():
 
     assert is_sweep_wide(SweepError("dataset=cifar10: missing"))
     assert is_sweep_wide(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_sweep_wide(PermissionError(errno.EACCES, "Permission denied"))
     assert not is_sweep_wide(UserError("model.activation: 'swish' is not one of ..."))
     assert not is_sweep_wide(OSError(errno.ENOENT, "No such file"))
     assert not is_sweep_wide(RuntimeError("CUDA out of memory"))

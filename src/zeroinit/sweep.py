@@ -167,8 +167,11 @@ def summary_so_far(sweep_dir, current: dict | None = None, said: str | None = No
 
 
 # ---------------------------------------------------------------- sweep-wide failures
-# A full disk, an exhausted quota or a read-only file system fails every later run just the same.
-SWEEP_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# A full disk, an exhausted quota or a read-only file system fails every later run just the
+# same; so, most often, does a permission lost while the sweep runs (a folder made read-only,
+# another user's files): one line and a stop beat a traceback per run.
+SWEEP_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM}
 STOPPED = "stopped.txt"  # in the sweep's outcome folder: the message that stopped it
 
 
@@ -177,7 +180,7 @@ def is_sweep_wide(e: BaseException) -> bool:
 
 
 def is_disk_error(e: BaseException) -> bool:
-    """A full disk, an exhausted quota, a read-only file system."""
+    """A full disk, an exhausted quota, a read-only file system, a permission denied."""
     return isinstance(e, OSError) and e.errno in SWEEP_WIDE_ERRNOS
 
 
@@ -186,9 +189,13 @@ def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = No
     own files for the next run would fail first), so the sweep stops here, in one line and
     its summary so far; exit 2. The runs that were training keep their last complete
     results.json and checkpoint: the same command resumes them once there is room."""
+    fix = (
+        "fix the permissions" if e.errno in PERMISSION_ERRNOS else "free space (or fix the folder)"
+    )
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else ""
     print(
-        f"error: {e.strerror or e} writing {run_dir}: the sweep stops here; free space (or "
-        "fix the folder) and run the same command to resume",
+        f"error: {e.strerror or e} writing {run_dir}{where}: the sweep stops here; {fix} and "
+        "run the same command to resume",
         file=sys.stderr,
         flush=True,
     )
