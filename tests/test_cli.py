@@ -90,6 +90,11 @@ BAD_INPUTS = [
     (["trainer=gpu"], "trainer.accelerator"),
     (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val"),
     (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.devices=abc"], "trainer.devices"),
+    (["trainer.devices=[0]"], "trainer.devices"),  # a device index on the CPU
+    (["~model"], "model"),
+    (["~optimizer"], "optimizer"),
     (["perturb.bn_offset=-1"], "perturb.bn_offset"),
     (["perturb.exact_bn=yes"], "perturb.exact_bn"),
     (["perturb.exact_bn=true"], "perturb"),  # mnist_fnn has no BatchNorm

@@ -49,8 +49,50 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+REQUIRED_GROUPS = ("dataset", "model", "init", "optimizer", "trainer")
+
+
+def _devices_allowed(devices) -> bool:
+    """Lightning's `devices`: "auto", a count >= 1 or -1 (all), device indices as a list or a
+    string "0,1"."""
+    if devices is None or devices == "auto":
+        return True
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        parts = devices.strip().rstrip(",").split(",")
+        return devices.strip() == "-1" or all(p.strip().isdigit() for p in parts)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices) > 0 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices
+        )
+    return False
+
+
 def validate(cfg: DictConfig) -> None:
     """The checks a bad command line should fail before anything is written."""
+    for group in REQUIRED_GROUPS:
+        check(
+            isinstance(cfg.get(group), DictConfig),
+            f"{group}: missing (removed with ~{group}?); allowed: one of conf/{group}/, "
+            f"e.g. {group}=<name>",
+        )
+    devices = cfg.trainer.get("devices")
+    if str(cfg.trainer.get("accelerator")) == "cpu":  # Lightning: a number of processes
+        check(
+            devices in (None, "auto")
+            or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+            or (isinstance(devices, str) and devices.isdigit() and int(devices) >= 1),
+            f"trainer.devices: {devices!r} is not allowed with trainer.accelerator=cpu; "
+            "allowed: auto or a number >= 1",
+        )
+    check(
+        _devices_allowed(devices),
+        f"trainer.devices: {devices!r} is not allowed; allowed: auto, a number of devices "
+        ">= 1, -1 (all), or device indices such as [0, 1]",
+    )
     epochs = cfg.trainer.get("max_epochs")
     check(
         isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0,
