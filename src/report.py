@@ -75,6 +75,14 @@ def main(argv=None) -> int:
     if runs.empty:
         print(f"error: no runs (results.json files) under {', '.join(args.paths)}", file=sys.stderr)
         return 2
+    if runs["status"].eq("unreadable").all():  # nothing to report: not an empty table
+        first = runs.iloc[0]
+        print(
+            f"error: no readable results.json under {', '.join(args.paths)}: "
+            f"{runs['run'].nunique()} unreadable (first: {first['run']}: {first['error']})",
+            file=sys.stderr,
+        )
+        return 2
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     figures = group_runs(runs, margin=args.margin / 100)

@@ -128,6 +128,15 @@ def test_cli_fails_clearly_without_runs(tmp_path, capsys):
     assert "no runs" in capsys.readouterr().err
 
 
+def test_a_folder_of_unreadable_results_is_an_error_not_an_empty_report(tmp_path, capsys):
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "results.json").write_text("{garbage")
+    assert report.main([str(tmp_path), "-o", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no readable results.json under ")
+    assert not (tmp_path / "rep").exists()  # nothing written
+
+
 def test_a_results_json_of_the_wrong_shape_is_skipped_and_named(tmp_path, capsys):
     for name, text in (
         ("list", "[1, 2]"),
