@@ -234,3 +234,13 @@ def test_line_labels_leave_out_unset_keys_and_keep_a_nested_settings_keys_togeth
     assert labels["quarter"] == (
         "dataset.normalize.mean=[0, 0, 0] dataset.normalize.std=[4, 4, 4] init.bias=uniform"
     )
+
+
+def test_a_nan_accuracy_is_not_printed_as_one():
+    from zeroinit.report import accuracy_cell
+
+    nan = float("nan")
+    row = {"n": 1, "final_test_acc_%": nan, "acc_ci95_low_%": nan, "acc_ci95_high_%": nan}
+    assert accuracy_cell(row) == "no finite accuracy"
+    row.update({"final_test_acc_%": 91.0})
+    assert accuracy_cell(row) == "91.00 (n=1, no CI)"

@@ -349,8 +349,10 @@ def accuracy_cell(r: dict) -> str:
     """`mean [low, high]` of a line's final accuracy, or why there is no interval."""
     if not r["n"]:
         return ""
+    if math.isnan(r["final_test_acc_%"]):  # NaN is not an accuracy: say so, not "nan"
+        return "no finite accuracy"
     if math.isnan(r["acc_ci95_low_%"]):
-        return f"{r['final_test_acc_%']:.2f} (n=1, no CI)"
+        return f"{r['final_test_acc_%']:.2f} (n={r['n']}, no CI)"
     return (
         f"{r['final_test_acc_%']:.2f} [{r['acc_ci95_low_%']:.2f}, {r['acc_ci95_high_%']:.2f}]"
         f" {r['acc_ci95_method']}"
