@@ -285,3 +285,22 @@ def test_the_default_sweep_refuses_another_command_and_takes_more_seeds(tmp_path
         *common,
     )
     assert named.returncode == 0, named.stderr[-2000:]
+
+
+SWEEP_REFUSALS = [
+    (["hydra.launcher.stack_size=0"], "hydra.launcher.stack_size"),
+    (["hydra.launcher.workers=0"], "hydra.launcher.workers"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["sweep_name=../x"], "sweep_name"),
+    (["model.activation=swish"], "model.activation"),
+]
+
+
+@pytest.mark.parametrize("args,key", SWEEP_REFUSALS, ids=[a[0] for a, _ in SWEEP_REFUSALS])
+def test_a_refused_sweep_writes_nothing(tmp_path, args, key):
+    logs = tmp_path / "logs"
+    proc = cli("train.py", "-m", "seed=0,1", "trainer=cpu", *args, f"paths.log_dir={logs}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), proc.stderr
+    assert not logs.exists(), sorted(str(p) for p in logs.rglob("*"))

@@ -351,6 +351,7 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
     A dataset is read as its runs read it (data.read: checksums, formats), and stays in memory
     for the runs in this process."""
     check_sweep_name(config.get("sweep_name"))  # before anything is written under it
+    check_launcher(config)
     check_default_sweep(config)
     validate(config)  # the values every job shares (swept ones are checked per run)
     check_added_keys(config)
@@ -390,6 +391,15 @@ def sweep_command(config: DictConfig) -> list[str]:
             continue
         kept.append(override)
     return sorted(kept)
+
+
+def check_launcher(config: DictConfig) -> None:
+    """The stacked launchers' settings (hydra.launcher.stack_size, workers)."""
+    launcher = OmegaConf.select(config, "hydra.launcher") or {}
+    if "stack_size" in launcher or "workers" in launcher:
+        from zeroinit.stacked.launch import check_settings
+
+        check_settings(launcher.get("stack_size"), launcher.get("workers"))
 
 
 def check_default_sweep(config: DictConfig) -> None:

@@ -219,11 +219,18 @@ def places_for(setting, jobs: list[Job]) -> int:
     return max(1, torch.cuda.device_count()) if wants_gpu and torch.cuda.is_available() else 1
 
 
+def check_settings(stack_size, workers) -> None:
+    """The launcher's own values (hydra.launcher.stack_size, workers): a UserError naming the
+    key. The sweep's preflight calls it before anything is written (Hydra writes
+    multirun.yaml before it hands the launcher its jobs)."""
+    check_setting(stack_size)
+    if workers not in (None, "auto"):
+        places_for(workers, [])
+
+
 def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:
-    try:  # before anything is written
-        check_setting(launcher.stack_size)
-        if launcher.workers not in (None, "auto"):
-            places_for(launcher.workers, [])
+    try:  # a direct caller's values; train.py's preflight checked them already
+        check_settings(launcher.stack_size, launcher.workers)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
