@@ -157,12 +157,38 @@ def test_image_folder_mixed_sizes_is_a_user_error(tmp_path):
 
 
 def test_image_folder_missing_split_is_a_user_error(tmp_path):
-    write_image_folder(tmp_path, classes=("a",), per_class=(1, 1))
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=(1, 1))
     import shutil
 
     shutil.rmtree(tmp_path / "test")
     with pytest.raises(UserError, match="dataset.data_dir"):
         load_image_folder(str(tmp_path))
+
+
+def test_an_image_folder_with_one_class_is_a_user_error(tmp_path):
+    """With one class every prediction is right: accuracy 1.0 that means nothing."""
+    write_image_folder(tmp_path, classes=("a",), per_class=(2, 1), size=(8, 8))
+    with pytest.raises(UserError, match=r"^dataset.data_dir: .* holds one class \(a\)"):
+        load_image_folder(str(tmp_path))
+
+
+def test_mixed_grayscale_and_rgb_images_are_converted_with_one_warning(tmp_path, capsys):
+    from torchvision.io import write_png
+
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=(2, 1), size=(8, 8))  # RGB
+    for name in ("98.png", "99.png"):
+        write_png(torch.full((1, 8, 8), 7, dtype=torch.uint8), str(tmp_path / "train" / "b" / name))
+    (xtr, _), _, _ = load_image_folder(str(tmp_path))
+    assert xtr.shape == (6, 3, 8, 8)
+    assert torch.equal(xtr[-1], torch.full((3, 8, 8), 7, dtype=torch.uint8))  # gray -> RGB
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "warning: dataset.data_dir: 2 of 8 images converted to RGB"
+    ), err
+    assert "98.png (1 channel(s))" in err[0]
+    write_image_folder(tmp_path / "plain", classes=("a", "b"), per_class=(1, 1), size=(8, 8))
+    load_image_folder(str(tmp_path / "plain"))
+    assert capsys.readouterr().err == ""  # one mode: nothing to say
 
 
 # ------------------------------------------------------------------------------ mnist5k

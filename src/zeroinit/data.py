@@ -9,6 +9,7 @@ per-sample Python and no worker processes (they also break Hydra's joblib launch
 import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,16 +160,26 @@ def load_image_folder(data_dir, download=False):
         f"dataset.data_dir: test classes {test_folder.classes} differ from train classes "
         f"{train_folder.classes} in {root}",
     )
-    mode = None
+    check(
+        len(train_folder.classes) >= 2,
+        f"dataset.data_dir: {root / 'train'} holds one class ({train_folder.classes[0]}); "
+        "a classifier needs at least 2 class folders (with one, every prediction is right)",
+    )
+    mode, channels = None, None
+    converted, first_converted = 0, None
     splits = []
     for folder in (train_folder, test_folder):
         images = []
         for path, _ in folder.samples:
             try:
+                img = decode_image(path, mode=ImageReadMode.UNCHANGED)
                 if mode is None:  # the first image decides: grayscale stays 1 channel
-                    first = decode_image(path, mode=ImageReadMode.UNCHANGED)
-                    mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
-                img = decode_image(path, mode=mode)
+                    gray = img.shape[0] in (1, 2)
+                    mode, channels = (ImageReadMode.GRAY, 1) if gray else (ImageReadMode.RGB, 3)
+                if img.shape[0] != channels:  # another mode, or an alpha channel
+                    converted += 1
+                    first_converted = first_converted or (path, img.shape[0])
+                    img = decode_image(path, mode=mode)
             except (RuntimeError, ValueError, OSError) as e:  # truncated, not an image, ...
                 # Named: among thousands of images the user could not find it otherwise.
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -187,6 +198,16 @@ def load_image_folder(data_dir, download=False):
             images.append(img)
         check(len(images) > 0, f"dataset.data_dir: no images in {folder.root}")
         splits.append((torch.stack(images), torch.tensor(folder.targets, dtype=torch.int64)))
+    if converted:  # said once: a mix of grayscale and color images is easy to miss
+        path, had = first_converted
+        total = len(train_folder.samples) + len(test_folder.samples)
+        print(
+            f"warning: dataset.data_dir: {converted} of {total} images converted to "
+            f"{'grayscale' if channels == 1 else 'RGB'} ({channels} channel(s), as the first "
+            f"image); the first of them: {path} ({had} channel(s))",
+            file=sys.stderr,
+            flush=True,
+        )
     (train_x, _), (test_x, _) = splits
     check(
         train_x.shape[1:] == test_x.shape[1:],
