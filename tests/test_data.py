@@ -367,7 +367,7 @@ def test_datamodule_train_and_test_loaders(tmp_path):
 
 
 def test_datamodule_normalize_needs_one_value_per_channel(tmp_path):
-    write_image_folder(tmp_path, classes=("a",), per_class=(1, 1), size=(4, 4))
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=(1, 1), size=(4, 4))
     data = ImageDataModule(
         "image_folder", data_dir=str(tmp_path), normalize={"mean": [0.5], "std": [0.2]}
     )
