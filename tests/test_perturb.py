@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from zeroinit import rounding_padding
+from zeroinit import perturb, rounding_padding
 from zeroinit.diagnostics.border import split_terms
 from zeroinit.run import build_net, compose, run
 from zeroinit.stacked.layers import stack_nets
@@ -112,9 +112,7 @@ def test_offsets_are_drawn_from_the_seed_and_a_stack_carries_the_hooks(tmp_path)
     assert torch.equal(betas[0], betas[2]) and not torch.equal(betas[0], betas[1])
     assert (betas[0] > 0).any() and (betas[0] < 0).any()
 
-    from zeroinit.run import perturbation
-
-    stacked = perturbation(cfgs[0]).attach(stack_nets(nets[:2])).train()
+    stacked = perturb.of(cfgs[0]).attach(stack_nets(nets[:2])).train()
     seen = []
     stacked[5].register_forward_hook(lambda m, i, out: seen.append(out))
     stacked(torch.rand(2, 4, 1, 28, 28))

@@ -353,7 +353,7 @@ def test_stacked_sweep_matches_the_sequential_sweep_run_for_run(tmp_path, here, 
         for p in (tmp_path / "b" / "sweeps" / "default").iterdir()
         if not p.name.startswith(".")
     )
-    assert a_runs == b_runs and len(a_runs) == 6 + 1  # + multirun.yaml
+    assert a_runs == b_runs and len(a_runs) == 6 + 2  # + multirun.yaml, command.json
     for name in a_runs:
         if name.endswith(".yaml"):
             continue

@@ -79,3 +79,21 @@ REPORT_IGNORES = ("seed", *having(SETTING, RECORD))  # runs differing only here:
 def ignored_by_report(key: str) -> bool:
     """Whether the report averages over runs that differ in `key` (a dotted config key)."""
     return any(key == k or key.startswith(k + ".") for k in REPORT_IGNORES)
+
+
+# What a run computes does not depend on these: where it writes, what it logs or watches,
+# how its progress is shown, which device slot it gets. Every other setting is its identity.
+NOT_IDENTITY = (
+    "paths.",
+    "logger.",
+    "callbacks.",
+    "report.",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "checkpoint_every_min",
+    "runs_per_gpu",
+    "sweep_name",
+)

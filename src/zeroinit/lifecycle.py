@@ -27,6 +27,7 @@ from typing import NamedTuple
 from zeroinit import events
 from zeroinit.checkpoint import set_aside, unreadable
 from zeroinit.errors import UserError
+from zeroinit.keys import NOT_IDENTITY
 from zeroinit.results import FILENAME, read_results
 from zeroinit.sweep import is_disk_error, is_sweep_wide, record_outcome
 
@@ -124,24 +125,6 @@ class Claim:
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
-
-
-# What a run computes does not depend on these: where it writes, what it logs or watches,
-# how its progress is shown, which device slot it gets. Every other setting is its identity.
-NOT_IDENTITY = (
-    "paths.",
-    "logger.",
-    "callbacks.",
-    "report.",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "trainer.accelerator",
-    "trainer.devices",
-    "checkpoint_every_min",
-    "runs_per_gpu",
-    "sweep_name",
-)
 
 
 def identity_mismatch(recorded: dict, wanted: dict, ignore=()) -> str | None:

@@ -15,7 +15,7 @@ by default (conf/perturb/none.yaml):
 
 Eval mode (the test pass) is left alone: there BatchNorm uses its running statistics.
 
-    scheme = hydra.utils.instantiate(cfg.perturb)   # zeroinit.run.build_net does this
+    scheme = zeroinit.perturb.of(cfg)   # conf/perturb built; zeroinit.run.build_net does this
     scheme.apply(net)       # offsets + hooks on a run's net
     scheme.attach(stacked)  # hooks only, on a stack of such nets (zeroinit.stacked)
 """
@@ -98,6 +98,13 @@ class Perturbation:
             f"bn_noise={self.bn_noise:g}" if self.bn_noise > 0 else "",
         ]
         return " ".join(o for o in on if o)
+
+
+def of(cfg) -> Perturbation:
+    """conf/perturb of a run's config, built (all off where a config has none)."""
+    from zeroinit.config import build
+
+    return build(cfg.perturb) if cfg.get("perturb") else Perturbation()
 
 
 def batchnorms(net: nn.Module) -> list[nn.Module]:

@@ -29,7 +29,7 @@ from zeroinit import data
 from zeroinit.config import check_device, validate
 from zeroinit.errors import UserError, check
 from zeroinit.files import replaced_atomically, shown_path
-from zeroinit.keys import NOT_DATA
+from zeroinit.keys import NOT_DATA, NOT_IDENTITY
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -224,9 +224,8 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
     only by the run) only the precision."""
     import torch
 
-    from zeroinit import speed
+    from zeroinit import perturb, speed
     from zeroinit.config import build, build_model
-    from zeroinit.run import perturbation
 
     precision = config.trainer.get("precision")
     try:
@@ -243,7 +242,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
                 "16-true"
             ) from None
     build(config.init)  # InitScheme checks its values when built
-    perturb = perturbation(config)  # and Perturbation
+    perturbation = perturb.of(config)  # and Perturbation
     if not input_shape or not num_classes:
         return
     with torch.device("meta"):
@@ -256,7 +255,7 @@ def check_parts(config: DictConfig, input_shape=None, num_classes=None) -> None:
                 f"model: {config.model.get('name')} cannot be built from these "
                 f"settings: {_reason(e)}"
             ) from None
-        perturb.check_model(net)
+        perturbation.check_model(net)
         try:
             build(config.optimizer)(net.parameters())
             # with speed.fused_optimizer, on a real parameter (a fused step refuses meta)
@@ -382,8 +381,6 @@ NOT_COMMAND = ("seed", "trainer", "launcher", "logger", "hydra/launcher", "callb
 
 def sweep_command(config: DictConfig) -> list[str]:
     """The command line's overrides that say which experiment a sweep is (sorted)."""
-    from zeroinit.lifecycle import NOT_IDENTITY
-
     kept = []
     for override in OmegaConf.select(config, "hydra.overrides.task") or []:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -397,7 +394,7 @@ def check_launcher(config: DictConfig) -> None:
     """The stacked launchers' settings (hydra.launcher.stack_size, workers)."""
     launcher = OmegaConf.select(config, "hydra.launcher") or {}
     if "stack_size" in launcher or "workers" in launcher:
-        from zeroinit.stacked.launch import check_settings
+        from zeroinit.stacked.size import check_settings
 
         check_settings(launcher.get("stack_size"), launcher.get("workers"))
 

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zeroinit import speed
+from zeroinit import perturb, speed
 from zeroinit.checkpoint import LastCheckpoint
 from zeroinit.config import build, build_model, check_device, register_resolvers, validate
 from zeroinit.errors import UserError
@@ -92,14 +92,7 @@ def build_net(cfg: DictConfig, data) -> torch.nn.Module:
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(cfg, data.input_shape, data.num_classes)
     net = build(cfg.init).apply(net)  # conf/init -> zeroinit.init.InitScheme
-    return perturbation(cfg).apply(net)  # conf/perturb: off unless a study sets it
-
-
-def perturbation(cfg: DictConfig):
-    """conf/perturb -> zeroinit.perturb.Perturbation (all off where a config has none)."""
-    from zeroinit.perturb import Perturbation
-
-    return build(cfg.perturb) if cfg.get("perturb") else Perturbation()
+    return perturb.of(cfg).apply(net)  # conf/perturb: off unless a study sets it
 
 
 def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = True) -> list:
@@ -131,7 +124,7 @@ def check_run(cfg: DictConfig) -> None:
     """Every check of a run's settings that needs no data: a UserError (one line) if not."""
     validate(cfg)
     build(cfg.init)  # InitScheme checks its values when built
-    perturbation(cfg)
+    perturb.of(cfg)  # and Perturbation
     check_device(cfg)
 
 

@@ -114,11 +114,9 @@ def next_steps(config, outcomes: list[dict]) -> list[str]:
     best = Path(config.hydra.sweep.dir) / "search_best.json"
     if best.exists():
         lines.append(f"  best trial: {shown_path(best)}")
-    lines += [
-        f"  folder:  {where}",
-        f"  report:  python src/report.py {where}",
-        f"  curves:  tensorboard --logdir {where}",
-    ]
+    lines += [f"  folder:  {where}", f"  report:  python src/report.py {where}"]
+    if (config.get("logger") or {}).get("tensorboard") is not None:
+        lines.append(f"  curves:  tensorboard --logdir {where}")
     return lines
 
 

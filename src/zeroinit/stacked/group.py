@@ -17,14 +17,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zeroinit import speed
+from zeroinit import perturb, speed
 from zeroinit.config import build
 from zeroinit.errors import UserError
 from zeroinit.lifecycle import End, claim, failed
 from zeroinit.loggers import finalize
 from zeroinit.progress import Progress
 from zeroinit.results import FILENAME
-from zeroinit.run import build_member, check_run, claim_gpu, perturbation, run, start
+from zeroinit.run import build_member, check_run, claim_gpu, run, start
 from zeroinit.signals import StopOnSignal
 from zeroinit.stacked.layers import stack_nets
 from zeroinit.stacked.members import Member, StackedRuns, combine_checkpoints
@@ -122,7 +122,7 @@ def _train_stack(members: list[MemberJob], done) -> None:
                 job.cfg, data, job.overrides, job.checkpoint is not None, len(members)
             )
             group.append(Member(k, parts))
-        stacked = perturbation(cfg0).attach(stack_nets([m.net for m in group]))  # its hooks
+        stacked = perturb.of(cfg0).attach(stack_nets([m.net for m in group]))  # its hooks
         stacked = speed.prepare(stacked, settings)  # the members' nets: views of it
         optimizer = speed.optimizer(build(cfg0.optimizer), settings)
         module = StackedClassifier(stacked, len(members), optimizer, data.num_classes)

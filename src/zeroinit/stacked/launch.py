@@ -36,7 +36,7 @@ from zeroinit.stacked.group import train_group
 from zeroinit.stacked.layers import StackError, stack_nets
 from zeroinit.stacked.module import ELEMENTWISE_OPTIMIZERS
 from zeroinit.stacked.plan import assign, split, spread
-from zeroinit.stacked.size import check_setting, resolve
+from zeroinit.stacked.size import check_settings, check_workers, resolve
 from zeroinit.sweep import (
     is_disk_error,
     is_sweep_wide,
@@ -206,26 +206,13 @@ def places_for(setting, jobs: list[Job]) -> int:
     """How many places train at once: `hydra.launcher.workers`, else one per GPU that torch
     sees when the runs ask for a GPU (trainer=default or gpu), else 1."""
     if setting not in (None, "auto"):
-        if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-            raise UserError(
-                f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
-                "an integer >= 1, or auto (one per GPU, else 1)"
-            )
+        check_workers(setting)
         return setting
     wants_gpu = any(
         job.cfg is not None and str(job.cfg.trainer.get("accelerator")) in ("auto", "gpu", "cuda")
         for job in jobs
     )
     return max(1, torch.cuda.device_count()) if wants_gpu and torch.cuda.is_available() else 1
-
-
-def check_settings(stack_size, workers) -> None:
-    """The launcher's own values (hydra.launcher.stack_size, workers): a UserError naming the
-    key. The sweep's preflight calls it before anything is written (Hydra writes
-    multirun.yaml before it hands the launcher its jobs)."""
-    check_setting(stack_size)
-    if workers not in (None, "auto"):
-        places_for(workers, [])
 
 
 def launch(launcher, job_overrides, initial_job_idx) -> list[JobReturn]:

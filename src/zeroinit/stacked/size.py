@@ -102,6 +102,24 @@ def largest(cfg, n: int) -> int:
     return max(1, min(n, MAX_AUTO_STACK, memory_cap(cfg)))
 
 
+def check_settings(stack_size, workers) -> None:
+    """The stacked launchers' own values (hydra.launcher.stack_size, workers): a UserError
+    naming the key. The sweep's preflight calls it before anything is written (Hydra writes
+    multirun.yaml before it hands the launcher its jobs)."""
+    check_setting(stack_size)
+    check_workers(workers)
+
+
+def check_workers(setting) -> None:
+    if setting in (None, "auto"):
+        return
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise UserError(
+            f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
+            "an integer >= 1, or auto (one per GPU, else 1)"
+        )
+
+
 def check_setting(setting) -> None:
     if setting in (None, "auto"):
         return
