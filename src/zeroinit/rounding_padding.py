@@ -20,10 +20,32 @@ CELL_KEYS = ("precision", "adam_eps", "padding", "bn", "offset", "noise")
 CONVS_AFTER_BN = ("6", "12")  # cifar_cnn: the first conv after BatchNorm 1 and 2
 
 
+def precision_of(config: dict) -> str:
+    """fp64, bf16, tf32 (speed=tf32: TF32 matmuls and convs on a GPU) or fp32."""
+    precision = str(config["trainer"].get("precision"))
+    if "64" in precision:
+        return "fp64"
+    if "bf16" in precision:
+        return "bf16"
+    speed = config.get("speed") or {}
+    return "tf32" if speed.get("tf32") else "fp32"
+
+
+def data_label(config: dict) -> str:
+    """What a figure says its data is: the embedded digits, or an image folder by name."""
+    dataset = config.get("dataset") or {}
+    if dataset.get("name") == "mnist5k":
+        return "embedded digits"
+    if dataset.get("name") == "image_folder":
+        folder = Path(str(dataset.get("data_dir"))).name
+        return "CIFAR-10, JPEG copy" if folder == "cifar10-jpeg" else f"image folder {folder}"
+    return str(dataset.get("name"))
+
+
 def cell_of(config: dict) -> dict:
     perturb = config.get("perturb") or {}
     return {
-        "precision": "fp64" if "64" in str(config["trainer"].get("precision")) else "fp32",
+        "precision": precision_of(config),
         "adam_eps": float(config["optimizer"].get("eps", 1e-8)),
         "padding": config["model"].get("padding_mode", "zeros"),
         "bn": "exact" if perturb.get("exact_bn") else "native",
@@ -45,6 +67,7 @@ def run_row(results: dict) -> dict:
     border = (results.get("border_split") or {}).get("layers") or {}
     row = {
         **cell_of(config),
+        "data": data_label(config),
         "seed": config["seed"],
         "status": results.get("status"),
         "final_acc": epochs[-1]["test_acc"] if epochs else math.nan,
@@ -184,7 +207,8 @@ def wake_figure(rows: list[dict], path: Path) -> None:
         ["native\nrounding", "exact\n+ 0", "exact\n+ 1e-11", "exact\n+ 1e-8", "exact\n+ 1e-5"]
     )
     ax.set_ylabel("step by which every conv had woken\n(triangle: not all by the last step)")
-    ax.set_title("cifar_cnn 1/4 width, embedded digits: when the convs wake", fontsize=10)
+    data = ", ".join(sorted({r["data"] for r in rows}))
+    ax.set_title(f"cifar_cnn, {data}: when the convs wake", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -233,10 +257,11 @@ def curves_figure(rows: list[dict], path: Path) -> None:
             if j == 0:
                 ax.set_ylabel("test acc %", fontsize=8)
             if i == len(settings) - 1:
-                ax.set_xlabel("epoch (32 steps)", fontsize=8)
+                ax.set_xlabel("epoch", fontsize=8)
     handles = [plt.Line2D([], [], color=colors[m], label=m) for m in modes]
     fig.legend(handles=handles, title="BatchNorm", loc="center right", fontsize=8)
-    fig.suptitle("cifar_cnn 1/4 width, embedded digits: every run (dotted: chance + 5)", fontsize=9)
+    data = ", ".join(sorted({r["data"] for r in rows}))
+    fig.suptitle(f"cifar_cnn, {data}: every run (dotted: chance + 5)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 2.2 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
