@@ -90,6 +90,8 @@ BAD_INPUTS = [
     (["trainer=gpu"], "trainer.accelerator"),
     (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val"),
     (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches"),
+    (["logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"], "logger.mlflow"),
+    (["logger=mlflow", "logger.mlflow.tracking_uri=file:///tmp/mlruns"], "logger.mlflow"),
     (["trainer.devices=0"], "trainer.devices"),
     (["trainer.devices=abc"], "trainer.devices"),
     (["trainer.devices=[0]"], "trainer.devices"),  # a device index on the CPU

@@ -296,3 +296,24 @@ def test_a_sweep_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, here,
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "sweep_name" in errors[0], proc.stderr[-1500:]
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()  # nothing written
+
+
+def test_an_unusable_mlflow_store_is_one_line_within_seconds(tmp_path, monkeypatch):
+    """A read-only SQLite file (MLflow retried it for hours), a server that does not answer
+    (minutes), MLflow 3's file store (refused): each a UserError naming the key."""
+    import time
+
+    from zeroinit.preflight import check_mlflow_uri
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # root writes anything
+    with pytest.raises(UserError, match=r"^logger.mlflow.tracking_uri: .* is read-only"):
+        check_mlflow_uri("mlflow", f"sqlite:///{db}")
+    monkeypatch.undo()
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"does not answer within 5 s"):
+        check_mlflow_uri("mlflow", "http://127.0.0.1:9")
+    assert time.monotonic() - start < 10
+    with pytest.raises(UserError, match="file store"):
+        check_mlflow_uri("mlflow", f"file://{tmp_path}/mlruns")

@@ -299,14 +299,51 @@ def check_loggers(config: DictConfig) -> None:
         except Exception as e:  # noqa: BLE001 - any reason the class is not there
             raise UserError(f"logger.{key}._target_: {target!r} cannot be imported ({e})")
         if package == "mlflow":
-            from zeroinit.loggers import absolute_sqlite
+            check_mlflow_uri(key, str(OmegaConf.select(spec, "tracking_uri")))
 
-            uri = absolute_sqlite(str(OmegaConf.select(spec, "tracking_uri")))
-            if uri.startswith("sqlite:///"):
-                Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-                from mlflow import MlflowClient
 
-                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+MLFLOW_TIMEOUT_S = 5  # an MLflow server that does not answer by then is not there
+
+
+def check_mlflow_uri(key: str, uri: str) -> None:
+    """The tracking URI is usable, said in one line within seconds: MLflow itself retries an
+    unreachable server for minutes and a read-only SQLite file for hours, silently. A new
+    SQLite store gets its tables here, before parallel runs would race to create them."""
+    from zeroinit.loggers import absolute_sqlite
+
+    uri = absolute_sqlite(uri)
+    allowed = "allowed: sqlite:///<folder>/mlflow.db (the default) or http(s)://host:port"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(path.parent, os.W_OK)
+        check(
+            writable,
+            f"logger.{key}.tracking_uri: {uri} is read-only (MLflow would retry for hours); "
+            f"{allowed}, in a folder this user can write",
+        )
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    elif uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=MLFLOW_TIMEOUT_S)
+        except urllib.error.HTTPError:
+            pass  # it answered: a server is there (its health route may differ)
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(
+                f"logger.{key}.tracking_uri: {uri} does not answer within {MLFLOW_TIMEOUT_S} s "
+                f"({reason}); start the server or use another store; {allowed}"
+            ) from None
+    else:  # file:// or a bare folder: MLflow 3's file store, in maintenance, refuses runs
+        raise UserError(
+            f"logger.{key}.tracking_uri: {uri!r} is MLflow's file store, which MLflow 3 keeps "
+            f"in maintenance and refuses; {allowed}"
+        )
 
 
 def check_run(config: DictConfig) -> None:
