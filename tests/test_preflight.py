@@ -317,3 +317,28 @@ def test_an_unusable_mlflow_store_is_one_line_within_seconds(tmp_path, monkeypat
     assert time.monotonic() - start < 10
     with pytest.raises(UserError, match="file store"):
         check_mlflow_uri("mlflow", f"file://{tmp_path}/mlruns")
+
+
+def test_sweeps_started_together_on_a_new_mlflow_store_both_get_it(tmp_path):
+    """Four processes check the same new SQLite store at once (two sweeps started together):
+    every one succeeds; without the lock they raced to create its tables."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from zeroinit.preflight import check_mlflow_uri; "
+        "check_mlflow_uri('mlflow', sys.argv[1]); print('ok')"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in outs]
+    assert all(out.strip() == "ok" for out, _ in outs)

@@ -322,9 +322,15 @@ def check_mlflow_uri(key: str, uri: str) -> None:
             f"logger.{key}.tracking_uri: {uri} is read-only (MLflow would retry for hours); "
             f"{allowed}, in a folder this user can write",
         )
+        import fcntl
+
         from mlflow import MlflowClient
 
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        # one process at a time creates a new store's tables: two sweeps started together
+        # raced to ("table already exists", CircularDependencyError)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     elif uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
