@@ -306,3 +306,33 @@ def test_a_refused_sweep_writes_nothing(tmp_path, args, key):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), proc.stderr
     assert not logs.exists(), sorted(str(p) for p in logs.rglob("*"))
+
+
+def test_a_run_name_beyond_the_file_name_limit_is_cut_with_a_stable_hash(tmp_path):
+    """Many overrides made run folder names of 237+ bytes, which failed (ENAMETOOLONG) when the
+    sweep recorded the run. The name is cut and ends in a hash of every override; the full
+    overrides stay in the folder; the same command finds the same folder again."""
+    from zeroinit.config import MAX_NAME_BYTES
+
+    hidden = "model.hidden=[" + ",".join(["4"] * 120) + "]"
+    args = [
+        "-m",
+        "seed=0",
+        hidden,
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "callbacks.diagnostics=null",
+        "trainer=cpu",
+        f"paths.log_dir={tmp_path}",
+    ]
+    first = cli("train.py", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = [
+        p
+        for p in (tmp_path / "sweeps" / "default").iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    ]
+    assert len(run.name.encode()) <= MAX_NAME_BYTES and run.name.endswith("-s0")
+    assert hidden in (run / ".hydra" / "overrides.yaml").read_text()
+    again = cli("train.py", *args)
+    assert "1 skipped" in again.stdout, again.stdout[-1000:]

@@ -1,5 +1,6 @@
 """Turning a composed config into objects, checking what Hydra cannot check itself."""
 
+import hashlib
 import math
 import os
 import re
@@ -178,20 +179,24 @@ def format_scale(scale) -> str:
     return f"{value:g}" if math.isfinite(value) else str(value)
 
 
+MAX_NAME_BYTES = 230  # 255 a file name, less what the sweep adds to it: .<name>.json.<tmp>.tmp
+
+
 def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
     """dataset-model-init-x<bias scale>[-<other overrides>]-s<seed>: a run's directory name
-    and its name in TensorBoard."""
+    and its name in TensorBoard. Overrides that would make it longer than MAX_NAME_BYTES are
+    cut and end in a hash of all of them (stable: the same overrides, the same folder); the
+    full list is in the folder's .hydra/overrides.yaml and results.json."""
     extra = re.sub(r"[^\w.,=+-]", "_", str(overrides or ""))
-    return "-".join(
-        [
-            str(dataset),
-            str(model),
-            str(init),
-            f"x{format_scale(bias_scale)}",
-            *([extra] if extra else []),
-            f"s{seed}",
-        ]
-    )
+    head = [str(dataset), str(model), str(init), f"x{format_scale(bias_scale)}"]
+    tail = f"s{seed}"
+    name = "-".join([*head, *([extra] if extra else []), tail])
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha1(extra.encode()).hexdigest()[:10]
+    room = MAX_NAME_BYTES - len("-".join([*head, "", f"{digest}-{tail}"]).encode()) - 1
+    cut = extra.encode()[: max(room, 0)].decode(errors="ignore")
+    return "-".join([*head, *([cut] if cut else []), f"{digest}", tail])
 
 
 def gpus_for(accelerator) -> int | None:
