@@ -118,3 +118,25 @@ def test_offsets_are_drawn_from_the_seed_and_a_stack_carries_the_hooks(tmp_path)
     stacked(torch.rand(2, 4, 1, 28, 28))
     want = torch.stack(betas[:2])[:, None, :, None, None].expand_as(seen[0])
     assert torch.equal(seen[0], want)
+
+
+def test_the_noise_arm_makes_a_constant_channel_vary_in_training_only(tmp_path):
+    """bn_noise adds independent noise to every BatchNorm output in training mode: a channel
+    that exact BatchNorm would hold at beta now differs between positions (which rounding
+    never does, hence a separate arm); the test pass (eval mode) is left alone."""
+    data = type("Shape", (), {"input_shape": (1, 28, 28), "num_classes": 10})()
+    cfg = compose(
+        *W4,
+        "init=bias_normal",
+        "perturb.exact_bn=true",
+        "perturb.bn_noise=1e-3",
+        f"paths.output_dir={tmp_path}",
+    )
+    net = build_net(cfg, data)
+    seen = []
+    net[5].register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    net.train()(torch.rand(4, 1, 28, 28))
+    out = seen[-1]
+    assert 0 < out.std() < 1e-2 and (out.amax((0, 2, 3)) > out.amin((0, 2, 3))).all()
+    net.eval()(torch.rand(4, 1, 28, 28))
+    assert torch.equal(seen[-1].amax((0, 2, 3)), seen[-1].amin((0, 2, 3)))  # no noise in eval
