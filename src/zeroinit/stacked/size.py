@@ -110,24 +110,21 @@ def check_settings(stack_size, workers) -> None:
     check_workers(workers)
 
 
-def check_workers(setting) -> None:
+def _count_or_auto(key: str, setting, auto: str = "auto") -> None:
     if setting in (None, "auto"):
         return
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
         raise UserError(
-            f"hydra.launcher.workers: {setting!r} is not allowed; allowed: "
-            "an integer >= 1, or auto (one per GPU, else 1)"
+            f"hydra.launcher.{key}: {setting!r} is not allowed; allowed: an integer >= 1, or {auto}"
         )
+
+
+def check_workers(setting) -> None:
+    _count_or_auto("workers", setting, "auto (one per GPU, else 1)")
 
 
 def check_setting(setting) -> None:
-    if setting in (None, "auto"):
-        return
-    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-        raise UserError(
-            f"hydra.launcher.stack_size: {setting!r} is not allowed; "
-            "allowed: an integer >= 1, or auto"
-        )
+    _count_or_auto("stack_size", setting)
 
 
 # ------------------------------------------------------------------------- choosing a size
