@@ -46,9 +46,23 @@ def mark_running(run_dir: Path) -> None:
 ARGS = ["-m", "seed=0", "+trainer.limit_train_batches=3", "checkpoint_every_min=0"]
 
 
+def accumulated(run_dir: Path) -> dict[str, list[int]]:
+    """Steps of each scalar as EventAccumulator.Scalars() lists them (the API users script
+    against; it lists simple_value scalars, not tensors)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def assert_each_step_once(run_dir: Path, epochs: int):
     got = steps(run_dir)
     assert got["test/acc"] == list(range(1, epochs + 1)), got["test/acc"]
+    scalars = accumulated(run_dir)
+    assert scalars["test/acc"] == list(range(1, epochs + 1)), scalars["test/acc"]
+    for tag in ("train/loss", "test/loss"):
+        assert scalars[tag] == got[tag], tag
+    assert all(scalars[tag] == got[tag] for tag in scalars)  # diagnostics' steps too
     for tag, seen in got.items():
         assert len(seen) == len(set(seen)), (tag, seen)  # diagnostics' steps too
     assert got["_hparams_/session_start_info"] == [0]  # one HPARAMS session

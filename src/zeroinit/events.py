@@ -74,14 +74,18 @@ def keep(tag: str, step: int, epochs: int, steps: int) -> bool:
 
 def rewrite(files: list[Path], epochs: int, steps: int) -> None:
     """The events of `files`, what the checkpoint covers only, into one new events file
-    beside them; the old files are removed once it is written."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    beside them; the old files are removed once it is written. Events are copied as written
+    (LegacyEventFileLoader): the newer loader migrates simple_value scalars to tensors, which
+    EventAccumulator.Scalars() would then no longer list."""
+    from tensorboard.backend.event_processing.event_file_loader import (
+        LegacyEventFileLoader,
+    )
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     writer = EventFileWriter(str(files[0].parent), filename_suffix=".resumed")
     try:
         for path in files:
-            for event in EventFileLoader(str(path)).Load():
+            for event in LegacyEventFileLoader(str(path)).Load():
                 if event.HasField("file_version"):
                     continue  # the new file has its own
                 if event.HasField("summary"):
