@@ -202,3 +202,62 @@ def test_an_mlflow_store_is_made_before_parallel_runs_would_race_for_it(tmp_path
         "select name from sqlite_master where type='table'"
     )
     assert "experiments" in {name for (name,) in tables}
+
+
+def mlflow_runs(tmp_path, experiment: str):
+    """(active runs, deleted runs) of `experiment` in the outputs' MLflow store."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    active = mlflow.search_runs(experiment_names=[experiment])
+    deleted = mlflow.search_runs(experiment_names=[experiment], run_view_type=ViewType.DELETED_ONLY)
+    return active, deleted
+
+
+def config_texts(run_dir) -> int:
+    """How many config TEXT summaries TensorBoard reads in `run_dir` (set-aside files aside)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return sum(
+        value.tag.startswith("config")
+        for path in run_dir.glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    )
+
+
+@pytest.mark.parametrize("lost", ["results.json", "last.ckpt"])
+def test_a_run_folder_has_one_mlflow_run_whatever_was_set_aside(tmp_path, here, monkeypatch, lost):
+    """results.json unreadable (set aside; the run resumes from its checkpoint) or the
+    checkpoint gone (the run starts over): still one MLflow run in the default view, and one
+    config text in TensorBoard."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    args = ["+trainer.limit_train_batches=3", "logger=[tensorboard,mlflow]", "sweep_name=lost"]
+    args += ["hydra.sweep.subdir=run"]
+    first = here("train.py", "-m", *args, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "sweeps" / "lost" / "run"
+    (old_id,) = mlflow_runs(tmp_path, "lost")[0].run_id
+    if lost == "results.json":
+        (run_dir / "results.json").write_text("{torn")
+    else:
+        (run_dir / "checkpoints" / "last.ckpt").unlink()
+        results = json.loads((run_dir / "results.json").read_text())
+        (run_dir / "results.json").write_text(json.dumps({**results, "status": "running"}))
+    again = here("train.py", "-m", *args, "trainer.max_epochs=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    active, deleted = mlflow_runs(tmp_path, "lost")
+    assert len(active) == 1, f"{len(active)} MLflow runs for one run folder"
+    (run_id,) = active.run_id
+    history = mlflow.MlflowClient().get_metric_history(run_id, "test/acc")
+    assert sorted(m.step for m in history) == [1, 2]  # each epoch once
+    assert json.loads((run_dir / "results.json").read_text())["logger_runs"]["mlflow"] == run_id
+    if lost == "results.json":  # resumed: the same MLflow run goes on
+        assert run_id == old_id and deleted.empty
+    else:  # started over: the earlier attempt's run set aside, restorable
+        assert list(deleted.run_id) == [old_id]
+        assert deleted["tags.zeroinit.set_aside"][0].endswith(f"started over as {run_id}")
+    assert config_texts(run_dir) == 1

@@ -8,20 +8,31 @@ diagnostics measure (`log_metrics`, against the epoch or the optimizer step, as 
 counts them). What only TensorBoard can show (the HPARAMS table's layout, the config as TEXT,
 gradient histograms, diagnostics tables) goes to a TensorBoard logger when the set has one.
 
-A resumed run continues its runs in MLflow and W&B: their ids are kept in results.json
-(`logger_runs`) and handed back to the loggers here.
+A resumed run continues its runs in MLflow and W&B: their ids are kept in the run folder
+(`logger_runs.json`, which nothing sets aside, and results.json's `logger_runs`) and handed
+back to the loggers here, so a run folder has one MLflow run however often it came back. A run
+that starts over (its checkpoint gone or unreadable) gets a new MLflow run and the earlier
+attempt's is marked deleted in MLflow (restorable: MlflowClient().restore_run(id)), tagged
+`zeroinit.set_aside`: like the earlier attempt's events, set aside, not lost.
 """
 
+import json
+import logging
 import os
+import time
+from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from zeroinit import speed
 from zeroinit.config import build
+from zeroinit.files import replaced_atomically
 from zeroinit.gpus import ddp_worker
 from zeroinit.keys import NAME_KEYS
 
+log = logging.getLogger("zeroinit")
+RUNS_FILE = "logger_runs.json"
 SHOWN_HPARAMS = (*(k for k in NAME_KEYS if k != "dataset"), "epochs")
 
 
@@ -73,6 +84,45 @@ def run_ids(cfg: DictConfig, loggers: list) -> dict:
         elif isinstance(logger, WandbLogger):
             out[key] = logger.experiment.id
     return out
+
+
+def known_runs(run_dir) -> dict:
+    """{conf/logger key: run id} an earlier attempt of the run in `run_dir` made ({} if none)."""
+    path = Path(run_dir) / RUNS_FILE
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
+
+
+def keep_runs(run_dir, runs: dict) -> None:
+    """The run's logger ids in `run_dir`, beside what a set-aside results.json would take."""
+    if runs:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with replaced_atomically(Path(run_dir) / RUNS_FILE, fsync=False) as f:
+            json.dump(runs, f)
+
+
+def set_aside_runs(loggers: list, earlier: dict, now: dict) -> None:
+    """Mark the MLflow runs of an earlier attempt (`earlier`, by logger key) deleted, tagged
+    why, where the new attempt (`now`) has another. W&B offline runs cannot be deleted from
+    here: the started-over run is a new W&B run beside the earlier one."""
+    by_id = {now[key]: key for key in now}
+    for logger in loggers:
+        if not isinstance(logger, MLFlowLogger):
+            continue
+        key = by_id.get(logger.run_id)
+        old = earlier.get(key)
+        if not old or old == logger.run_id:
+            continue
+        client = logger.experiment
+        try:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            client.set_tag(old, "zeroinit.set_aside", f"{stamp}: started over as {logger.run_id}")
+            client.delete_run(old)
+        except Exception as e:  # not in this store (the URI changed): nothing to set aside
+            log.warning("MLflow run %s of an earlier attempt not set aside: %s", old, e)
 
 
 def log_scalars(loggers: list, metrics: dict, step: int) -> None:

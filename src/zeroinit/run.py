@@ -30,7 +30,7 @@ from zeroinit.config import build, build_model, check_device, register_resolvers
 from zeroinit.errors import UserError
 from zeroinit.gpus import GpuSlot, ddp_worker
 from zeroinit.lifecycle import claim
-from zeroinit.loggers import build_loggers, run_ids
+from zeroinit.loggers import build_loggers, keep_runs, known_runs, run_ids, set_aside_runs
 from zeroinit.module import Classifier
 from zeroinit.progress import Progress
 from zeroinit.results import FILENAME, ResultsWriter, read_results
@@ -111,12 +111,19 @@ def build_callbacks(cfg: DictConfig, writer: ResultsWriter, mid_epoch: bool = Tr
 
 def build_run_loggers(cfg: DictConfig, writer: ResultsWriter, resume: bool = False) -> list:
     """The run's loggers (conf/logger). A resumed run's continue the MLflow / W&B runs that
-    its results.json names (`logger_runs`), and the new writer keeps naming them."""
-    saved = Path(cfg.paths.output_dir) / FILENAME
-    previous = read_results(saved.parent).get("logger_runs") if resume and saved.exists() else None
-    loggers = build_loggers(cfg, writer.results["config"], previous)
+    an earlier attempt made (logger_runs.json, else results.json's `logger_runs`); a run that
+    starts over sets the earlier MLflow runs aside (zeroinit.loggers)."""
+    run_dir = Path(cfg.paths.output_dir)
+    earlier = known_runs(run_dir)
+    if not earlier and (run_dir / FILENAME).exists():  # a run from before logger_runs.json
+        earlier = read_results(run_dir).get("logger_runs") or {}
+    loggers = build_loggers(cfg, writer.results["config"], earlier if resume else None)
     if not ddp_worker():
-        writer.results["logger_runs"] = run_ids(cfg, loggers)
+        now = run_ids(cfg, loggers)
+        if not resume:
+            set_aside_runs(loggers, earlier, now)
+        keep_runs(run_dir, now)
+        writer.results["logger_runs"] = now
     return loggers
 
 
