@@ -166,3 +166,19 @@ class NoSpaceAtEpochEnd(L.Callback):
         import os
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), trainer.default_root_dir)
+
+
+class RemoveFolderAtEpochEnd(L.Callback):
+    """Removes `folder` (a sweep's) at the end of the first training epoch of the run with
+    seed `when`: a sweep folder deleted while the sweep runs. Use it as
+    `+callbacks.rm._target_=fakedata.RemoveFolderAtEpochEnd +callbacks.rm.folder=<path>
+    +callbacks.rm.when=1 +callbacks.rm.seed='${seed}'`."""
+
+    def __init__(self, folder: str, when: int, seed: int):
+        self.folder, self.now = folder, seed == when
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import shutil
+
+        if self.now:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -455,6 +455,43 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(
     assert "sweep: 3 runs: 3 completed" in again.stdout
 
 
+@pytest.mark.parametrize(
+    "launcher", [[], ["launcher=stacked", "hydra.launcher.stack_size=2"]], ids=["basic", "stacked"]
+)
+def test_a_sweep_folder_removed_while_it_runs_stops_it_in_one_line(tmp_path, here, launcher):
+    """The folder deleted during the second seed's run (stack): one line, exit 2, no
+    traceback, the runs after it not started; the same command then runs the sweep again."""
+    folder = tmp_path / "sweeps" / "gone"
+    args = [
+        "-m",
+        "seed=0,1,2",
+        "init=zero,pytorch",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "callbacks.diagnostics=null",
+        "sweep_name=gone",
+        *launcher,
+        f"paths.log_dir={tmp_path}",
+    ]
+    remove = [
+        "+callbacks.rm._target_=fakedata.RemoveFolderAtEpochEnd",
+        f"+callbacks.rm.folder={folder}",
+        "+callbacks.rm.when=1",
+        "+callbacks.rm.seed=${seed}",
+    ]
+    out = here("train.py", *args, *remove)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was removed while the sweep wrote in it" in errors[0], errors
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "nan" not in out.stdout
+    (summary,) = [ln for ln in out.stdout.splitlines() if ln.startswith("sweep: 6 runs: ")]
+    assert summary.endswith("not started"), summary
+    again = here("train.py", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "sweep: 6 runs: 6 completed" in again.stdout
+
+
 def test_a_full_disk_ends_a_single_run_in_one_line(small_disk, here):
     out = here(
         "train.py",

@@ -275,8 +275,12 @@ def outcome_line(outcome: str, results: dict | None, run_dir, tail: str = "") ->
     if results is None:
         return None
     final = results.get("final") or {}
-    return (
-        f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: "
+    numbers = (  # none before a first epoch ended: no "nan" for an accuracy never measured
         f"test_acc {final.get('test_acc', math.nan):.4f}  "
-        f"test_loss {final.get('test_loss', math.nan):.4f}  {tail}"
+        f"test_loss {final.get('test_loss', math.nan):.4f}  "
+        if "test_acc" in final
+        else "before its first epoch ended  "
+    )
+    return (
+        f"{'skipped, already ' if outcome == 'skipped' else ''}{results['status']}: {numbers}{tail}"
     ).rstrip()

@@ -19,6 +19,7 @@ attempt's is marked deleted in MLflow (restorable: MlflowClient().restore_run(id
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = No
             spec.update(id=run_id, resume="allow")
         loggers.append(build(spec))
         continued.append(bool(run_id))
+    if any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        quiet_writer_threads()
     if ddp_worker():  # rank 0 writes
         return loggers
     hparams = experiment_hparams(cfg)
@@ -62,6 +65,25 @@ def build_loggers(cfg: DictConfig, config: dict, previous_runs: dict | None = No
         elif not again:  # a continued MLflow run has its params (MLflow never changes one)
             logger.log_hyperparams(hparams)
     return loggers
+
+
+def quiet_writer_threads() -> None:
+    """TensorBoard's writer thread raises a failed write (a full disk, a removed folder) in
+    its own thread, which Python prints as a traceback, and again in the run's thread at the
+    next flush, where the run or the sweep says it in one line: the thread's is left unsaid."""
+    hook = threading.excepthook
+    if getattr(hook, "zeroinit", False):
+        return
+
+    def quiet(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(
+            args.exc_value, OSError
+        ):
+            return
+        hook(args)
+
+    quiet.zeroinit = True
+    threading.excepthook = quiet
 
 
 def absolute_sqlite(uri: str) -> str:

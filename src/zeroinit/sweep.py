@@ -178,8 +178,18 @@ def is_sweep_wide(e: BaseException) -> bool:
 
 
 def is_disk_error(e: BaseException) -> bool:
-    """A full disk, an exhausted quota, a read-only file system, a permission denied."""
-    return isinstance(e, OSError) and e.errno in SWEEP_WIDE_ERRNOS
+    """A full disk, an exhausted quota, a read-only file system, a permission denied, a
+    folder removed while the sweep wrote in it."""
+    return isinstance(e, OSError) and (e.errno in SWEEP_WIDE_ERRNOS or folder_removed(e))
+
+
+def folder_removed(e: OSError) -> bool:
+    """A file not found because its folder is gone (a sweep or run folder deleted while the
+    sweep ran): every later write there fails the same way. A missing file in a folder that
+    is still there (a dataset's) is not this."""
+    if e.errno != errno.ENOENT or not e.filename:
+        return False
+    return not Path(os.fsdecode(e.filename)).parent.is_dir()
 
 
 def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = None) -> None:
@@ -187,16 +197,27 @@ def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = No
     own files for the next run would fail first), so the sweep stops here, in one line and
     its summary so far; exit 2. The runs that were training keep their last complete
     results.json and checkpoint: the same command resumes them once there is room."""
-    fix = (
-        "fix the permissions" if e.errno in PERMISSION_ERRNOS else "free space (or fix the folder)"
-    )
-    where = f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else ""
-    print(
-        f"error: {e.strerror or e} writing {run_dir}{where}: the sweep stops here; {fix} and "
-        "run the same command to resume",
-        file=sys.stderr,
-        flush=True,
-    )
+    if folder_removed(e):
+        gone = Path(os.fsdecode(e.filename)).parent
+        while not gone.parent.is_dir() and gone.parent != gone:
+            gone = gone.parent
+        line = (
+            f"error: {shown_path(gone)} was removed while the sweep wrote in it: the sweep "
+            "stops here; run the same command to start again (what it had finished in folders "
+            "still there is kept)"
+        )
+    else:
+        fix = (
+            "fix the permissions"
+            if e.errno in PERMISSION_ERRNOS
+            else "free space (or fix the folder)"
+        )
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else ""
+        line = (
+            f"error: {e.strerror or e} writing {run_dir}{where}: the sweep stops here; {fix} "
+            "and run the same command to resume"
+        )
+    print(line, file=sys.stderr, flush=True)
     print(summary_so_far(sweep_dir, current, said=str(e)), flush=True)  # the error: said above
     raise SystemExit(2)
 
