@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from fakedata import patch_cifar10_md5s, write_cifar10, write_image_folder, write_mnist
+from zeroinit.errors import UserError
 from zeroinit.results import read_results
-from zeroinit.run import build_run, run
+from zeroinit.run import build_run, compose, run
 
 SHORT = [
     "trainer.max_epochs=1",
@@ -210,3 +211,33 @@ def test_a_notebook_composes_and_runs_without_naming_a_folder(tmp_path, monkeypa
     assert "hydra" not in cfg
     assert run(cfg)["status"] == "completed"
     assert (out / "results.json").exists()
+
+
+def test_compose_takes_lists_and_tuples_of_overrides():
+    want = compose("init=zero", "seed=1")
+    assert compose(["init=zero", "seed=1"]).init == want.init
+    assert compose(("init=zero", "seed=1")).seed == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("init=zero seed=2",),
+            "compose: 'init=zero seed=2' holds 2 overrides in one string: pass each as its own, "
+            "compose('init=zero', 'seed=2')",
+        ),
+        ((3,), "compose: overrides are strings such as 'init=zero', got 3 (int)"),
+        (
+            ("init=nope",),
+            "compose: In 'train': Could not find 'init/nope'; Available options in 'init': "
+            "bias_normal, bias_uniform, lecun, pytorch, zero",
+        ),
+        (("a=1",), "compose: Could not override 'a'; To append to your config use +a=1"),
+    ],
+    ids=["two-in-one-string", "not-a-string", "no-such-option", "no-such-key"],
+)
+def test_compose_refuses_in_one_line(args, message):
+    with pytest.raises(UserError) as e:
+        compose(*args)
+    assert str(e.value) == message

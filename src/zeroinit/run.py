@@ -15,6 +15,7 @@ same config and seed, and gets the same checks and notes.
 
 import logging
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -44,14 +45,22 @@ RESUME_ENV = "ZEROINIT_RESUME_CKPT"
 def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """conf/train.yaml composed with `overrides`, as `python src/train.py <overrides>` sees it.
     The run's folder is the one train.py would make (outputs/runs/<time>_<run name>), unless
-    `paths.output_dir=...` says another: a notebook can `run(compose(...))` as it is."""
+    `paths.output_dir=...` says another: a notebook can `run(compose(...))` as it is.
+    `compose("init=zero", "seed=1")` or a list of them, `compose(["init=zero", "seed=1"])`;
+    what Hydra refuses is a UserError of one line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    overrides = override_list(overrides)
     register_resolvers()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+        try:
+            cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise UserError(f"compose: {one_line(e)}") from None
     if not any(o.startswith(("paths.output_dir=", "++paths.output_dir=")) for o in overrides):
         HydraConfig.instance().set_config(cfg)  # what the run folder's name reads
         with open_dict(cfg):
@@ -60,6 +69,50 @@ def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
         with open_dict(cfg):
             del cfg["hydra"]
     return cfg
+
+
+def override_list(overrides) -> list[str]:
+    """compose's arguments as Hydra's list of strings: strings, or lists / tuples of them."""
+    out = []
+    for o in overrides:
+        if isinstance(o, (list, tuple)):
+            out += override_list(o)
+        elif not isinstance(o, str):
+            raise UserError(
+                f"compose: overrides are strings such as 'init=zero', got {o!r} "
+                f"({type(o).__name__})"
+            )
+        elif len(parts := re.split(r"\s+(?=[+~]*[\w.]+=|~[\w.]+$|~[\w.]+\s)", o.strip())) > 1:
+            raise UserError(
+                f"compose: {o!r} holds {len(parts)} overrides in one string: pass each as its "
+                f"own, compose({', '.join(map(repr, parts))})"
+            )
+        else:
+            out.append(o)
+    return out
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra's message on one line: its first lines, and the options it lists by name."""
+    lines = []
+    for line in str(e).splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Config search path", "full_key:", "object_type")):
+            if line.startswith("Config search path"):
+                break
+            continue
+        if line.startswith("Available options"):
+            lines.append(line.rstrip(":"))
+            continue
+        if line.startswith("provider=") or line.startswith("See https://hydra.cc"):
+            continue
+        lines.append(line.rstrip("."))
+    text = "; ".join(lines)
+    return re.sub(r"(Available options in '[^']*')((?:; [\w.-]+)+)", _options, text)
+
+
+def _options(match) -> str:
+    return f"{match.group(1)}: {', '.join(match.group(2)[2:].split('; '))}"
 
 
 def quiet_lightning():
