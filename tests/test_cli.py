@@ -16,6 +16,35 @@ from fakedata import write_image_folder
 ROOT = Path(__file__).resolve().parent.parent
 
 
+REFUSALS = ROOT / "docs" / "refusals.md"
+
+
+def refusal_rows() -> dict[str, str]:
+    """docs/refusals.md's table: {the input as shown: the line a user sees}."""
+    rows = {}
+    for line in REFUSALS.read_text().splitlines():
+        if line.startswith("| `") and line.endswith("` |"):
+            shown, said = line[3:-3].split("` | `", 1)
+            rows[shown.replace("\\|", "|")] = said.replace("\\|", "|")
+    return rows
+
+
+def check_documented(args: list[str], line: str, tmp_path, sweep: bool = False) -> None:
+    """The refusal's line is the one docs/refusals.md shows for these arguments (temporary
+    paths as <tmp>). With ZEROINIT_RECORD_REFUSALS=<file>, the line is appended there
+    instead (to write the table after a message changed)."""
+    shown = ("-m seed=0,1 " if sweep else "") + " ".join(args).format(
+        empty="<tmp>/empty", images="<tmp>/images"
+    )
+    line = line.replace(str(tmp_path), "<tmp>")
+    record = os.environ.get("ZEROINIT_RECORD_REFUSALS")
+    if record:
+        with open(record, "a") as f:
+            f.write(json.dumps([shown, line]) + "\n")
+        return
+    assert refusal_rows().get(shown) == line, f"docs/refusals.md: {shown}"
+
+
 def cli(script, *args, timeout=300):
     # as a user's shell has it: no warning filters from conftest, no Hydra full traces
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "HYDRA_FULL_ERROR")}
@@ -101,6 +130,9 @@ BAD_INPUTS = [
     (["perturb.exact_bn=yes"], "perturb.exact_bn"),
     (["perturb.exact_bn=true"], "perturb"),  # mnist_fnn has no BatchNorm
     (["model=mnist_cnn", "model.padding_mode=mirror"], "model.padding_mode"),
+    (["+trainer.limit_train_batches=0"], "trainer.limit_train_batches"),
+    (["+trainer.limit_train_batches=-1"], "trainer.limit_train_batches"),
+    (["model=cifar_cnn", "model.batchnorm=maybe"], "model.batchnorm"),
 ]
 
 
@@ -129,6 +161,7 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key)
     assert key in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not logs.exists(), list(logs.rglob("*"))  # no run directory, not even runs/
+    check_documented(args, lines[0], tmp_path)
     if "{images}" in " ".join(args):
         assert str(bad) in lines[0]  # the one file among thousands, named
     if key == "seed":
@@ -306,6 +339,7 @@ def test_a_refused_sweep_writes_nothing(tmp_path, args, key):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), proc.stderr
     assert not logs.exists(), sorted(str(p) for p in logs.rglob("*"))
+    check_documented(args, lines[0], tmp_path, sweep=True)
 
 
 def test_a_run_name_beyond_the_file_name_limit_is_cut_with_a_stable_hash(tmp_path):
