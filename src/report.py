@@ -33,6 +33,7 @@ from zeroinit.report import (
     run_rows,
     runs_markdown,
     table_rows,
+    terminal_table,
     write_csv,
     write_tables,
     write_tensorboard,
@@ -158,10 +159,13 @@ def main(argv=None) -> int:
     if skipped:
         report += ["", "## Not averaged", *skipped]
     (out / "report.md").write_text("\n".join(report) + "\n")
-    print(md_path.read_text())
+    print(terminal_table(rows))
     if skipped:
         print("not averaged:\n" + "\n".join(skipped))
-    print(f"wrote {out / 'report.md'}, {csv_path.name}, {len(pngs)} figure(s) in {out}")
+    print(
+        f"wrote {out / 'report.md'} (every table, every run), {csv_path.name} (every column: "
+        f"docs/report.md), {len(pngs)} figure(s) in {out}"
+    )
     if board:
         print(f"TensorBoard, mean and 95% CI per configuration: tensorboard --logdir {board}")
     return 0

@@ -3,6 +3,7 @@ are not completed listed but never averaged."""
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,14 @@ def test_cli_writes_figures_tables_and_lists_unfinished_runs(tmp_path, capsys):
     assert {r["configuration"]: r["n"] for r in table} == {"pytorch": "2", "bias_normal": "2"}
     text = (out / "report.md").read_text()
     assert "90.50 [" in text and "## Not averaged" in text and "b-s2: running" in text
+    # every column is explained in docs/report.md
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "report.md").read_text()
+    assert [c for c in table[0] if f"`{c}`" not in doc] == []
+    # the terminal: the key columns, one row per line, and where the rest is
+    shown = capsys.readouterr().out
+    (line,) = [ln.split() for ln in shown.splitlines() if ln.startswith("  pytorch ")]
+    assert " ".join(line) == "pytorch 2 0/2 [0.0, 84.2%] epoch 2 90.50 [84.15, 96.85] t 90.50 (2)"
+    assert "| figure |" not in shown and "results.csv (every column: docs/report.md)" in shown
 
 
 def test_cli_fails_clearly_without_runs(tmp_path, capsys):

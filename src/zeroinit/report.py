@@ -400,6 +400,53 @@ MORE = [  # the second table: what the first leaves out
 ]
 
 
+def terminal_table(rows: list[dict]) -> str:
+    """What the terminal shows of the tables: per figure, each line's outcome (never learned
+    k/n with its interval, the final accuracy's mean with its interval, the mean of the runs
+    that learned, the median steps to learn) and what did not complete; every other column is
+    in results.md / results.csv (docs/report.md explains each)."""
+    header = [
+        "configuration",
+        "n",
+        "never learned [95% CI]",
+        "by step",
+        "final acc % [95% CI]",
+        "learned: acc % (n)",
+        "steps to learn",
+        "not completed",
+    ]
+    out = []
+    for fig in dict.fromkeys(r["figure"] for r in rows):
+        body = []
+        for r in (r for r in rows if r["figure"] == fig):
+            rate = (
+                f"{r['never_learned']} [{r['never_learned_ci95_low_%']:.1f}, "
+                f"{r['never_learned_ci95_high_%']:.1f}%]"
+                if r["never_learned"]
+                else ""
+            )
+            left = ", ".join(f"{r[k]} {k}" for k in ("failed", "diverged", "running") if r.get(k))
+            body.append(
+                [
+                    r["configuration"],
+                    str(r["n"]),
+                    rate,
+                    f"epoch {r['epochs']}"
+                    if math.isnan(r["horizon_step"])
+                    else f"{r['horizon_step']:.0f}",
+                    accuracy_cell(r),
+                    f"{r['learned_mean_acc_%']:.2f} ({r['learned_n']})" if r["learned_n"] else "",
+                    steps_cell(r) if r["never_learned"] else "",
+                    left,
+                ]
+            )
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+        out.append(fig)
+        for cells in (header, *body):
+            out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(out)
+
+
 def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """results.csv (every column) and results.md: the outcomes table, then the other columns."""
     csv_path, md_path = write_csv(rows, out_dir / "results.csv"), out_dir / "results.md"
@@ -421,7 +468,8 @@ def write_tables(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
         for r in rows
     ]
     diagnostics = [c for c in summary_columns({}) if any(c in r for r in rows)]
-    more = ["figure", "configuration", *MORE, *diagnostics]
+    shown = [c for c in MORE if c != "paper_%" or any(r.get(c) for r in rows)]  # the paper's
+    more = ["figure", "configuration", *shown, *diagnostics]  # number only where it has one
     text = markdown(OUTCOME_HEADER, outcome)
     text += "\n" + markdown(more, [[r.get(c) for c in more] for r in rows])
     md_path.write_text(text.replace("| nan |", "|  |"))
