@@ -404,6 +404,9 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
         configs = job_configs(config)
     except (HydraException, OmegaConfBaseException):
         configs = [config]  # a job that does not compose: the sweeper says so itself
+    if runs_here(config):  # a SLURM sweep's jobs run on nodes with devices of their own
+        for job in configs:
+            check_device(job)
     datasets = {}  # one check per distinct dataset; downloaded if any of its jobs allows it
     for source, data_dir, download in filter(None, map(dataset_of, configs)):
         key = (source, str(Path(data_dir).resolve()))
@@ -413,6 +416,12 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
         data.read(source, data_dir, download)
     check_loggers(config)  # last: an MLflow store may be created
     return [(source, data_dir) for source, data_dir, _ in datasets.values()]
+
+
+def runs_here(config: DictConfig) -> bool:
+    """Whether the sweep's jobs train on this machine (not SLURM's or submitit's nodes)."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_") or "").lower()
+    return "slurm" not in target and "submitit" not in target
 
 
 DEFAULT_SWEEP = "default"
