@@ -92,11 +92,12 @@ def test_multirun_sweep_writes_one_readable_dir_per_run(tmp_path):
         assert list(d.glob("events.out.tfevents.*"))
         assert (d / "checkpoints" / "last.ckpt").exists()
     # the sweep's last lines: where it is and what to run next
-    tail = proc.stdout.strip().splitlines()[-3:]
+    tail = proc.stdout.strip().splitlines()[-4:]
     assert tail == [
         f"  folder:  {sweep}",
         f"  report:  python src/report.py {sweep}",
         f"  curves:  tensorboard --logdir {sweep}",
+        f"  bands:   tensorboard --logdir {sweep}/report/tensorboard  (after the report)",
     ], proc.stdout[-1000:]
     again = cli("train.py", *proc.args[2:])  # the same command: nothing to do, and it says so
     assert again.returncode == 0, again.stderr[-2000:]

@@ -195,11 +195,11 @@ def test_tensorboard_gets_the_bounded_band_and_the_share_not_learned(planted, tm
     events = EventAccumulator(str(board))
     events.Reload()
     tag = "test_mean_over_seeds/planted-mnist5k"
-    left = [e.value for e in events.Scalars(f"{tag}/not_learned_%")]
-    assert left[-1] == pytest.approx(20.0)
+    left = [e.value for e in events.Scalars(f"{tag}/not_learned_frac")]
+    assert left[-1] == pytest.approx(0.2)
     highs = [e.value for e in events.Scalars(f"{tag}/acc_ci95_high")]
     lows = [e.value for e in events.Scalars(f"{tag}/acc_ci95_low")]
-    assert all(0 <= lo <= hi <= 100 for lo, hi in zip(lows, highs))
+    assert all(0 <= lo <= hi <= 1 for lo, hi in zip(lows, highs))
 
 
 def test_the_margin_is_a_report_option(planted, tmp_path, capsys):

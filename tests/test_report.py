@@ -207,14 +207,14 @@ def test_report_writes_each_lines_mean_and_95_band_for_tensorboards_margin_chart
     pytorch = scalars(board / "fig03_mnist_fnn-mnist" / "pytorch")
     mean = [e.value for e in pytorch.Scalars(tag)]
     half = stats.t.ppf(0.975, 2) * np.std([0.90, 0.92, 0.97], ddof=1) / math.sqrt(3)
-    assert mean == pytest.approx([51.0, 93.0], abs=1e-4)
-    # Student t at n=3 (zeroinit.outcomes.mean_interval), cut at 100: 93 + 8.96 would leave it
-    assert [e.value for e in pytorch.Scalars(tag + "_ci95_high")][1] == 100.0
+    assert mean == pytest.approx([0.51, 0.93], abs=1e-6)  # 0-1, the unit of every run's test/acc
+    # Student t at n=3 (zeroinit.outcomes.mean_interval), cut at 1: 0.93 + 0.0896 would leave it
+    assert [e.value for e in pytorch.Scalars(tag + "_ci95_high")][1] == 1.0
     assert [e.value for e in pytorch.Scalars(tag + "_ci95_low")][1] == pytest.approx(
-        93.0 - 100 * half, abs=1e-4
+        0.93 - half, abs=1e-6
     )
     bias = scalars(board / "fig03_mnist_fnn-mnist" / "bias_normal")
-    assert [e.value for e in bias.Scalars(tag + "_ci95_low")] == pytest.approx([30.0, 80.0])
+    assert [e.value for e in bias.Scalars(tag + "_ci95_low")] == pytest.approx([0.30, 0.80])
     (event,) = scalars(board).Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     (chart,) = layout.category[0].chart
@@ -253,3 +253,13 @@ def test_a_nan_accuracy_is_not_printed_as_one():
     assert accuracy_cell(row) == "no finite accuracy"
     row.update({"final_test_acc_%": 91.0})
     assert accuracy_cell(row) == "91.00 (n=1, no CI)"
+
+
+def test_thirty_runs_at_exactly_chance_draw_a_figure(tmp_path):
+    """The mean of 30 values of 0.1 is 0.10000000000000005, a hair above its 'all equal'
+    interval: the error bar must not come out negative (matplotlib refuses it)."""
+    for seed in range(30):
+        fake_run(tmp_path / "sweep", f"zero-s{seed}", init="zero", seed=seed, accs=(0.1, 0.1))
+    assert np.mean([0.1] * 30) > 0.1  # the case itself
+    assert report.main([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "fig03_mnist_fnn-mnist.png").stat().st_size > 10_000

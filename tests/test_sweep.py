@@ -526,13 +526,14 @@ def test_a_sweep_ends_saying_where_it_is_and_what_was_not_logged(tmp_path, monke
         "  nothing trained: all 3 runs had finished before in outputs/sweeps/s"
     )
     assert lines[1].startswith("  logger.mlflow: the 3 skipped runs were not logged")
-    assert lines[-3:] == [
+    assert lines[-4:] == [
         "  folder:  outputs/sweeps/s",
         "  report:  python src/report.py outputs/sweeps/s",
         "  curves:  tensorboard --logdir outputs/sweeps/s",
+        "  bands:   tensorboard --logdir outputs/sweeps/s/report/tensorboard  (after the report)",
     ]
     trained = next_steps(config, [{"status": "completed", "run": "r"}])
-    assert len(trained) == 3  # nothing skipped: only the next steps
+    assert len(trained) == 4  # nothing skipped: only the next steps
     (tmp_path / "outputs/sweeps/s").mkdir(parents=True)
     (tmp_path / "outputs/sweeps/s/search_best.json").write_text("{}")
     assert "  best trial: outputs/sweeps/s/search_best.json" in next_steps(config, [])

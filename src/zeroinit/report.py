@@ -540,11 +540,12 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
     """Each figure's lines as TensorBoard runs (<out>/tensorboard/<figure>/<configuration>):
     the mean test accuracy per epoch over the line's completed runs and its 95% interval
     (tags test_mean_over_seeds/<figure>/acc, acc_ci95_low, acc_ci95_high: Group.band, inside
-    [0, 100]), the % of its runs that have not learned yet (not_learned), its outcomes as text
-    (never learned k/n, every run's final accuracy), and a Custom Scalars margin chart per
-    figure drawing each line with its band. Under the sweep's folder by default, so
-    `tensorboard --logdir outputs` shows them beside the runs. Rewritten from the runs every
-    time."""
+    [0, 1], the unit of every run's test/acc), the share of its runs that have not learned yet
+    (not_learned_frac), its outcomes as text (never learned k/n, every run's final accuracy),
+    and a Custom Scalars margin chart per figure drawing each line with its band. One
+    TensorBoard run per line: `tensorboard --logdir <this folder>` selects them all, where a
+    sweep's folder of more than 40 runs starts with none selected. Rewritten from the runs
+    every time."""
     from torch.utils.tensorboard import SummaryWriter
 
     root = out_dir / "tensorboard"
@@ -562,10 +563,10 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
                 left = g.not_learned_by_epoch()
                 for epoch, m, lo, hi, nl in zip(epochs, mean, low, high, left):
                     lo, hi = (m, m) if math.isnan(lo) else (lo, hi)  # one run: a zero-width band
-                    w.add_scalar(tag, 100 * m, int(epoch))
-                    w.add_scalar(f"{tag}_ci95_low", 100 * lo, int(epoch))
-                    w.add_scalar(f"{tag}_ci95_high", 100 * hi, int(epoch))
-                    w.add_scalar(f"test_mean_over_seeds/{fig}/not_learned_%", 100 * nl, int(epoch))
+                    w.add_scalar(tag, m, int(epoch))  # 0-1, as every run's test/acc
+                    w.add_scalar(f"{tag}_ci95_low", lo, int(epoch))
+                    w.add_scalar(f"{tag}_ci95_high", hi, int(epoch))
+                    w.add_scalar(f"test_mean_over_seeds/{fig}/not_learned_frac", nl, int(epoch))
                 w.add_text(
                     f"outcomes/{fig}",
                     f"never learned by step {_fmt(row['horizon_step'])}: "
@@ -574,7 +575,7 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
                     int(epochs[-1]),
                 )
             written = True
-        chart = f"test accuracy (%): mean and 95% CI over seeds, {fig}"
+        chart = f"test accuracy (0-1, as test/acc): mean and 95% CI over seeds, {fig}"
         layout[fig] = {chart: ["Margin", [tag, f"{tag}_ci95_low", f"{tag}_ci95_high"]]}
     if not written:
         return None
@@ -625,7 +626,8 @@ def draw_figure(name: str, groups: list[Group]):
         ax.errorbar(
             epochs,
             100 * mean,
-            yerr=None if n < 2 else 100 * np.array([mean - low, high - mean]),
+            # clipped at 0: the mean of n equal values can differ from them in the last bit
+            yerr=None if n < 2 else 100 * np.maximum(0, np.array([mean - low, high - mean])),
             capsize=3,
             marker="o",
             markersize=3,

@@ -117,6 +117,8 @@ def next_steps(config, outcomes: list[dict]) -> list[str]:
     lines += [f"  folder:  {where}", f"  report:  python src/report.py {where}"]
     if (config.get("logger") or {}).get("tensorboard") is not None:
         lines.append(f"  curves:  tensorboard --logdir {where}")
+        bands = f"{where}/report/tensorboard"  # the report's: one TensorBoard run per line
+        lines.append(f"  bands:   tensorboard --logdir {bands}  (after the report)")
     return lines
 
 
