@@ -215,7 +215,10 @@ def test_report_writes_each_lines_mean_and_95_band_for_tensorboards_margin_chart
     )
     bias = scalars(board / "fig03_mnist_fnn-mnist" / "bias_normal")
     assert [e.value for e in bias.Scalars(tag + "_ci95_low")] == pytest.approx([0.30, 0.80])
-    (event,) = scalars(board).Tensors("custom_scalars__config__")
+    assert not list(board.glob("events.*"))  # no run named "." in TensorBoard's list
+    (event,) = scalars(board / "fig03_mnist_fnn-mnist" / "bias_normal").Tensors(
+        "custom_scalars__config__"
+    )
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     (chart,) = layout.category[0].chart
     (series,) = chart.margin.series
@@ -263,3 +266,13 @@ def test_thirty_runs_at_exactly_chance_draw_a_figure(tmp_path):
     assert np.mean([0.1] * 30) > 0.1  # the case itself
     assert report.main([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "fig03_mnist_fnn-mnist.png").stat().st_size > 10_000
+
+
+def test_a_lines_colour_is_the_same_in_every_report_of_its_sweep():
+    from zeroinit.report import PALETTE, line_colours
+
+    three = line_colours(["zero", "pytorch", "bias_normal"])
+    assert line_colours(["bias_normal", "zero", "pytorch"]) == three  # not by position
+    assert len(set(three.values())) == 3  # distinct within a figure
+    many = line_colours([f"bias_scale={s}" for s in range(10)])
+    assert sorted(many.values()) == sorted(PALETTE)  # ten lines, ten colours

@@ -12,6 +12,7 @@ compare: zeroinit.outcomes (its rules and methods).
 import csv
 import math
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -550,7 +551,7 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
 
     root = out_dir / "tensorboard"
     shutil.rmtree(root, ignore_errors=True)
-    layout, written = {}, False
+    layout, first = {}, None
     for fig, groups in figures.items():
         tag = f"test_mean_over_seeds/{fig}/acc"
         for g in groups:
@@ -574,14 +575,38 @@ def write_tensorboard(figures: dict[str, list[Group]], out_dir: Path) -> Path | 
                     f"{row['runs_final_acc_%']}",
                     int(epochs[-1]),
                 )
-            written = True
+            first = first or folder
         chart = f"test accuracy (0-1, as test/acc): mean and 95% CI over seeds, {fig}"
         layout[fig] = {chart: ["Margin", [tag, f"{tag}_ci95_low", f"{tag}_ci95_high"]]}
-    if not written:
+    if first is None:
         return None
-    with SummaryWriter(str(root)) as w:  # the layout, read from any run of the log folder
+    # The layout is read from any run of the log folder: a line's, so that the run list
+    # holds the lines only (a layout of its own would be a run named ".").
+    with SummaryWriter(str(first)) as w:
         w.add_custom_scalars(layout)
     return root
+
+
+PALETTE = [  # matplotlib's tab10
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
+
+
+def line_colours(labels: list[str]) -> dict[str, str]:
+    """A colour per line label that stays the same from one report to the next (a line's
+    colour comes from its label, not from its place among the figure's lines); two labels of
+    one figure that would share a colour: the later one, in sorted order, takes the next free."""
+    out, used = {}, set()
+    for label in sorted(set(labels)):
+        i = zlib.crc32(label.encode())
+        for k in range(len(PALETTE)):
+            colour = PALETTE[(i + k) % len(PALETTE)]
+            if colour not in used or len(used) >= len(PALETTE):
+                break
+        out[label] = colour
+        used.add(colour)
+    return out
 
 
 def plot_figure(name: str, groups: list[Group], path: Path) -> Path:
@@ -610,11 +635,11 @@ def draw_figure(name: str, groups: list[Group]):
     fig, (ax, strip, km) = plt.subplots(
         1, 3, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2, 2]}
     )
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = line_colours([g.label for g in groups])
     jitter = np.random.default_rng(0)  # the same dots every time
     ns, thresholds, chances, drawn = set(), set(), set(), []
     for i, g in enumerate(groups):
-        colour = colours[i % len(colours)]
+        colour = colours[g.label]
         epochs, mean, low, high, n, _ = g.band()
         if not n:
             continue
