@@ -150,4 +150,12 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from zeroinit.config import check_group_choices
+    from zeroinit.errors import UserError
+
+    try:  # before Hydra, whose message for a missing option is a dozen lines
+        check_group_choices(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

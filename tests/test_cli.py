@@ -134,6 +134,9 @@ BAD_INPUTS = [
     (["+trainer.limit_train_batches=0"], "trainer.limit_train_batches"),
     (["+trainer.limit_train_batches=-1"], "trainer.limit_train_batches"),
     (["model=cifar_cnn", "model.batchnorm=maybe"], "model.batchnorm"),
+    (["model=foo"], "model"),  # a group's option: checked before Hydra's dozen lines
+    (["logger=[tensorboard,nope]"], "logger"),
+    (["bias_scale=2.5"], "bias_scale"),
 ]
 
 
@@ -174,16 +177,6 @@ def test_bad_input_one_error_line_exit_2_nothing_left(tmp_path, here, args, key)
         assert "elu" in lines[0] and "relu" in lines[0]  # the allowed values
     if key.startswith("init.bias_scale"):
         assert "bias_scale=down|none|up" in lines[0]
-
-
-def test_unknown_group_option_lists_the_available_ones(tmp_path, here):
-    proc = here("train.py", "model=foo", f"paths.log_dir={tmp_path}")
-    assert proc.returncode != 0
-    assert "Could not find 'model/foo'" in proc.stderr
-    for option in ("logreg", "mnist_fnn", "mnist_cnn", "cifar_fnn", "cifar_cnn", "resnet50"):
-        assert option in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not any(tmp_path.rglob("*.json"))
 
 
 def test_init_report_resnet50_zero_shows_every_layer(here):
@@ -329,6 +322,7 @@ SWEEP_REFUSALS = [
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["sweep_name=../x"], "sweep_name"),
     (["trainer=gpu"], "trainer.accelerator"),
+    (["init=zero,nope"], "init"),
     (["model.activation=swish"], "model.activation"),
 ]
 

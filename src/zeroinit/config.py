@@ -4,6 +4,7 @@ import hashlib
 import math
 import os
 import re
+from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -51,6 +52,27 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 REQUIRED_GROUPS = ("dataset", "model", "init", "optimizer", "trainer")
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+GROUP_HINTS = {"bias_scale": "; a number: init.bias_scale=<x>"}
+
+
+def check_group_choices(overrides, conf_dir: Path = CONF_DIR) -> None:
+    """Each config group option on the command line (`model=foo`, `-m init=zero,nope`,
+    `logger=[tensorboard,nope]`) is a file of conf/<group>/: else one UserError line naming
+    the group and its options, before Hydra (whose own message is a dozen lines)."""
+    for word in overrides:
+        key, eq, value = word.partition("=")
+        key = key.lstrip("+")
+        if not eq or word.startswith("-") or "(" in value or not (conf_dir / key).is_dir():
+            continue  # not a group (a value, a flag, a sweep function such as range(...))
+        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        for choice in value.strip("[]").split(","):
+            choice = choice.strip().strip("'\"")
+            check(
+                choice in options or choice in ("", "null"),
+                f"{key}: {choice!r} is not one of conf/{key}/: {', '.join(options)}"
+                + GROUP_HINTS.get(key, ""),
+            )
 
 
 def _devices_allowed(devices) -> bool:
