@@ -21,6 +21,22 @@ def test_run_name_is_readable_and_safe_for_a_path():
     assert [format_scale(s) for s in (100, 1e-2, "nan", "up")] == ["100", "0.01", "nan", "up"]
 
 
+def test_a_searchs_long_values_read_rounded_and_keep_their_own_folders():
+    name = run_name("mnist5k", "mnist_fnn", "zero", 1.0, "optimizer.lr=0.0012345678901234", 0)
+    assert name.startswith("mnist5k-mnist_fnn-zero-x1-optimizer.lr=0.001235-")
+    assert (
+        name.endswith("-s0")
+        and len(name) == len("mnist5k-mnist_fnn-zero-x1-optimizer.lr=0.001235-") + 6 + 3
+    )
+    twin = run_name("mnist5k", "mnist_fnn", "zero", 1.0, "optimizer.lr=0.0012345678901299", 0)
+    assert twin != name  # the same rounded value, another folder
+    again = run_name("mnist5k", "mnist_fnn", "zero", 1.0, "optimizer.lr=0.0012345678901234", 0)
+    assert again == name  # stable: a rerun finds it
+    assert run_name("m", "f", "z", 1.0, "optimizer.lr=0.001,trainer.max_epochs=3", 0) == (
+        "m-f-z-x1-optimizer.lr=0.001,trainer.max_epochs=3-s0"  # short values as typed
+    )
+
+
 def test_flatten_gives_dotted_keys():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
 

@@ -204,6 +204,9 @@ def format_scale(scale) -> str:
 MAX_NAME_BYTES = 230  # 255 a file name, less what the sweep adds to it: .<name>.json.<tmp>.tmp
 
 
+LONG_NUMBER = re.compile(r"(?<==)-?\d+\.\d{6,}(?:e[-+]?\d+)?(?=,|$)")
+
+
 def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
     """dataset-model-init-x<bias scale>[-<other overrides>]-s<seed>: a run's directory name
     and its name in TensorBoard. Overrides that would make it longer than MAX_NAME_BYTES are
@@ -212,7 +215,11 @@ def run_name(dataset, model, init, bias_scale, overrides, seed) -> str:
     extra = re.sub(r"[^\w.,=+-]", "_", str(overrides or ""))
     head = [str(dataset), str(model), str(init), f"x{format_scale(bias_scale)}"]
     tail = f"s{seed}"
-    name = "-".join([*head, *([extra] if extra else []), tail])
+    # A search's values (optimizer.lr=0.0012345678901234) read rounded to 4 digits, with a
+    # hash of the exact ones so that two values rounding alike keep two folders.
+    short = LONG_NUMBER.sub(lambda m: f"{float(m.group(0)):.4g}", extra)
+    parts = [short, hashlib.sha1(extra.encode()).hexdigest()[:6]] if short != extra else [extra]
+    name = "-".join([*head, *filter(None, parts), tail])
     if len(name.encode()) <= MAX_NAME_BYTES:
         return name
     digest = hashlib.sha1(extra.encode()).hexdigest()[:10]
