@@ -319,6 +319,22 @@ def test_an_unusable_mlflow_store_is_one_line_within_seconds(tmp_path, monkeypat
         check_mlflow_uri("mlflow", f"file://{tmp_path}/mlruns")
 
 
+def test_wandb_online_without_its_server_is_one_line_within_seconds(make_cfg, monkeypatch):
+    """logger.wandb.offline=false where W&B's server does not answer: one line, before any run
+    waits for it; offline (the default) is never probed."""
+    import time
+
+    from zeroinit.preflight import check_loggers
+
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"^logger.wandb.offline: false, but http://127.0.0.1:9"):
+        check_loggers(make_cfg("logger=wandb", "logger.wandb.offline=false"))
+    assert time.monotonic() - start < 10
+    check_loggers(make_cfg("logger=wandb"))  # offline: nothing to reach
+
+
 def test_sweeps_started_together_on_a_new_mlflow_store_both_get_it(tmp_path):
     """Four processes check the same new SQLite store at once (two sweeps started together):
     every one succeeds; without the lock they raced to create its tables."""

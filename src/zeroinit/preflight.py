@@ -300,6 +300,8 @@ def check_loggers(config: DictConfig) -> None:
             raise UserError(f"logger.{key}._target_: {target!r} cannot be imported ({e})")
         if package == "mlflow":
             check_mlflow_uri(key, str(OmegaConf.select(spec, "tracking_uri")))
+        elif package == "wandb":
+            check_wandb_online(key, spec)
 
 
 MLFLOW_TIMEOUT_S = 5  # an MLflow server that does not answer by then is not there
@@ -332,24 +334,46 @@ def check_mlflow_uri(key: str, uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     elif uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=MLFLOW_TIMEOUT_S)
-        except urllib.error.HTTPError:
-            pass  # it answered: a server is there (its health route may differ)
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(
-                f"logger.{key}.tracking_uri: {uri} does not answer within {MLFLOW_TIMEOUT_S} s "
-                f"({reason}); start the server or use another store; {allowed}"
-            ) from None
+        reason = unanswered(uri.rstrip("/") + "/health")
+        check(
+            reason is None,
+            f"logger.{key}.tracking_uri: {uri} does not answer within {MLFLOW_TIMEOUT_S} s "
+            f"({reason}); start the server or use another store; {allowed}",
+        )
     else:  # file:// or a bare folder: MLflow 3's file store, in maintenance, refuses runs
         raise UserError(
             f"logger.{key}.tracking_uri: {uri!r} is MLflow's file store, which MLflow 3 keeps "
             f"in maintenance and refuses; {allowed}"
         )
+
+
+def unanswered(url: str) -> str | None:
+    """None if a server answers `url` within MLFLOW_TIMEOUT_S (any HTTP status), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=MLFLOW_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return None  # it answered: a server is there (its route may differ)
+    except (OSError, ValueError) as e:
+        return str(getattr(e, "reason", e))
+    return None
+
+
+def check_wandb_online(key: str, spec) -> None:
+    """W&B logging live (offline=false) needs its server: without one, every run would wait
+    for it in wandb.init. Said in one line within seconds instead."""
+    if spec.get("offline", True) is not False:
+        return
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    reason = unanswered(url)
+    check(
+        reason is None,
+        f"logger.{key}.offline: false, but {url} does not answer within {MLFLOW_TIMEOUT_S} s "
+        f"({reason}); allowed: logger.{key}.offline=true (the default: `wandb sync` uploads "
+        "later) or a network that reaches it",
+    )
 
 
 def check_run(config: DictConfig) -> None:
