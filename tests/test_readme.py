@@ -154,3 +154,20 @@ def test_the_quick_starts_epochs_are_what_python_src_train_py_prints(tmp_path):
         r"^epoch +(\d+)/10  train_loss (\S+)  test_loss (\S+)  test_acc (\S+)", proc.stdout, re.M
     )
     assert got == shown
+
+
+def test_the_readmes_config_table_names_every_option_of_every_group():
+    """`--help` lists conf/'s options; the README's table must name the same (the paper's
+    figure presets as the range fig03 ... fig12 its row spells out)."""
+    text = README.read_text()
+    missing = []
+    for group in sorted(p for p in (ROOT / "conf").iterdir() if p.is_dir()):
+        if group.name in ("hydra", "paths"):  # Hydra's settings and the folders: no options
+            continue
+        row = re.search(rf"^\| `{group.name}` \|(.*)$", text, re.M)
+        assert row, f"README's config table has no row for {group.name}"
+        for option in sorted(p.stem for p in group.glob("*.yaml")):
+            figure = group.name == "experiment" and re.match(r"fig\d\d_", option)
+            if f"`{option}`" not in row.group(1) and not figure:
+                missing.append(f"{group.name}={option}")
+    assert missing == []
