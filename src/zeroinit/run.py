@@ -97,16 +97,11 @@ def one_line(e: BaseException) -> str:
     lines = []
     for line in str(e).splitlines():
         line = line.strip()
-        if not line or line.startswith(("Config search path", "full_key:", "object_type")):
-            if line.startswith("Config search path"):
-                break
+        if line.startswith("Config search path"):  # where it looked: not what is wrong
+            break
+        if not line or line.startswith(("full_key:", "object_type", "See https://hydra.cc")):
             continue
-        if line.startswith("Available options"):
-            lines.append(line.rstrip(":"))
-            continue
-        if line.startswith("provider=") or line.startswith("See https://hydra.cc"):
-            continue
-        lines.append(line.rstrip("."))
+        lines.append(line.rstrip(":") if line.startswith("Available options") else line.rstrip("."))
     text = "; ".join(lines)
     return re.sub(r"(Available options in '[^']*')((?:; [\w.-]+)+)", _options, text)
 
@@ -169,7 +164,10 @@ def build_run_loggers(cfg: DictConfig, writer: ResultsWriter, resume: bool = Fal
     run_dir = Path(cfg.paths.output_dir)
     earlier = known_runs(run_dir)
     if not earlier and (run_dir / FILENAME).exists():  # a run from before logger_runs.json
-        earlier = read_results(run_dir).get("logger_runs") or {}
+        try:
+            earlier = read_results(run_dir).get("logger_runs") or {}
+        except (OSError, ValueError, AttributeError):  # unreadable: nothing to continue
+            earlier = {}
     loggers = build_loggers(cfg, writer.results["config"], earlier if resume else None)
     if not ddp_worker():
         now = run_ids(cfg, loggers)
