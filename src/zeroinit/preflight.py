@@ -304,7 +304,7 @@ def check_loggers(config: DictConfig) -> None:
             check_wandb_online(key, spec)
 
 
-MLFLOW_TIMEOUT_S = 5  # an MLflow server that does not answer by then is not there
+SERVER_TIMEOUT_S = 5  # a logger's server (MLflow, W&B) that does not answer by then is not there
 
 
 def check_mlflow_uri(key: str, uri: str) -> None:
@@ -337,7 +337,7 @@ def check_mlflow_uri(key: str, uri: str) -> None:
         reason = unanswered(uri.rstrip("/") + "/health")
         check(
             reason is None,
-            f"logger.{key}.tracking_uri: {uri} does not answer within {MLFLOW_TIMEOUT_S} s "
+            f"logger.{key}.tracking_uri: {uri} does not answer within {SERVER_TIMEOUT_S} s "
             f"({reason}); start the server or use another store; {allowed}",
         )
     else:  # file:// or a bare folder: MLflow 3's file store, in maintenance, refuses runs
@@ -348,12 +348,12 @@ def check_mlflow_uri(key: str, uri: str) -> None:
 
 
 def unanswered(url: str) -> str | None:
-    """None if a server answers `url` within MLFLOW_TIMEOUT_S (any HTTP status), else why not."""
+    """None if a server answers `url` within SERVER_TIMEOUT_S (any HTTP status), else why not."""
     import urllib.error
     import urllib.request
 
     try:
-        urllib.request.urlopen(url, timeout=MLFLOW_TIMEOUT_S)
+        urllib.request.urlopen(url, timeout=SERVER_TIMEOUT_S)
     except urllib.error.HTTPError:
         return None  # it answered: a server is there (its route may differ)
     except (OSError, ValueError) as e:
@@ -370,7 +370,7 @@ def check_wandb_online(key: str, spec) -> None:
     reason = unanswered(url)
     check(
         reason is None,
-        f"logger.{key}.offline: false, but {url} does not answer within {MLFLOW_TIMEOUT_S} s "
+        f"logger.{key}.offline: false, but {url} does not answer within {SERVER_TIMEOUT_S} s "
         f"({reason}); allowed: logger.{key}.offline=true (the default: `wandb sync` uploads "
         "later) or a network that reaches it",
     )
