@@ -97,3 +97,13 @@ def test_the_configured_optimizer_steps_exactly_as_torchs_per_tensor_loop(make_c
             opt.step()
         results.append(params)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_a_group_option_is_checked_against_conf_unless_another_config_folder_is_named():
+    from zeroinit.config import check_group_choices
+
+    check_group_choices(["model=mnist_cnn", "-m", "init=zero,pytorch", "logger=[tensorboard,csv]"])
+    check_group_choices(["seed=range(0,3)", "model.activation=relu", "hydra/launcher=joblib"])
+    with pytest.raises(UserError, match=r"^init: 'nope' is not one of conf/init/: "):
+        check_group_choices(["-m", "init=zero,nope"])
+    check_group_choices(["--config-dir", "/my/conf", "model=mine"])  # Hydra looks there too

@@ -59,7 +59,11 @@ GROUP_HINTS = {"bias_scale": "; a number: init.bias_scale=<x>"}
 def check_group_choices(overrides, conf_dir: Path = CONF_DIR) -> None:
     """Each config group option on the command line (`model=foo`, `-m init=zero,nope`,
     `logger=[tensorboard,nope]`) is a file of conf/<group>/: else one UserError line naming
-    the group and its options, before Hydra (whose own message is a dozen lines)."""
+    the group and its options, before Hydra (whose own message is a dozen lines). Options
+    from another config folder (--config-dir, hydra.searchpath) are left to Hydra."""
+    elsewhere = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath")
+    if any(word.startswith(elsewhere) for word in overrides):
+        return
     for word in overrides:
         key, eq, value = word.partition("=")
         key = key.lstrip("+")
