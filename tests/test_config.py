@@ -107,3 +107,9 @@ def test_a_group_option_is_checked_against_conf_unless_another_config_folder_is_
     with pytest.raises(UserError, match=r"^init: 'nope' is not one of conf/init/: "):
         check_group_choices(["-m", "init=zero,nope"])
     check_group_choices(["--config-dir", "/my/conf", "model=mine"])  # Hydra looks there too
+    check_group_choices(["+hydra.searchpath=[file:///my/conf]", "model=mine"])
+    check_group_choices(["-m", "logger=[tensorboard],[tensorboard,mlflow]", "model=null"])
+    with pytest.raises(UserError, match=r"^logger: 'nope' is not one of conf/logger/: "):
+        check_group_choices(["-m", "logger=[tensorboard],[tensorboard,nope]"])
+    with pytest.raises(UserError, match=r"^init: 'nope' is not one of"):
+        check_group_choices(["-m", "init=choice(zero,nope)"])

@@ -60,23 +60,41 @@ def check_group_choices(overrides, conf_dir: Path = CONF_DIR) -> None:
     """Each config group option on the command line (`model=foo`, `-m init=zero,nope`,
     `logger=[tensorboard,nope]`) is a file of conf/<group>/: else one UserError line naming
     the group and its options, before Hydra (whose own message is a dozen lines). Options
-    from another config folder (--config-dir, hydra.searchpath) are left to Hydra."""
+    from another config folder (--config-dir, hydra.searchpath) are left to Hydra, and so is
+    what Hydra's grammar refuses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     elsewhere = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath")
-    if any(word.startswith(elsewhere) for word in overrides):
+    if any(word.lstrip("+").startswith(elsewhere) for word in overrides):
         return
+    parser = OverridesParser.create()
     for word in overrides:
-        key, eq, value = word.partition("=")
-        key = key.lstrip("+")
-        if not eq or word.startswith("-") or "(" in value or not (conf_dir / key).is_dir():
-            continue  # not a group (a value, a flag, a sweep function such as range(...))
+        key = word.partition("=")[0].lstrip("+~")
+        if word.startswith("-") or "=" not in word or not (conf_dir / key).is_dir():
+            continue  # a flag, a value (model.activation=...), not a group
+        try:
+            value = parser.parse_override(word).value()
+        except Exception:  # noqa: BLE001 - Hydra's grammar: Hydra says what is wrong
+            continue
         options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
-        for choice in value.strip("[]").split(","):
-            choice = choice.strip().strip("'\"")
+        for choice in _named(value):
             check(
-                choice in options or choice in ("", "null"),
+                choice in options,
                 f"{key}: {choice!r} is not one of conf/{key}/: {', '.join(options)}"
                 + GROUP_HINTS.get(key, ""),
             )
+
+
+def _named(value):
+    """The option names in a parsed override value: a name, a list of names (logger=[a,b]),
+    a sweep of either (a,b / choice(...)); none in null or a range."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _named(v)
+    elif type(value).__name__ == "ChoiceSweep":
+        yield from _named(value.list)
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        yield str(value)
 
 
 def _devices_allowed(devices) -> bool:
