@@ -172,6 +172,22 @@ def test_sweep_wide_failures_are_told_apart_from_a_runs_own():
     assert not is_sweep_wide(RuntimeError("CUDA out of memory"))
 
 
+def test_a_removed_folder_is_sweep_wide_only_inside_the_running_sweep(tmp_path, monkeypatch):
+    import errno
+
+    from zeroinit.sweep import SWEEP_DIR_ENV
+
+    sweep = tmp_path / "sweeps" / "s"
+    gone = OSError(errno.ENOENT, "No such file", str(sweep / "run" / "results.json"))
+    assert not is_sweep_wide(gone)  # no sweep running: a run's own failure
+    monkeypatch.setenv(SWEEP_DIR_ENV, str(sweep))
+    assert is_sweep_wide(gone)  # its run folder is gone
+    data = OSError(errno.ENOENT, "No such file", str(tmp_path / "data" / "cat" / "1.jpg"))
+    assert not is_sweep_wide(data)  # a dataset's missing file, its folder gone too: not this
+    (sweep / "run").mkdir(parents=True)
+    assert not is_sweep_wide(gone)  # the folder is there: a missing file of the run's own
+
+
 def test_a_stopped_sweep_leaves_finished_runs_alone(tmp_path, monkeypatch):
     monkeypatch.setenv(SWEEP_ID_ENV, "test")
     finished, fresh = tmp_path / "a-s0", tmp_path / "a-s1"

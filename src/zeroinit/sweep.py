@@ -22,6 +22,7 @@ from zeroinit.signals import slurm_job_id
 
 SWEEP_ID_ENV = "ZEROINIT_SWEEP_ID"  # <time>-<pid of the process that started it>
 SWEEP_RUNS_ENV = "ZEROINIT_SWEEP_RUNS"  # how many runs the sweep launches, if known
+SWEEP_DIR_ENV = "ZEROINIT_SWEEP_DIR"  # the sweep's folder, absolute (folder_removed)
 SWEEP_START_ENV = "ZEROINIT_SWEEP_START"  # its start (time.time())
 
 
@@ -186,12 +187,14 @@ def is_disk_error(e: BaseException) -> bool:
 
 
 def folder_removed(e: OSError) -> bool:
-    """A file not found because its folder is gone (a sweep or run folder deleted while the
-    sweep ran): every later write there fails the same way. A missing file in a folder that
-    is still there (a dataset's) is not this."""
-    if e.errno != errno.ENOENT or not e.filename:
+    """A file of the running sweep's folder not found because its folder is gone (the sweep
+    or a run folder deleted while the sweep ran): every later write there fails the same
+    way. A missing file elsewhere (a dataset's, a bug's) is not this."""
+    sweep_dir = os.environ.get(SWEEP_DIR_ENV)
+    if e.errno != errno.ENOENT or not e.filename or not sweep_dir:
         return False
-    return not Path(os.fsdecode(e.filename)).parent.is_dir()
+    path = Path(os.path.abspath(os.fsdecode(e.filename)))
+    return Path(sweep_dir) in path.parents and not path.parent.is_dir()
 
 
 def stop_on_disk_error(sweep_dir, run_dir, e: OSError, current: dict | None = None) -> None:
@@ -275,6 +278,7 @@ class SweepSummary(Callback):
         os.environ[SWEEP_ID_ENV] = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         os.environ[SWEEP_RUNS_ENV] = str(sweep_size(config) or "")
         os.environ[SWEEP_START_ENV] = str(time.time())
+        os.environ[SWEEP_DIR_ENV] = os.path.abspath(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs):
         out = outcome_dir(config.hydra.sweep.dir)
