@@ -349,6 +349,8 @@ def test_wandb_online_without_its_server_is_one_line_within_seconds(make_cfg, mo
         check_loggers(make_cfg("logger=wandb", "logger.wandb.offline=false"))
     assert time.monotonic() - start < 10
     check_loggers(make_cfg("logger=wandb"))  # offline: nothing to reach
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B will not reach for it either
+    check_loggers(make_cfg("logger=wandb", "logger.wandb.offline=false"))
 
 
 def test_sweeps_started_together_on_a_new_mlflow_store_both_get_it(tmp_path):

@@ -135,7 +135,12 @@ def test_the_readmes_mlflow_ui_reads_the_store_the_mlflow_logger_writes():
 
 
 def test_the_quick_starts_epochs_are_what_python_src_train_py_prints(tmp_path):
-    """The README's output of the main job, epoch by epoch (times aside), against a real run."""
+    """The README's output of the main job, epoch by epoch (times aside), against a real run
+    on a CPU, where the README's numbers were made (a GPU's rounding gives others)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the README shows the CPU's numbers; this machine would train on its GPU")
     shown = re.findall(
         r"^epoch +(\d+)/10  train_loss (\S+)  test_loss (\S+)  test_acc (\S+)",
         README.read_text(),

@@ -361,12 +361,24 @@ def unanswered(url: str) -> str | None:
     return None
 
 
+def wandb_base_url() -> str:
+    """W&B's server: the one `wandb login --host` saved (its settings file), else W&B's own."""
+    import configparser
+
+    folder = os.environ.get("WANDB_CONFIG_DIR") or os.path.expanduser("~/.config/wandb")
+    settings = configparser.ConfigParser()
+    settings.read(os.path.join(folder, "settings"))
+    return settings.get("default", "base_url", fallback="https://api.wandb.ai")
+
+
 def check_wandb_online(key: str, spec) -> None:
     """W&B logging live (offline=false) needs its server: without one, every run would wait
     for it in wandb.init. Said in one line within seconds instead."""
     if spec.get("offline", True) is not False:
         return
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return  # W&B itself will not reach for a server
+    url = os.environ.get("WANDB_BASE_URL") or wandb_base_url()
     reason = unanswered(url)
     check(
         reason is None,
@@ -443,9 +455,9 @@ def check_sweep(config: DictConfig) -> list[tuple[str, str]]:
 
 
 def runs_here(config: DictConfig) -> bool:
-    """Whether the sweep's jobs train on this machine (not SLURM's or submitit's nodes)."""
+    """Whether the sweep's jobs train on this machine (not on SLURM's nodes)."""
     target = str(OmegaConf.select(config, "hydra.launcher._target_") or "").lower()
-    return "slurm" not in target and "submitit" not in target
+    return "slurm" not in target  # submitit's LocalLauncher (launcher=slurm_local) runs here
 
 
 DEFAULT_SWEEP = "default"

@@ -173,7 +173,7 @@ def build_run_loggers(cfg: DictConfig, writer: ResultsWriter, resume: bool = Fal
         now = run_ids(cfg, loggers)
         if not resume:
             set_aside_runs(loggers, earlier, now)
-        keep_runs(run_dir, now)
+        keep_runs(run_dir, {**earlier, **now})  # a logger left out this time keeps its id
         writer.results["logger_runs"] = now
     return loggers
 
