@@ -3,12 +3,12 @@ its bash blocks is one these tests check."""
 
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
 import pytest
+
+from test_cli import cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -141,23 +141,12 @@ def test_the_quick_starts_epochs_are_what_python_src_train_py_prints(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("the README shows the CPU's numbers; this machine would train on its GPU")
-    shown = re.findall(
-        r"^epoch +(\d+)/10  train_loss (\S+)  test_loss (\S+)  test_acc (\S+)",
-        README.read_text(),
-        re.M,
-    )
+    epoch = re.compile(r"^epoch +(\d+)/10  train_loss (\S+)  test_loss (\S+)  test_acc (\S+)", re.M)
+    shown = epoch.findall(README.read_text())
     assert len(shown) == 10
-    proc = subprocess.run(
-        [sys.executable, "src/train.py", f"paths.log_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli("train.py", f"paths.log_dir={tmp_path}")  # as a user's shell runs it
     assert proc.returncode == 0, proc.stderr[-2000:]
-    got = re.findall(
-        r"^epoch +(\d+)/10  train_loss (\S+)  test_loss (\S+)  test_acc (\S+)", proc.stdout, re.M
-    )
+    got = epoch.findall(proc.stdout)
     assert got == shown
 
 
